@@ -1,0 +1,272 @@
+"""The update rule: one exactly specified per-element update, shared by training and replay.
+
+For one step with decay multiplier ``m`` and coefficients ``c_j`` (one per direction j),
+each element ``x`` of a trainable tensor becomes::
+
+    y = fp32(x)                      # exact widening
+    if m != 1: y = fl32(y * m)       # weight decay, one rounding
+    for j: y = fl32(y - c_j * z_j)   # c_j * z_j is exact, so one rounding, fused or not
+    x = round_to_dtype(y)            # identity for fp32; nearest-even or stochastic otherwise
+
+``c_j`` has at most 13 significant bits and ``z_j`` is a multiple of 1/256 below 8 in
+magnitude (11 significant bits), so the product fits in fp32's 24-bit significand: the
+result is the same whether the hardware fuses multiply and add or not.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mezo_ckpt.stream import (
+    compiled_available,
+    generate_rounding_bits,
+    generate_z,
+    normal16_table_numpy,
+)
+
+ARITHMETIC = "exact-v1"
+ROUNDING_MODES = ("nearest", "stochastic")
+COEF_SIGNIFICANT_BITS = 13
+#: Coefficients must be 0 or have magnitude in [COEF_MIN, COEF_MAX).
+COEF_MIN = 2.0**-100
+COEF_MAX = 2.0**100
+#: Elements per chunk on the generic (non-fused) path.
+CHUNK_ELEMENTS = 1 << 20
+
+
+@dataclass(frozen=True)
+class UpdateBatch:
+    """Consecutive applied steps, as stored (no schedule is ever re-evaluated).
+
+    Attributes:
+        steps: int64 [T], 0-based step indices (the Philox counter's step word);
+            skipped steps are simply absent.
+        coefs: float32 [T, n], one coefficient per direction (<= 13 significant bits).
+        decay: float32 [T], weight-decay multipliers ``1 - lr * wd`` (1.0 means none).
+    """
+
+    steps: np.ndarray
+    coefs: np.ndarray
+    decay: np.ndarray
+
+    @classmethod
+    def single(cls, step: int, coefs: Sequence[float], decay: float = 1.0) -> UpdateBatch:
+        return cls(np.array([step], np.int64), np.array([list(coefs)], np.float32),
+                   np.array([decay], np.float32))
+
+    def __len__(self) -> int:
+        return int(self.steps.shape[0])
+
+
+def to_fp32(x: float) -> float:
+    """Round a Python float to the nearest fp32 value (ties to even)."""
+    return struct.unpack("<f", struct.pack("<f", x))[0]
+
+
+def round_coefficient(x: float) -> float:
+    """Round ``x`` to an fp32 value with at most 13 significant bits (ties to even).
+
+    Values below COEF_MIN in magnitude flush to 0.
+
+    Raises:
+        ValueError: if x is not finite or too large (|x| >= COEF_MAX).
+    """
+    if not math.isfinite(x):
+        raise ValueError(f"coefficient is not finite: {x}")
+    if x == 0.0 or abs(x) < COEF_MIN:
+        return 0.0
+    if abs(x) >= COEF_MAX:
+        raise ValueError(f"coefficient {x} is out of range (|c| < 2**100)")
+    mant, exp = math.frexp(x)  # x = mant * 2**exp, 0.5 <= |mant| < 1, exact
+    scaled = mant * 2.0**COEF_SIGNIFICANT_BITS  # exact
+    r = round(scaled)  # Python rounds half to even
+    c = math.ldexp(float(r), exp - COEF_SIGNIFICANT_BITS)
+    if abs(c) >= COEF_MAX:
+        raise ValueError(f"coefficient {x} is out of range (|c| < 2**100)")
+    return c
+
+
+def is_valid_coefficient(c: float) -> bool:
+    """Whether ``c`` could have come out of :func:`round_coefficient`."""
+    if not math.isfinite(c):
+        return False
+    if c == 0.0:
+        return True
+    if not COEF_MIN <= abs(c) < COEF_MAX:
+        return False
+    mant, _ = math.frexp(c)
+    return (mant * 2.0**COEF_SIGNIFICANT_BITS).is_integer()
+
+
+def decay_multiplier(lr: float, weight_decay: float) -> float:
+    """fp32(1 - lr * weight_decay), computed with basic float64 operations only."""
+    if weight_decay == 0.0 or lr == 0.0:
+        return 1.0
+    m = to_fp32(1.0 - lr * weight_decay)
+    if not 0.0 < m <= 1.0:
+        raise ValueError(f"decay multiplier 1 - lr*wd = {m} is outside (0, 1]")
+    return m
+
+
+def stochastic_round(y: torch.Tensor, bits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Round fp32 ``y`` to ``dtype`` stochastically with 24-bit integers ``bits``.
+
+    With ``a`` = y rounded toward zero in ``dtype`` and ``b`` the next value away from
+    zero, the result is ``b`` iff ``bits < (|y| - |a|) / (|b| - |a|) * 2**24``, evaluated
+    exactly in float64; otherwise ``a``. Non-finite values round to nearest.
+    """
+    near = y.to(dtype)
+    yd = y.double()
+    over = near.double().abs() > yd.abs()
+    a = torch.where(over, torch.nextafter(near, torch.zeros_like(near)), near)
+    away = torch.where(yd < 0, torch.full_like(a, -math.inf), torch.full_like(a, math.inf))
+    b = torch.nextafter(a, away)
+    ad = a.double().abs()
+    gap = b.double().abs() - ad
+    frac = (yd.abs() - ad) / gap * 2.0**24
+    up = bits.to(torch.float64) < frac
+    out = torch.where(up, b, a)
+    finite = torch.isfinite(y)
+    return torch.where(finite, out, near)
+
+
+def _apply_generic(
+    flat: torch.Tensor,
+    key: tuple[int, int],
+    start: int,
+    batch: UpdateBatch,
+    kind: str,
+    rounding: str,
+) -> None:
+    """Reference path: chunked, any dtype, any device (z from the compiled kernel on CPU)."""
+    n = flat.numel()
+    dtype = flat.dtype
+    for lo in range(0, n, CHUNK_ELEMENTS):
+        hi = min(n, lo + CHUNK_ELEMENTS)
+        y = flat[lo:hi].to(torch.float32, copy=True)
+        for step, coefs, m in zip(batch.steps.tolist(), batch.coefs.tolist(),
+                                  batch.decay.tolist()):
+            if m != 1.0:
+                y = y * m
+            for j, c in enumerate(coefs):
+                if c == 0.0:
+                    continue
+                z = generate_z(key, step, j, start + lo, hi - lo, kind, flat.device)
+                y = y - z * c
+            if dtype != torch.float32:
+                if rounding == "stochastic":
+                    bits = generate_rounding_bits(key, step, 0, start + lo, hi - lo, flat.device)
+                    y = stochastic_round(y, bits, dtype).to(torch.float32)
+                else:
+                    y = y.to(dtype).to(torch.float32)
+        flat[lo:hi].copy_(y.to(dtype))
+
+
+def apply_updates(
+    tensor: torch.Tensor,
+    key: tuple[int, int],
+    batch: UpdateBatch,
+    *,
+    kind: str,
+    rounding: str = "nearest",
+    start: int = 0,
+    backend: str = "auto",
+) -> None:
+    """Apply consecutive step updates to a contiguous tensor (or slice), in place.
+
+    Args:
+        tensor: contiguous floating tensor holding elements ``[start, start + numel)`` of
+            one parameter (flattened in row-major order).
+        key: the parameter's Philox key (:func:`mezo_ckpt.stream.param_key`).
+        batch: the steps to apply, in training order.
+        kind: z kind ("normal16" or "rademacher").
+        rounding: "nearest" or "stochastic" (matters for non-fp32 tensors only).
+        start: flat index of ``tensor``'s first element within the parameter.
+        backend: "auto" (compiled fused kernel where available), "compiled" or "reference".
+    """
+    if rounding not in ROUNDING_MODES:
+        raise ValueError(f"unknown rounding mode {rounding!r}")
+    if not tensor.is_contiguous():
+        raise ValueError("apply_updates needs a contiguous tensor")
+    if len(batch) == 0:
+        return
+    flat = tensor.view(-1)
+    fused = (
+        backend != "reference"
+        and flat.device.type == "cpu"
+        and flat.dtype == torch.float32
+        and compiled_available()
+    )
+    if backend == "compiled" and not fused:
+        raise ValueError("the compiled backend needs an fp32 CPU tensor and numba")
+    if not fused:
+        _apply_generic(flat, key, start, batch, kind, rounding)
+        return
+    from mezo_ckpt import _kernels
+    from mezo_ckpt.stream import KIND_CODES
+
+    _kernels.replay_fp32(normal16_table_numpy(), flat.detach().numpy(), start, key[0], key[1],
+                         np.ascontiguousarray(batch.steps, np.int64),
+                         np.ascontiguousarray(batch.coefs, np.float32),
+                         np.ascontiguousarray(batch.decay, np.float32), KIND_CODES[kind])
+
+
+@dataclass(frozen=True)
+class UpdateSpec:
+    """Everything besides the records that decides how steps change the weights."""
+
+    seed: int
+    kind: str
+    rounding: str
+    trainable: tuple[str, ...]
+    decay_params: frozenset[str]
+
+    @classmethod
+    def from_header(cls, header: dict) -> UpdateSpec:
+        return cls(
+            seed=int(header["perturbation"]["seed"]),
+            kind=str(header["perturbation"]["z"]),
+            rounding=str(header["update"]["rounding"]),
+            trainable=tuple(header["trainable"]),
+            decay_params=frozenset(header["update"]["decay_params"]),
+        )
+
+
+def apply_to_tensors(
+    tensors: Mapping[str, torch.Tensor],
+    spec: UpdateSpec,
+    batch: UpdateBatch,
+    *,
+    progress: Callable[[int], None] | None = None,
+    backend: str = "auto",
+) -> int:
+    """Apply a batch of steps to every trainable tensor (canonical names), in place.
+
+    Parameters outside ``spec.decay_params`` get the same steps without decay. This is
+    the single entry point both the trainer (one step at a time) and replay (all steps
+    at once) use.
+
+    Returns:
+        element-steps performed.
+    """
+    from mezo_ckpt.stream import param_key
+
+    nodecay = UpdateBatch(batch.steps, batch.coefs, np.ones_like(batch.decay))
+    total = 0
+    for name in spec.trainable:
+        t = tensors[name]
+        data = t.data if isinstance(t, torch.nn.Parameter) else t
+        b = batch if name in spec.decay_params else nodecay
+        apply_updates(data, param_key(spec.seed, name), b, kind=spec.kind,
+                      rounding=spec.rounding, backend=backend)
+        done = t.numel() * len(batch)
+        total += done
+        if progress is not None:
+            progress(done)
+    return total

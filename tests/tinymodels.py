@@ -1,0 +1,56 @@
+"""Tiny causal LMs built from configs, initialised from the portable Philox stream.
+
+torch's own initialisers use torch.randn, whose bits differ across CPU capabilities and
+devices; initialising from mezo_ckpt.stream makes the tiny bases (and so the golden
+trajectories' fingerprints) identical on every machine.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    GPT2Config,
+    LlamaConfig,
+    OPTConfig,
+)
+
+from mezo_ckpt.hashing import canonical_parameters
+from mezo_ckpt.stream import param_key, z_reference
+
+VOCAB = 96
+
+
+def tiny_config(arch: str, *, tie: bool = True):
+    if arch == "gpt2":
+        return GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=VOCAB, n_positions=64,
+                          tie_word_embeddings=tie)
+    if arch == "llama":
+        return LlamaConfig(num_hidden_layers=2, hidden_size=32, intermediate_size=64,
+                           num_attention_heads=4, num_key_value_heads=2, vocab_size=VOCAB,
+                           max_position_embeddings=64, tie_word_embeddings=tie)
+    if arch == "opt":
+        return OPTConfig(num_hidden_layers=2, hidden_size=32, ffn_dim=64, num_attention_heads=2,
+                         vocab_size=VOCAB, max_position_embeddings=64, word_embed_proj_dim=32,
+                         tie_word_embeddings=tie)
+    raise ValueError(arch)
+
+
+def tiny_model(arch: str = "llama", *, dtype: torch.dtype = torch.float32, tie: bool = True,
+               seed: int = 1234):
+    """A tiny model whose weights depend only on (arch, tie, seed), on any machine."""
+    config = tiny_config(arch, tie=tie)
+    config.architectures = [{"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM",
+                             "opt": "OPTForCausalLM"}[arch]]
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():
+        for name, p in canonical_parameters(model).items():
+            z = z_reference(param_key(seed, "init/" + name), 0, 0, 0, p.numel(), "normal16")
+            if p.ndim == 1 and ("norm" in name or "ln" in name):
+                p.copy_((1.0 + 0.0625 * z).view_as(p))
+            else:
+                p.copy_((0.0625 * z).view_as(p))
+    model = model.to(dtype)
+    model.eval()
+    model.requires_grad_(False)
+    return model

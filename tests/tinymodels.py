@@ -54,3 +54,38 @@ def tiny_model(arch: str = "llama", *, dtype: torch.dtype = torch.float32, tie: 
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+def tiny_tokenizer():
+    """A character-level tokenizer over printable ASCII (VOCAB entries), no download."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    chars = [chr(c) for c in range(32, 127)]  # 95 printable characters
+    vocab = {"<pad>": 0, **{ch: i + 1 for i, ch in enumerate(chars)}}
+    assert len(vocab) == VOCAB
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<pad>"))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<pad>",
+                                   eos_token="<pad>")
+
+
+def save_tiny(folder, arch: str = "llama", *, dtype: torch.dtype = torch.float32,
+              tie: bool = True, seed: int = 1234):
+    """Write a tiny model + tokenizer folder that `from_pretrained` (and our CLI) loads."""
+    model = tiny_model(arch, dtype=dtype, tie=tie, seed=seed)
+    model.save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return model
+
+
+def toy_sentiment(n: int, seed: int = 0) -> list[dict]:
+    """A learnable toy task: texts made of 'good'/'bad' words; label = majority."""
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        words = [rng.choice(["good", "bad", "fine", "dull", "nice", "poor"]) for _ in range(5)]
+        pos = sum(w in ("good", "fine", "nice") for w in words)
+        out.append({"text": " ".join(words), "label": "pos" if pos >= 3 else "neg"})
+    return out

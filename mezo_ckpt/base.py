@@ -201,6 +201,8 @@ def load_base(
             raise ModelLoadError(f"{spec} has no config.json: not a Hugging Face model folder")
         model = _from_pretrained(path, tdtype, device)
         return LoadedBase(model, "local", folder=path, files=_hash_folder_files(path))
+    if spec.startswith((".", "/", "~")) or os.sep in spec.strip(os.sep).replace("/", "", 1):
+        raise ModelLoadError(f"no model folder at {spec}")
     from mezo_ckpt.hubio import download_base
 
     folder, commit = download_base(spec, revision=revision)

@@ -83,8 +83,14 @@ class Perturber:
 
     # ------------------------------------------------------------------ forwards
     def _split(self, value, half: int, which: int):
-        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == 2 * half:
-            return value[:half] if which == 0 else value[half:]
+        """The + (which=0) or - half of a batch-major tensor.
+
+        Leading dims that are a multiple of the doubled batch (e.g. OPT flattens
+        [batch, seq] into rows) split in the middle; anything else is shared.
+        """
+        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] % (2 * half) == 0:
+            mid = value.shape[0] // 2
+            return value[:mid] if which == 0 else value[mid:]
         return value
 
     def _generic(self, mod, own, orig, args, kwargs):

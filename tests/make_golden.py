@@ -1,0 +1,106 @@
+"""Regenerate the golden trajectories in tests/golden/ (run only on purpose).
+
+Each golden trajectory has synthetic, deterministic step records over a tiny base whose
+weights come from the portable stream, so the files and the hashes they replay to are
+the same on every machine. tests/test_golden.py checks that every later version of
+mezo-ckpt still replays them to exactly these hashes.
+
+    python tests/make_golden.py
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tinymodels import tiny_model  # noqa: E402
+
+from mezo_ckpt.base import describe_base  # noqa: E402
+from mezo_ckpt.format import StepRecords, Trajectory, write_trajectory  # noqa: E402
+from mezo_ckpt.hashing import canonical_parameters, tensors_sha256  # noqa: E402
+from mezo_ckpt.replay import replay_model  # noqa: E402
+from mezo_ckpt.update import decay_multiplier, round_coefficient  # noqa: E402
+
+HERE = Path(__file__).parent / "golden"
+
+CASES = {
+    "llama-fp32-normal16": dict(arch="llama", dtype="float32", tie=True, z="normal16",
+                                rounding="nearest", n=1, wd=0.0, steps=40),
+    "gpt2-fp32-rademacher-nspsa-decay": dict(arch="gpt2", dtype="float32", tie=True,
+                                             z="rademacher", rounding="nearest", n=3, wd=0.1,
+                                             steps=25),
+    "opt-bf16-normal16-stochastic": dict(arch="opt", dtype="bfloat16", tie=False, z="normal16",
+                                         rounding="stochastic", n=1, wd=0.0, steps=30),
+    "llama-fp16-normal16-nearest-decay": dict(arch="llama", dtype="float16", tie=False,
+                                              z="normal16", rounding="nearest", n=2, wd=0.05,
+                                              steps=20),
+}
+
+
+def synthetic_records(steps: int, n: int, wd: float, seed: int) -> StepRecords:
+    """Deterministic coefficients of realistic scale (integer arithmetic only)."""
+    coefs = np.zeros((steps, n), np.float32)
+    flags = np.zeros(steps, np.uint8)
+    decay = np.ones(steps, np.float32)
+    state = seed
+    for t in range(steps):
+        for j in range(n):
+            state = (state * 6364136223846793005 + 1442695040888963407) % 2**64
+            mant = ((state >> 33) % 8191) - 4095  # [-4095, 4095]
+            coefs[t, j] = round_coefficient(mant * 2.0**-21)  # |c| < 2e-3
+        if wd:
+            decay[t] = decay_multiplier(1e-2, wd)
+    flags[steps // 3] = 1  # one skipped step
+    coefs[steps // 3] = 0.0
+    decay[steps // 3] = 1.0
+    return StepRecords(flags, coefs, decay, None)
+
+
+def build(name: str, c: dict) -> tuple[Trajectory, dict]:
+    model = tiny_model(c["arch"], dtype=getattr(torch, c["dtype"]), tie=c["tie"])
+    params = canonical_parameters(model)
+    trainable = sorted(n for n in params if not n.endswith("bias") or c["arch"] != "opt")
+    decay = sorted(n for n in trainable if params[n].ndim > 1) if c["wd"] else []
+    header = {
+        "requires": [],
+        "tool": {"name": "mezo-ckpt", "version": "golden"},
+        "created": "2026-11-22T00:00:00Z",
+        "base": describe_base(model, trainable),
+        "trainable": trainable,
+        "perturbation": {"generator": "philox4x32-10", "key_rule": "sha256-seed-name-v1",
+                         "z": c["z"], "seed": 20261122, "eps": 1e-3, "n_directions": c["n"]},
+        "update": {"arithmetic": "exact-v1", "rounding": c["rounding"],
+                   "weight_decay": c["wd"], "decay_params": decay},
+        "optimizer": {"lr": 1e-2, "schedule": "constant"},
+        "records": {"decay": bool(c["wd"]), "losses": False},
+        "total_steps": c["steps"],
+        "config": {"golden": name},
+    }
+    traj = Trajectory(header, synthetic_records(c["steps"], c["n"], c["wd"], seed=len(name)))
+    expected = {}
+    for step in (c["steps"] // 2, c["steps"]):
+        m = tiny_model(c["arch"], dtype=getattr(torch, c["dtype"]), tie=c["tie"])
+        replay_model(traj, m, step=step, verify=False)
+        expected[str(step)] = tensors_sha256(canonical_parameters(m), trainable)
+    traj.checkpoints[c["steps"]] = expected[str(c["steps"])]
+    return traj, {"case": c, "replayed_sha256": expected}
+
+
+def main() -> None:
+    HERE.mkdir(exist_ok=True)
+    index = {}
+    for name, c in CASES.items():
+        traj, info = build(name, c)
+        write_trajectory(HERE / f"{name}.zst", traj)
+        index[name] = info
+        print(name, info["replayed_sha256"])
+    (HERE / "HASHES.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    main()

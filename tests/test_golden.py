@@ -1,0 +1,94 @@
+"""Golden trajectories: committed files that must keep replaying to the committed hashes.
+
+Any change to the stream, the update arithmetic, the key rule, the record encoding or
+the reader that alters replayed bits fails here. Replay must also be independent of the
+CPU's vector capability, the thread count, the backend and the parameter order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tinymodels import tiny_model
+
+from mezo_ckpt.base import verify_base
+from mezo_ckpt.format import read_trajectory
+from mezo_ckpt.hashing import canonical_parameters, tensors_sha256
+from mezo_ckpt.replay import replay_model, replay_tensors
+
+GOLDEN = Path(__file__).parent / "golden"
+INDEX = json.loads((GOLDEN / "HASHES.json").read_text())
+
+
+def base_for(case: dict):
+    return tiny_model(case["arch"], dtype=getattr(torch, case["dtype"]), tie=case["tie"])
+
+
+@pytest.mark.parametrize("name", sorted(INDEX))
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_golden_replays_to_committed_hashes(name, backend):
+    info = INDEX[name]
+    traj = read_trajectory(GOLDEN / f"{name}.zst")
+    for step, expected in info["replayed_sha256"].items():
+        model = base_for(info["case"])
+        verify_base(traj.header, model)  # the portable tiny base is bit-identical too
+        report = replay_model(traj, model, step=int(step), backend=backend)
+        got = tensors_sha256(canonical_parameters(model), traj.header["trainable"])
+        assert got == expected, f"{name} step {step}: replay bits changed"
+        assert report.verified == (int(step) == traj.num_steps)
+
+
+def test_golden_independent_of_parameter_order():
+    name = "gpt2-fp32-rademacher-nspsa-decay"
+    info = INDEX[name]
+    traj = read_trajectory(GOLDEN / f"{name}.zst")
+    params = canonical_parameters(base_for(info["case"]))
+    names = list(traj.header["trainable"])
+    traj.header["trainable"] = names[::-1]  # tensors processed in the opposite order
+    replay_tensors(traj, dict(reversed(list(params.items()))))
+    got = tensors_sha256(params, names)
+    assert got == info["replayed_sha256"][str(traj.num_steps)]
+
+
+SCRIPT = r"""
+import json, sys, torch
+sys.path.insert(0, sys.argv[1])
+from tinymodels import tiny_model
+from mezo_ckpt.format import read_trajectory
+from mezo_ckpt.hashing import canonical_parameters, tensors_sha256
+from mezo_ckpt.replay import replay_model
+from pathlib import Path
+golden = Path(sys.argv[1]) / "golden"
+index = json.loads((golden / "HASHES.json").read_text())
+out = {"capability": torch.backends.cpu.get_cpu_capability()}
+for name, info in index.items():
+    c = info["case"]
+    m = tiny_model(c["arch"], dtype=getattr(torch, c["dtype"]), tie=c["tie"])
+    traj = read_trajectory(golden / f"{name}.zst")
+    replay_model(traj, m, backend=sys.argv[2])
+    out[name] = tensors_sha256(canonical_parameters(m), traj.header["trainable"])
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("env", [{"ATEN_CPU_CAPABILITY": "default", "NUMBA_NUM_THREADS": "1"},
+                                 {"NUMBA_NUM_THREADS": "2", "OMP_NUM_THREADS": "2"}])
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_golden_in_fresh_process(env, backend):
+    """Same bits under the portable 'default' ATen build path, other thread counts."""
+    full_env = {**os.environ, **env}
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(Path(__file__).parent), backend],
+                          env=full_env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    if env.get("ATEN_CPU_CAPABILITY") == "default":
+        assert got["capability"] == "DEFAULT"
+    for name, info in INDEX.items():
+        final = info["replayed_sha256"][str(info["case"]["steps"])]
+        assert got[name] == final, name

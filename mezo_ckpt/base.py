@@ -137,7 +137,8 @@ def verify_base(header: dict, model: torch.nn.Module, *, offered: LoadedBase | N
                                 "trained from; refusing to replay", diffs)
 
 
-def _hash_folder_files(folder: Path) -> dict[str, str]:
+def hash_folder_files(folder: Path) -> dict[str, str]:
+    """sha256 of the weight and config files a header records for a base folder."""
     out = {}
     for p in sorted(folder.iterdir()):
         if p.is_file() and p.name.endswith(HASHED_SUFFIXES):
@@ -145,12 +146,13 @@ def _hash_folder_files(folder: Path) -> dict[str, str]:
     return out
 
 
-def _from_pretrained(folder: str | Path, dtype: torch.dtype, device: str, **kw: Any):
+def load_folder(folder: str | Path, dtype: torch.dtype | str, device: str = "cpu", **kw: Any):
+    """Load a causal LM folder (safetensors only, never pickles) in eval mode, frozen."""
     from transformers import AutoModelForCausalLM
 
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            str(folder), dtype=dtype, use_safetensors=True, low_cpu_mem_usage=True, **kw
+            str(folder), dtype=parse_dtype(dtype), use_safetensors=True, low_cpu_mem_usage=True, **kw
         )
     except (OSError, ValueError, KeyError) as e:
         raise ModelLoadError(f"could not load a causal LM from {folder}: {e}") from e
@@ -189,7 +191,7 @@ def load_base(
         from mezo_ckpt import embedded
 
         folder = embedded.default_model_dir(progress=progress)
-        model = _from_pretrained(folder, tdtype, device)
+        model = load_folder(folder, tdtype, device)
         return LoadedBase(model, "embedded", folder=folder, files={},
                           embedded=embedded.embedded_identity())
     assert spec is not None
@@ -199,13 +201,13 @@ def load_base(
             raise ModelLoadError(f"{spec} is a file; pass the model folder (with config.json)")
         if not (path / "config.json").exists():
             raise ModelLoadError(f"{spec} has no config.json: not a Hugging Face model folder")
-        model = _from_pretrained(path, tdtype, device)
-        return LoadedBase(model, "local", folder=path, files=_hash_folder_files(path))
+        model = load_folder(path, tdtype, device)
+        return LoadedBase(model, "local", folder=path, files=hash_folder_files(path))
     if spec.startswith((".", "/", "~")) or os.sep in spec.strip(os.sep).replace("/", "", 1):
         raise ModelLoadError(f"no model folder at {spec}")
     from mezo_ckpt.hubio import download_base
 
     folder, commit = download_base(spec, revision=revision)
-    model = _from_pretrained(folder, tdtype, device)
+    model = load_folder(folder, tdtype, device)
     return LoadedBase(model, "hub", folder=folder, repo_id=spec, revision=commit,
-                      files=_hash_folder_files(folder))
+                      files=hash_folder_files(folder))

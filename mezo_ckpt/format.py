@@ -204,7 +204,7 @@ def validate_records(rec: StepRecords, first_step: int = 0) -> None:
 # ----------------------------------------------------------------------------- header
 
 
-def _strict_json(data: bytes, what: str, cls: type[Exception] = HeaderError) -> Any:
+def strict_json(data: bytes, what: str, cls: type[Exception] = HeaderError) -> Any:
     """Parse UTF-8 JSON rejecting duplicate keys, NaN/Infinity, huge numbers, deep nesting."""
     try:
         text = data.decode("utf-8", errors="strict")
@@ -549,7 +549,7 @@ def parse_trajectory(data: bytes, *, allow_truncated_tail: bool = False) -> Traj
         raise TruncatedError("file ends inside the header frame") from None
     if content[:4] != TAG_HEAD:
         raise HeaderError("the first frame is not a header")
-    header = validate_header(_strict_json(content[4:], "header"))
+    header = validate_header(strict_json(content[4:], "header"))
     n = int(header["perturbation"]["n_directions"])
     has_decay = bool(header["records"]["decay"])
     has_losses = bool(header["records"]["losses"])
@@ -589,11 +589,11 @@ def parse_trajectory(data: bytes, *, allow_truncated_tail: bool = False) -> Traj
         elif tag == TAG_EVAL:
             if len(content) > MAX_SMALL_FRAME_BYTES:
                 raise CorruptFrameError(f"evaluation frame at byte {pos} is too large")
-            evals.append(_parse_eval(_strict_json(content[4:], "evaluation record")))
+            evals.append(_parse_eval(strict_json(content[4:], "evaluation record")))
         elif tag == TAG_CKPT:
             if len(content) > MAX_SMALL_FRAME_BYTES:
                 raise CorruptFrameError(f"checkpoint frame at byte {pos} is too large")
-            step, digest = _parse_ckpt(_strict_json(content[4:], "checkpoint record"))
+            step, digest = _parse_ckpt(strict_json(content[4:], "checkpoint record"))
             if step in ckpts and ckpts[step] != digest:
                 raise RecordError(f"two different checkpoints for step {step}")
             ckpts[step] = digest

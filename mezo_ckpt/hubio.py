@@ -10,7 +10,8 @@ from mezo_ckpt.errors import ModelLoadError
 BASE_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"]
 
 
-def download_base(repo_id: str, revision: str | None = None) -> tuple[Path, str]:
+def download_base(repo_id: str, revision: str | None = None,
+                  token: str | bool | None = None) -> tuple[Path, str]:
     """Download (or find in the cache) a model repo; returns (folder, commit sha).
 
     Raises:
@@ -25,7 +26,8 @@ def download_base(repo_id: str, revision: str | None = None) -> tuple[Path, str]
     )
 
     try:
-        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=BASE_PATTERNS))
+        folder = Path(snapshot_download(repo_id, revision=revision, token=token,
+                                           allow_patterns=BASE_PATTERNS))
     except GatedRepoError as e:
         raise ModelLoadError(f"{repo_id} is gated: accept its terms on the Hub and log in "
                              f"(`hf auth login`): {e}") from None

@@ -25,6 +25,8 @@ from mezo_ckpt.update import UpdateSpec, apply_to_tensors
 
 ProgressFn = Callable[[int], None]
 OUTPUT_FORMATS = ("hf", "safetensors", "delta")
+#: Written next to exported weights: which trajectory and step they come from.
+PROVENANCE_FILE = "mezo_ckpt_provenance.json"
 
 
 @dataclass
@@ -190,7 +192,7 @@ def export_hf(model: torch.nn.Module, out: str | os.PathLike, *, tokenizer_from:
                 if p.is_file() and (p.name.startswith(("tokenizer", "special_tokens", "vocab",
                                                        "merges", "added_tokens", "chat_template"))):
                     shutil.copy2(p, tmp / p.name)
-        (tmp / "mezo_ckpt.json").write_text(json.dumps(meta, indent=2) + "\n")
+        (tmp / PROVENANCE_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         if out.exists():
             if not out.is_dir() or any(out.iterdir()):
                 raise FileExistsError(f"{out} exists and is not empty")

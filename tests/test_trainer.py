@@ -112,7 +112,7 @@ def test_replay_equals_training_final_and_intermediate(bases, toy_data, tmp_path
         model = load_base(base, dtype=dtype).model
         report = replay_model(traj, model, step=step)
         assert_same(state(expected), state(model))
-        assert report.verified == (step == 6)
+        assert report.verified  # fingerprints are stored at every evaluated step
     if arch == "llama":  # frozen parameters stay at the base values
         full_state = state(full.model)
         base_state = state(load_base(base, dtype=dtype).model)

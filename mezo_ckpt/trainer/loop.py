@@ -304,7 +304,20 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, progress: bool 
     step = start
     interrupted = False
 
+    checkpointed: set[int] = set(previous.checkpoints) if resume is not None else set()
+
+    def checkpoint(at: int) -> str:
+        """Record the fingerprint of the trainable tensors after ``at`` steps, so replay to
+        any evaluated step (e.g. --step best) verifies itself."""
+        digest = tensors_sha256(params, trainable)
+        if at not in checkpointed:
+            writer.append_checkpoint(at, digest)
+            checkpointed.add(at)
+        return digest
+
     def run_eval(at: int, split_names: Sequence[str]) -> None:
+        if at > 0:
+            checkpoint(at)
         for split in split_names:
             if split not in splits or not splits[split]:
                 continue
@@ -381,8 +394,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, progress: bool 
             bar.close()
             if not interrupted:
                 run_eval(step, ["dev", "test"] if cfg.eval_test else ["dev"])
-            fingerprint = tensors_sha256(params, trainable)
-            writer.append_checkpoint(step, fingerprint)
+            fingerprint = checkpoint(step)
     finally:
         writer.close()
         log_f.close()

@@ -1,0 +1,144 @@
+"""`mezo-ckpt push` / `mezo-ckpt pull`: share fine-tunes on the Hugging Face Hub."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+def _step_arg(value: str | None) -> int | str | None:
+    if value is None or value in ("best", "last"):
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter("use an integer, 'best' or 'last'", param_hint="--step") from None
+
+
+@click.command()
+@click.argument("trajectory", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("repo_id", metavar="USER/REPO")
+@click.option("--private", is_flag=True, help="Create the repo private (an existing repo keeps "
+                                              "its visibility).")
+@click.option("--revision", metavar="BRANCH", default=None,
+              help="Commit to this branch (created from main if missing). Default: main.")
+@click.option("--create-pr", is_flag=True, help="Open a pull request instead of committing.")
+@click.option("--commit-message", metavar="TEXT", default=None, help="Commit title.")
+@click.option("--token", metavar="TOKEN", default=None,
+              help="Hub token with write access. Default: HF_TOKEN or `hf auth login`.")
+@click.option("--base-repo", metavar="REPO", default=None,
+              help="For a trajectory trained from a local folder: the Hub repo holding the same "
+                   "base weights (downloaded and checked against the trajectory's fingerprint).")
+@click.option("--base-revision", metavar="SHA", default=None,
+              help="Commit of --base-repo (a branch is resolved to its commit and pinned).")
+@click.option("--license", "license_", metavar="ID", default=None,
+              help="Card license. Default: the base's where known (apache-2.0 for the embedded "
+                   "default base).")
+@click.option("--dataset", "datasets", metavar="ID", multiple=True,
+              help="Hub dataset id for the card metadata (repeatable).")
+@click.option("--dry-run", "dry_run", metavar="DIR", default=None,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Write the folder that would be uploaded to DIR; upload nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
+def push(trajectory: Path, repo_id: str, private: bool, revision: str | None, create_pr: bool,
+         commit_message: str | None, token: str | None, base_repo: str | None,
+         base_revision: str | None, license_: str | None, datasets: tuple[str, ...],
+         dry_run: Path | None, as_json: bool) -> None:
+    """Publish TRAJECTORY to the Hub repo USER/REPO, with a model card.
+
+    One commit uploads the trajectory (its name kept, a few KB), mezo_ckpt.json (the base
+    repo pinned to a commit, per-file sha256, fingerprints, trajectory sha256) and a
+    README.md model card (base_model, eval results, training config, load instructions).
+    The repo is created if needed. A trajectory trained from a local base folder is refused
+    unless --base-repo/--base-revision name a Hub copy whose weights match it.
+
+    \b
+    Examples:
+      mezo-ckpt push trajectory.zst me/smollm2-sentiment-mezo
+      mezo-ckpt push run.zst me/tuned --private --commit-message "200 steps, lr 1e-5"
+      mezo-ckpt push run.zst me/tuned --create-pr
+      mezo-ckpt push run.zst me/tuned --base-repo me/my-base --base-revision main  # pins its commit
+      mezo-ckpt push run.zst me/tuned --dry-run preview/   # inspect, upload nothing
+    """
+    from mezo_ckpt.hub import push as do_push
+
+    r = do_push(trajectory, repo_id, private=private, revision=revision, create_pr=create_pr,
+                commit_message=commit_message, token=token, base_repo=base_repo,
+                base_revision=base_revision, license=license_,
+                datasets=list(datasets) or None, dry_run=dry_run)
+    if as_json:
+        click.echo(json.dumps({"repo_id": r.repo_id, "commit": r.commit,
+                               "commit_url": r.commit_url, "pr_url": r.pr_url,
+                               "revision": r.revision, "files": r.files,
+                               "folder": str(r.folder) if r.folder else None,
+                               "notes": r.notes, "meta": r.meta}, indent=2))
+        return
+    for note in r.notes:
+        click.echo(f"Note: {note}", err=True)
+    tb, wt = r.meta["trajectory"], r.meta["weights"]
+    sizes = (f"trajectory {tb['bytes']:,} bytes for {wt['bytes']:,} bytes of "
+             f"{wt['dtype']} weights")
+    if r.folder is not None:
+        click.echo(f"Dry run: wrote {', '.join(sorted(r.files))} to {r.folder} ({sizes}); "
+                   "nothing was uploaded.")
+        return
+    click.echo(f"Pushed {', '.join(sorted(r.files))} to {r.repo_id} ({sizes}).")
+    click.echo(f"Commit {r.commit}: {r.commit_url}")
+    if r.pr_url:
+        click.echo(f"Opened pull request: {r.pr_url}")
+    click.echo(f"Load it with: mezo-ckpt pull {r.repo_id} -o {r.repo_id.split('/')[-1]}")
+
+
+@click.command()
+@click.argument("source", metavar="USER/REPO|PATH")
+@click.option("--revision", metavar="REV", default=None,
+              help="Branch, tag or commit of the published repo. Default: main.")
+@click.option("--step", "step", metavar="N|best|last", default=None,
+              help="Rebuild the weights after step N (0 = the base), at the best evaluated step, "
+                   "or at the last recorded step (default).")
+@click.option("-o", "--output", "output", type=click.Path(file_okay=False, path_type=Path),
+              default=None, metavar="DIR",
+              help="Copy the from_pretrained-ready folder here (new or empty). "
+                                 "Default: only the cache, whose path is printed.")
+@click.option("--token", metavar="TOKEN", default=None,
+              help="Hub token for private repos. Default: HF_TOKEN or `hf auth login`.")
+@click.option("--base", "base_spec", metavar="PATH|REPO", default=None,
+              help="Base model folder or repo, for trajectories trained from an unpublished local "
+                   "folder (its identity is still checked).")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
+def pull(source: str, revision: str | None, step: str | None, output: Path | None,
+         token: str | None, base_spec: str | None, as_json: bool) -> None:
+    """Rebuild a published fine-tune from USER/REPO (or a local trajectory / folder).
+
+    Downloads the trajectory and mezo_ckpt.json at one commit and checks the trajectory's
+    sha256; downloads the base at its pinned commit and checks every file's sha256 and the
+    weights' fingerprint; replays bit for bit; caches the result under
+    <cache>/replayed/<trajectory sha256>/step-<N>/ ($MEZO_CKPT_CACHE, default
+    ~/.cache/mezo-ckpt), so the next pull or mezo_ckpt.load() is instant and works offline
+    (HF_HUB_OFFLINE=1).
+
+    \b
+    Examples:
+      mezo-ckpt pull me/smollm2-sentiment-mezo -o tuned/
+      mezo-ckpt pull me/smollm2-sentiment-mezo --step best -o best/
+      mezo-ckpt pull me/tuned --revision refs/pr/1 --step 50
+      HF_HUB_OFFLINE=1 mezo-ckpt pull me/tuned -o tuned-again/
+      mezo-ckpt pull ./run.zst --base ./my-local-base/ -o tuned/
+    \b
+    Python:
+      model, tok = mezo_ckpt.load("me/smollm2-sentiment-mezo", step="best")
+    """
+    from mezo_ckpt.hub import pull as do_pull
+
+    r = do_pull(source, output, step=_step_arg(step), revision=revision, token=token,
+                base=base_spec, progress=not as_json)
+    if as_json:
+        click.echo(json.dumps(r.info(), indent=2))
+        return
+    how = ("from the cache" if r.cache_hit else
+           "replayed" + (", verified against the trainer's fingerprint" if r.verified else ""))
+    at = f"@{r.commit[:12]}" if r.commit else ""
+    click.echo(f"Rebuilt {r.source}{at} at step {r.step}/{r.num_steps} ({how}).")
+    click.echo(f"Weights: {r.folder}")

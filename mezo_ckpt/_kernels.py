@@ -16,23 +16,43 @@ Layout of the work, chosen so that LLVM vectorizes the arithmetic:
    string it is the rademacher sign of every element in order; read as uint32 it is the
    stochastic-rounding word of every element in order. No per-element word selection.
 2. A simple per-element loop maps the scratch to z and applies it: normal16 is a
-   table lookup (the float32 table, 256 KiB, stays in L2), rademacher selects ``+-c``
-   from one bit (vectorized: 32 elements per word, no per-element branch).
+   table lookup in the float32 table (256 KiB, L2-resident; measured as fast as or
+   faster than an int16 table, a half table using the symmetry, or AVX-512 gathers: the
+   scalar lookups are bound by L1 misses), rademacher selects ``+-c`` from one bit
+   (vectorized: 32 elements per word, no per-element branch).
 
 Replay is block-resident: each block of ``BLOCK`` elements (blocks aligned to global
 element indices, so only the first and last block of a slice are partial) receives
 every step while it is in L1/L2, so the weights stream through memory once whatever the
-number of steps. Blocks are distributed over numba's threads (``numba.set_num_threads``);
-a call covering a single block runs serially, without waking the thread pool.
+number of steps. bf16 replay widens a block to an fp32 working copy once, rounds it to
+bf16 (nearest even, in a vectorized pass on the bit pattern) after every step, and
+narrows it back once at the end.
 
-All kernels are compiled with ``cache=True`` (first use in a fresh environment compiles,
-later processes load machine code from ``__pycache__``).
+Threads: the compiled kernels are serial functions over a range of blocks that release
+the GIL (``nogil=True``); the public entry points are thin Python wrappers that split the
+blocks over ``numba.get_num_threads()`` threads (set it with ``numba.set_num_threads``;
+the default is ``numba.config.NUMBA_DEFAULT_NUM_THREADS``, the number of cores). Calls
+with little work (below ``MIN_PARALLEL_WORK`` element-operations) run on the calling
+thread alone. This is used instead of ``prange``
+because a ``parallel=True`` kernel takes about 4 s longer to compile, each, and the
+result is the same: every block is computed independently of the split.
+
+All kernels are compiled with ``cache=True``: the first use in a fresh environment
+compiles them (several seconds in all), later processes load the machine code from
+``__pycache__`` (or ``NUMBA_CACHE_DIR``).
 """
 
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
 
 M0 = np.uint64(0xD2511F53)
 M1 = np.uint64(0xCD9E8D57)
@@ -118,20 +138,51 @@ def _shift(kind):
     return 3 if kind == KIND_NORMAL16 else 7
 
 
-@njit(inline="always")
-def _nblocks(start, n):
-    g0 = start // BLOCK
-    return g0, (start + n + BLOCK - 1) // BLOCK - g0
-
-
-@njit(inline="always")
-def _bounds(start, n, g0, g):
-    lo = max((g0 + g) * BLOCK - start, 0)
-    hi = min((g0 + g + 1) * BLOCK - start, n)
-    return lo, hi
-
-
 # ----------------------------------------------------------------- per-element mapping
+
+
+@intrinsic
+def _f32_bits(typingctx, x):
+    """Bit pattern of a float32 as uint32 (a register bitcast)."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.uint32(x), codegen
+
+
+@intrinsic
+def _f32_from_bits(typingctx, b):
+    """float32 with the given uint32 bit pattern."""
+    if b != types.uint32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(b), codegen
+
+
+@njit(inline="always")
+def _round_bf16(y):
+    """fp32 -> nearest-even bf16 (as fp32) exactly like torch's scalar conversion.
+
+    ``bits + 0x7FFF + ((bits >> 16) & 1)``, keep the high half; NaN becomes 0x7FC0.
+    """
+    b = _f32_bits(y)
+    r = ((b + (np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))))
+         >> np.uint32(16)) << np.uint32(16)
+    nan = (b & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+    return _f32_from_bits(np.uint32(0x7FC00000) if nan else np.uint32(r))
+
+
+@njit(**_OPTS)
+def _bf16_round(x, n):
+    """Round float32 values to bf16 in place (kept as fp32, low 16 bits zero)."""
+    for i in range(n):
+        x[i] = _round_bf16(x[i])
 
 
 @njit(**_OPTS)
@@ -221,98 +272,181 @@ def _scale(x, n, m):
         x[i] = x[i] * m
 
 
+# ------------------------------------------------------------------- thread dispatch
+
+#: Below this many element-operations a call runs on the calling thread only (handing
+#: work to another thread costs tens of microseconds).
+MIN_PARALLEL_WORK = 1 << 18
+#: Chunks per thread: a few, so that a briefly busy core does not hold the others up.
+CHUNKS_PER_THREAD = 4
+
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+_pool_lock = threading.Lock()
+
+
+def _forget_pool() -> None:
+    """After fork the child has none of the parent's threads: start a fresh pool there."""
+    global _pool, _pool_size, _pool_lock
+    _pool, _pool_size, _pool_lock = None, 0, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _executor(size: int) -> ThreadPoolExecutor:
+    global _pool, _pool_size
+    with _pool_lock:
+        if _pool is None or _pool_size < size:
+            if _pool is not None:
+                _pool.shutdown(wait=False)
+            _pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="mezo-kernels")
+            _pool_size = size
+        return _pool
+
+
+def _run(range_kernel, start: int, n: int, work: int, args: tuple) -> None:
+    """Run ``range_kernel(start, g0, g_begin, g_end, *args)`` over the blocks of a slice.
+
+    Blocks are BLOCK elements aligned to global element indices; block ``g`` covers
+    global elements ``[(g0 + g) * BLOCK, (g0 + g + 1) * BLOCK)`` clipped to the slice.
+    The compiled kernels are serial and release the GIL, so blocks are handed out in
+    contiguous chunks to ``numba.get_num_threads()`` threads (the calling thread works
+    too). Every block's result is independent of the split, hence of the thread count.
+    """
+    if n <= 0:
+        return
+    g0 = start // BLOCK
+    nb = (start + n + BLOCK - 1) // BLOCK - g0
+    threads = min(numba.get_num_threads(), nb)
+    if threads <= 1 or work < MIN_PARALLEL_WORK:
+        range_kernel(start, g0, 0, nb, *args)
+        return
+    nchunks = min(nb, threads * CHUNKS_PER_THREAD)
+    cuts = [nb * i // nchunks for i in range(nchunks + 1)]
+    todo = iter(range(nchunks))
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while True:
+            with lock:
+                i = next(todo, None)
+            if i is None:
+                return
+            range_kernel(start, g0, cuts[i], cuts[i + 1], *args)
+
+    pool = _executor(threads - 1)
+    futures = [pool.submit(worker) for _ in range(threads - 1)]
+    try:
+        worker()
+    finally:
+        for f in futures:
+            f.result()
+
+
+@njit(inline="always")
+def _bounds(start, n, g0, g):
+    lo = max((g0 + g) * BLOCK - start, 0)
+    hi = min((g0 + g + 1) * BLOCK - start, n)
+    return lo, hi
+
+
+def _check_kind(kind) -> int:
+    kind = int(kind)
+    if kind not in (KIND_NORMAL16, KIND_RADEMACHER):
+        raise ValueError(f"unknown z kind code {kind}")
+    return kind
+
+
+def _check_schedule(steps, coefs, decay):
+    if steps.ndim != 1 or coefs.ndim != 2 or decay.ndim != 1 \
+            or not steps.shape[0] == coefs.shape[0] == decay.shape[0]:
+        raise ValueError("steps [T], coefs [T, n_directions] and decay [T] must agree")
+
+
 # ------------------------------------------------------------------------------ z_fill
 
 
 @njit(**_OPTS)
-def _z_fill_block(table, out, start, lo, hi, step, lane, k0, k1, kind):
+def _z_fill_range(start, g0, gb, ge, table, out, step, lane, k0, k1, kind):
+    n = out.shape[0]
     sh = _shift(kind)
-    b_first, nblk, off = _span(start + lo, start + hi, sh)
-    words = np.empty(4 * nblk, dtype=np.uint32)
-    _philox_words(words, b_first, nblk, step, lane, k0, k1)
-    o = out[lo:hi]
-    if kind == KIND_NORMAL16:
-        _normal16_store(table, words.view(np.uint16), off, o, hi - lo)
-    else:
-        _rademacher_store(words.view(np.int32), off, o, hi - lo)
+    words = np.empty(4 * (BLOCK // 8 + 1), dtype=np.uint32)
+    for g in range(gb, ge):
+        lo, hi = _bounds(start, n, g0, g)
+        b_first, nblk, off = _span(start + lo, start + hi, sh)
+        _philox_words(words, b_first, nblk, step, lane, k0, k1)
+        o = out[lo:hi]
+        if kind == KIND_NORMAL16:
+            _normal16_store(table, words.view(np.uint16), off, o, hi - lo)
+        else:
+            _rademacher_store(words.view(np.int32), off, o, hi - lo)
 
 
-@njit(parallel=True, **_OPTS)
 def z_fill(table, out, start, step, lane, k0, k1, kind):
     """out[i] = z(start + i) for the given key/step/lane (parallel over blocks).
 
     Args:
         table: float32 [65536] normal16 table (z values, :func:`stream.normal16_table_numpy`).
-        out: float32 [n] destination.
+        out: float32 [n] destination (a 1-D array; contiguous is fastest).
         start: global index of out[0] within the parameter.
+        step, lane: the counter's step and lane words; k0, k1: the Philox key.
         kind: 0 = normal16, 1 = rademacher.
     """
     n = out.shape[0]
-    if n == 0:
-        return
-    start = np.int64(start)
-    g0, nb = _nblocks(start, n)
-    if nb == 1:
-        _z_fill_block(table, out, start, 0, n, step, lane, k0, k1, kind)
-        return
-    for g in prange(nb):
-        lo, hi = _bounds(start, n, g0, g)
-        _z_fill_block(table, out, start, lo, hi, step, lane, k0, k1, kind)
+    _run(_z_fill_range, int(start), n, n,
+         (table, out, int(step), int(lane), int(k0), int(k1), _check_kind(kind)))
 
 
 # ------------------------------------------------------------------ rounding_bits_fill
 
 
 @njit(**_OPTS)
-def _rounding_block(out, start, lo, hi, step, lane, k0, k1):
-    b_first, nblk, off = _span(start + lo, start + hi, 2)
-    words = np.empty(4 * nblk, dtype=np.uint32)
-    _philox_words(words, b_first, nblk, step, lane, k0, k1)
-    ws = words[off:off + hi - lo]
-    o = out[lo:hi]
-    for i in range(hi - lo):
-        o[i] = ws[i] >> np.uint32(8)
-
-
-@njit(parallel=True, **_OPTS)
-def rounding_bits_fill(out, start, step, lane, k0, k1):
-    """out[i] = (Philox word for element start+i) >> 8, one word per element."""
+def _rounding_range(start, g0, gb, ge, out, step, lane, k0, k1):
     n = out.shape[0]
-    if n == 0:
-        return
-    start = np.int64(start)
-    g0, nb = _nblocks(start, n)
-    if nb == 1:
-        _rounding_block(out, start, 0, n, step, lane, k0, k1)
-        return
-    for g in prange(nb):
+    words = np.empty(4 * (BLOCK // 4 + 1), dtype=np.uint32)
+    for g in range(gb, ge):
         lo, hi = _bounds(start, n, g0, g)
-        _rounding_block(out, start, lo, hi, step, lane, k0, k1)
+        b_first, nblk, off = _span(start + lo, start + hi, 2)
+        _philox_words(words, b_first, nblk, step, lane, k0, k1)
+        ws = words[off:off + hi - lo]
+        o = out[lo:hi]
+        for i in range(hi - lo):
+            o[i] = ws[i] >> np.uint32(8)
+
+
+def rounding_bits_fill(out, start, step, lane, k0, k1):
+    """out[i] = (Philox word for element start+i) >> 8, one word per element (int64 out)."""
+    n = out.shape[0]
+    _run(_rounding_range, int(start), n, n, (out, int(step), int(lane), int(k0), int(k1)))
 
 
 # ------------------------------------------------------------------------- replay_fp32
 
 
 @njit(**_OPTS)
-def _replay_fp32_block(table, theta, start, lo, hi, k0, k1, steps, coefs, decay, kind):
+def _replay_fp32_range(start, g0, gb, ge, table, theta, k0, k1, steps, coefs, decay, kind):
+    n_all = theta.shape[0]
     sh = _shift(kind)
-    b_first, nblk, off = _span(start + lo, start + hi, sh)
-    words = np.empty(4 * nblk, dtype=np.uint32)
-    x = theta[lo:hi]
-    n = hi - lo
-    for t in range(steps.shape[0]):
-        m = np.float32(decay[t])
-        if m != np.float32(1.0):
-            _scale(x, n, m)
-        for j in range(coefs.shape[1]):
-            c = np.float32(coefs[t, j])
-            if c == np.float32(0.0):
-                continue
-            _philox_words(words, b_first, nblk, steps[t], j, k0, k1)
-            _sub_z(table, words, off, x, n, c, kind)
+    words = np.empty(4 * (BLOCK // 8 + 1), dtype=np.uint32)
+    for g in range(gb, ge):
+        lo, hi = _bounds(start, n_all, g0, g)
+        b_first, nblk, off = _span(start + lo, start + hi, sh)
+        x = theta[lo:hi]
+        n = hi - lo
+        for t in range(steps.shape[0]):
+            m = np.float32(decay[t])
+            if m != np.float32(1.0):
+                _scale(x, n, m)
+            for j in range(coefs.shape[1]):
+                c = np.float32(coefs[t, j])
+                if c == np.float32(0.0):
+                    continue
+                _philox_words(words, b_first, nblk, steps[t], j, k0, k1)
+                _sub_z(table, words, off, x, n, c, kind)
 
 
-@njit(parallel=True, **_OPTS)
 def replay_fp32(table, theta, start, k0, k1, steps, coefs, decay, kind):
     """Apply steps to an fp32 slice in place, block-resident.
 
@@ -326,67 +460,49 @@ def replay_fp32(table, theta, start, k0, k1, steps, coefs, decay, kind):
         steps: int64 [T]; coefs: float32 [T, n_directions]; decay: float32 [T].
         kind: 0 = normal16, 1 = rademacher.
     """
+    _check_schedule(steps, coefs, decay)
     n = theta.shape[0]
-    if n == 0:
-        return
-    start = np.int64(start)
-    g0, nb = _nblocks(start, n)
-    if nb == 1:
-        _replay_fp32_block(table, theta, start, 0, n, k0, k1, steps, coefs, decay, kind)
-        return
-    for g in prange(nb):
-        lo, hi = _bounds(start, n, g0, g)
-        _replay_fp32_block(table, theta, start, lo, hi, k0, k1, steps, coefs, decay, kind)
+    _run(_replay_fp32_range, int(start), n, n * max(1, coefs.size),
+         (table, theta, int(k0), int(k1), steps, coefs, decay, _check_kind(kind)))
 
 
 # ------------------------------------------------------------------------- replay_bf16
 
 
 @njit(**_OPTS)
-def _bf16_round(xb, n):
-    """Round fp32 bit patterns to bf16 in place (result kept as fp32 bits, low half 0).
-
-    Round to nearest even exactly as torch's scalar float -> bfloat16 (NaN -> 0x7FC0).
-    """
-    for i in range(n):
-        b = xb[i]
-        r = ((b + (np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))))
-             >> np.uint32(16)) << np.uint32(16)
-        nan = (b & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
-        xb[i] = np.uint32(0x7FC00000) if nan else np.uint32(r)
-
-
-@njit(**_OPTS)
-def _replay_bf16_block(table, theta_u16, start, lo, hi, k0, k1, steps, coefs, decay, kind):
+def _replay_bf16_range(start, g0, gb, ge, table, theta_u16, k0, k1, steps, coefs, decay,
+                       kind):
+    n_all = theta_u16.shape[0]
     sh = _shift(kind)
-    b_first, nblk, off = _span(start + lo, start + hi, sh)
-    words = np.empty(4 * nblk, dtype=np.uint32)
-    n = hi - lo
-    xb = np.empty(n, dtype=np.uint32)
-    src = theta_u16[lo:hi]
-    for i in range(n):
-        xb[i] = np.uint32(src[i]) << np.uint32(16)
-    x = xb.view(np.float32)
-    for t in range(steps.shape[0]):
-        changed = False
-        m = np.float32(decay[t])
-        if m != np.float32(1.0):
-            _scale(x, n, m)
-            changed = True
-        for j in range(coefs.shape[1]):
-            c = np.float32(coefs[t, j])
-            if c == np.float32(0.0):
-                continue
-            _philox_words(words, b_first, nblk, steps[t], j, k0, k1)
-            _sub_z(table, words, off, x, n, c, kind)
-            changed = True
-        if changed:
-            _bf16_round(xb, n)
-    for i in range(n):
-        src[i] = np.uint16(xb[i] >> np.uint32(16))
+    words = np.empty(4 * (BLOCK // 8 + 1), dtype=np.uint32)
+    x = np.empty(BLOCK, dtype=np.float32)
+    ndir = coefs.shape[1]
+    for g in range(gb, ge):
+        lo, hi = _bounds(start, n_all, g0, g)
+        b_first, nblk, off = _span(start + lo, start + hi, sh)
+        n = hi - lo
+        src = theta_u16[lo:hi]
+        for i in range(n):
+            x[i] = _f32_from_bits(np.uint32(np.uint32(src[i]) << np.uint32(16)))
+        for t in range(steps.shape[0]):
+            changed = False
+            m = np.float32(decay[t])
+            if m != np.float32(1.0):
+                _scale(x, n, m)
+                changed = True
+            for j in range(ndir):
+                c = np.float32(coefs[t, j])
+                if c == np.float32(0.0):
+                    continue
+                _philox_words(words, b_first, nblk, steps[t], j, k0, k1)
+                _sub_z(table, words, off, x, n, c, kind)
+                changed = True
+            if changed:  # the stored weight is bf16 after every step
+                _bf16_round(x, n)
+        for i in range(n):
+            src[i] = np.uint16(_f32_bits(x[i]) >> np.uint32(16))
 
 
-@njit(parallel=True, **_OPTS)
 def replay_bf16(table, theta_u16, start, k0, k1, steps, coefs, decay, kind):
     """Like :func:`replay_fp32` for a bfloat16 slice given as its uint16 bit view.
 
@@ -396,15 +512,7 @@ def replay_bf16(table, theta_u16, start, k0, k1, steps, coefs, decay, kind):
     changes nothing (decay 1 and all coefficients 0) leaves x untouched. Block-resident:
     the fp32 working copy of a block lives in cache across all steps.
     """
+    _check_schedule(steps, coefs, decay)
     n = theta_u16.shape[0]
-    if n == 0:
-        return
-    start = np.int64(start)
-    g0, nb = _nblocks(start, n)
-    if nb == 1:
-        _replay_bf16_block(table, theta_u16, start, 0, n, k0, k1, steps, coefs, decay, kind)
-        return
-    for g in prange(nb):
-        lo, hi = _bounds(start, n, g0, g)
-        _replay_bf16_block(table, theta_u16, start, lo, hi, k0, k1, steps, coefs, decay,
-                           kind)
+    _run(_replay_bf16_range, int(start), n, n * max(1, coefs.size),
+         (table, theta_u16, int(k0), int(k1), steps, coefs, decay, _check_kind(kind)))

@@ -136,6 +136,18 @@ def stochastic_round(y: torch.Tensor, bits: torch.Tensor, dtype: torch.dtype) ->
     return torch.where(finite, out, near)
 
 
+#: NaN bit patterns the update writes into half-precision tensors.
+CANONICAL_NAN = {torch.bfloat16: 0x7FC0, torch.float16: 0x7E00}
+
+
+def _canonicalize_nan(t: torch.Tensor) -> None:
+    """Rewrite any NaN in a bf16/fp16 tensor to the canonical quiet NaN, in place."""
+    nan = torch.isnan(t)
+    if bool(nan.any()):
+        bits = t.view(torch.int16)
+        bits[nan] = CANONICAL_NAN[t.dtype] - (1 << 16 if CANONICAL_NAN[t.dtype] >= 1 << 15 else 0)
+
+
 def _apply_generic(
     flat: torch.Tensor,
     key: tuple[int, int],
@@ -166,6 +178,8 @@ def _apply_generic(
                 else:
                     y = y.to(dtype).to(torch.float32)
         flat[lo:hi].copy_(y.to(dtype))
+        if dtype != torch.float32:  # one NaN encoding everywhere (torch's varies by CPU path)
+            _canonicalize_nan(flat[lo:hi])
 
 
 def apply_updates(
@@ -200,21 +214,27 @@ def apply_updates(
     fused = (
         backend != "reference"
         and flat.device.type == "cpu"
-        and flat.dtype == torch.float32
+        and (flat.dtype == torch.float32
+             or (flat.dtype == torch.bfloat16 and rounding == "nearest"))
         and compiled_available()
     )
     if backend == "compiled" and not fused:
-        raise ValueError("the compiled backend needs an fp32 CPU tensor and numba")
+        raise ValueError("the compiled backend needs a CPU tensor in fp32 (or bf16 with "
+                         "nearest rounding) and numba")
     if not fused:
         _apply_generic(flat, key, start, batch, kind, rounding)
         return
     from mezo_ckpt import _kernels
     from mezo_ckpt.stream import KIND_CODES
 
-    _kernels.replay_fp32(normal16_table_numpy(), flat.detach().numpy(), start, key[0], key[1],
-                         np.ascontiguousarray(batch.steps, np.int64),
-                         np.ascontiguousarray(batch.coefs, np.float32),
-                         np.ascontiguousarray(batch.decay, np.float32), KIND_CODES[kind])
+    args = (start, key[0], key[1], np.ascontiguousarray(batch.steps, np.int64),
+            np.ascontiguousarray(batch.coefs, np.float32),
+            np.ascontiguousarray(batch.decay, np.float32), KIND_CODES[kind])
+    if flat.dtype == torch.float32:
+        _kernels.replay_fp32(normal16_table_numpy(), flat.detach().numpy(), *args)
+    else:
+        _kernels.replay_bf16(normal16_table_numpy(), flat.detach().view(torch.int16).numpy()
+                             .view(np.uint16), *args)
 
 
 @dataclass(frozen=True)

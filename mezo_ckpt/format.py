@@ -61,6 +61,7 @@ MAX_FILE_BYTES = 256 << 20
 MAX_HEADER_BYTES = 1 << 20
 MAX_SMALL_FRAME_BYTES = 64 << 10
 MAX_STEP_FRAME_BYTES = 16 << 20
+MAX_RECORD_BYTES = 1 << 30  # decompressed records in one file
 MAX_WINDOW = 8 << 20
 MAX_JSON_DEPTH = 32
 MAX_STEPS = 2**32 - 1
@@ -244,6 +245,10 @@ def strict_json(data: bytes, what: str, cls: type[Exception] = HeaderError) -> A
         raise
     except (ValueError, RecursionError) as e:
         raise cls(f"{what} is not valid JSON: {e}") from None
+    try:  # lone surrogates ("\ud800") parse but are not text
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise cls(f"{what} contains an invalid unicode escape (lone surrogate)") from None
     return value
 
 
@@ -290,7 +295,7 @@ def _hex(obj: dict, key: str, where: str, pattern: re.Pattern = HEX64, optional:
     if optional and obj.get(key) is None:
         return None
     v = _need(obj, key, str, where)
-    if not pattern.match(v):
+    if not pattern.fullmatch(v):
         raise HeaderError(f"header field {where}{key} is not a lowercase hex digest: {v[:80]!r}")
     return v
 
@@ -317,7 +322,7 @@ def validate_header(h: Any) -> dict:
     if kind not in ("hub", "local", "embedded"):
         raise HeaderError(f"base.kind must be hub, local or embedded, not {kind!r}")
     repo = base.get("repo_id")
-    if repo is not None and (not isinstance(repo, str) or not REPO_ID.match(repo) or ".." in repo
+    if repo is not None and (not isinstance(repo, str) or not REPO_ID.fullmatch(repo) or ".." in repo
                              or "--" in repo):
         raise HeaderError(f"base.repo_id is not a Hub repo id: {str(repo)[:80]!r}")
     if kind == "hub" and repo is None:
@@ -325,9 +330,9 @@ def validate_header(h: Any) -> dict:
     _hex(base, "revision", "base.", HEX40, optional=True)
     files = _need(base, "files", dict, "base.")
     for name, digest in files.items():
-        if not REPO_FILE.match(name) or ".." in name.split("/"):
+        if not REPO_FILE.fullmatch(name) or ".." in name.split("/"):
             raise HeaderError(f"base.files has an unsafe file name {name[:80]!r}")
-        if not isinstance(digest, str) or not HEX64.match(digest):
+        if not isinstance(digest, str) or not HEX64.fullmatch(digest):
             raise HeaderError(f"base.files[{name!r}] is not a sha256 hex digest")
     for k in ("architecture", "model_type"):
         _need(base, k, str, "base.")
@@ -378,6 +383,8 @@ def validate_header(h: Any) -> dict:
     if not (math.isfinite(wd) and wd >= 0):
         raise HeaderError("update.weight_decay must be a finite number >= 0")
     decay_params = _need(upd, "decay_params", list, "update.")
+    if not all(isinstance(n, str) for n in decay_params):
+        raise HeaderError("update.decay_params must be a list of parameter names")
     if not set(decay_params) <= set(trainable) or decay_params != sorted(set(decay_params)):
         raise HeaderError("update.decay_params must be a sorted subset of trainable")
 
@@ -451,7 +458,10 @@ def _frame_length(data: memoryview, pos: int) -> int:
         raise CorruptFrameError(f"invalid zstd frame header at byte {pos}") from None
     if pos + hsize > n:
         raise TruncatedError(f"file ends inside a frame header at byte {pos}")
-    params = zstandard.get_frame_parameters(data[pos : pos + hsize])
+    try:
+        params = zstandard.get_frame_parameters(data[pos : pos + hsize])
+    except zstandard.ZstdError as e:
+        raise CorruptFrameError(f"invalid zstd frame header at byte {pos}: {e}") from None
     q = pos + hsize
     while True:
         if q + 3 > n:
@@ -477,12 +487,15 @@ def _read_frame(dctx: zstandard.ZstdDecompressor, data: memoryview, pos: int,
     """Decompress the frame at ``pos`` (after validating its header); returns (content, end)."""
     if data[pos : pos + 4] != ZSTD_MAGIC:
         head = bytes(data[pos : pos + 4])
+        if not any(data[pos:]):  # zero-filled tail: a torn write after power loss
+            raise TruncatedError(f"file ends in {len(data) - pos} zero bytes at byte {pos} "
+                                 "(torn write)")
         if len(head) < 4 and ZSTD_MAGIC.startswith(head):
             raise TruncatedError(f"file ends inside a frame magic at byte {pos}")
         raise CorruptFrameError(f"trailing garbage or foreign data at byte {pos} "
                                 f"(starts with {head.hex()})")
     length = _frame_length(data, pos)
-    params = zstandard.get_frame_parameters(data[pos : pos + 18])
+    params = zstandard.get_frame_parameters(data[pos : pos + length])
     if not params.has_checksum:
         raise CorruptFrameError(f"frame at byte {pos} has no content checksum")
     if params.content_size in (-1, zstandard.CONTENTSIZE_UNKNOWN, zstandard.CONTENTSIZE_ERROR):
@@ -583,17 +596,19 @@ def parse_trajectory(data: bytes, *, allow_truncated_tail: bool = False) -> Traj
                                   f"{cnt} records of {rs} bytes")
             if count + cnt > header["total_steps"]:
                 raise RecordError(f"more step records than total_steps={header['total_steps']}")
+            if (count + cnt) * rs > MAX_RECORD_BYTES:
+                raise CorruptFrameError(f"step records exceed {MAX_RECORD_BYTES} bytes in total")
             rec = decode_records(body, n, decay=has_decay, losses=has_losses, first_step=first)
             chunks.append(rec)
             count += cnt
         elif tag == TAG_EVAL:
             if len(content) > MAX_SMALL_FRAME_BYTES:
                 raise CorruptFrameError(f"evaluation frame at byte {pos} is too large")
-            evals.append(_parse_eval(strict_json(content[4:], "evaluation record")))
+            evals.append(_parse_eval(strict_json(content[4:], "evaluation record", RecordError)))
         elif tag == TAG_CKPT:
             if len(content) > MAX_SMALL_FRAME_BYTES:
                 raise CorruptFrameError(f"checkpoint frame at byte {pos} is too large")
-            step, digest = _parse_ckpt(strict_json(content[4:], "checkpoint record"))
+            step, digest = _parse_ckpt(strict_json(content[4:], "checkpoint record", RecordError))
             if step in ckpts and ckpts[step] != digest:
                 raise RecordError(f"two different checkpoints for step {step}")
             ckpts[step] = digest
@@ -603,8 +618,13 @@ def parse_trajectory(data: bytes, *, allow_truncated_tail: bool = False) -> Traj
             raise CorruptFrameError(f"unknown frame tag {tag!r} at byte {pos}")
         pos = valid = end
     records = StepRecords.empty(n, has_losses)
-    for c in chunks:
-        records = records.concat(c)
+    if chunks:
+        records = StepRecords(
+            np.concatenate([c.flags for c in chunks]),
+            np.concatenate([c.coefs for c in chunks]),
+            np.concatenate([c.decay for c in chunks]),
+            np.concatenate([c.losses for c in chunks]) if has_losses else None,
+        )
     for e in evals:
         if e.step > count:
             raise RecordError(f"evaluation at step {e.step} is beyond the {count} recorded steps")
@@ -636,7 +656,7 @@ def _parse_ckpt(obj: Any) -> tuple[int, str]:
     step, digest = obj.get("step"), obj.get("trainable_sha256")
     if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= MAX_STEPS:
         raise RecordError(f"checkpoint record has an invalid step {step!r}")
-    if not isinstance(digest, str) or not HEX64.match(digest):
+    if not isinstance(digest, str) or not HEX64.fullmatch(digest):
         raise RecordError("checkpoint record has an invalid trainable_sha256")
     return step, digest
 
@@ -686,13 +706,22 @@ def header_frame(header: dict) -> bytes:
     return encode_frame(TAG_HEAD + data)
 
 
+def records_per_frame(header: dict) -> int:
+    """Most records one STEP frame may hold without exceeding the reader's frame cap."""
+    rs = record_size(int(header["perturbation"]["n_directions"]),
+                     decay=bool(header["records"]["decay"]),
+                     losses=bool(header["records"]["losses"]))
+    return max(1, min(COMPACT_RECORDS_PER_FRAME, (MAX_STEP_FRAME_BYTES - STEP_PREFIX.size) // rs))
+
+
 def serialize(traj: Trajectory) -> bytes:
     """The compact form of a trajectory: header, big step frames, evaluations, checkpoints."""
     h = traj.header
     parts = [PREAMBLE, header_frame(h)]
     decay = bool(h["records"]["decay"])
-    for lo in range(0, traj.num_steps, COMPACT_RECORDS_PER_FRAME):
-        hi = min(traj.num_steps, lo + COMPACT_RECORDS_PER_FRAME)
+    per = records_per_frame(h)
+    for lo in range(0, traj.num_steps, per):
+        hi = min(traj.num_steps, lo + per)
         parts.append(step_frame(lo, traj.records.slice(lo, hi), decay=decay))
     parts.extend(eval_frame(e) for e in traj.evaluations)
     parts.extend(ckpt_frame(s, d) for s, d in sorted(traj.checkpoints.items()))
@@ -790,13 +819,22 @@ class TrajectoryWriter:
         if self.num_steps + len(rec) > self.header["total_steps"]:
             raise ValueError("more steps than total_steps")
         validate_records(rec, self.num_steps)
-        self._write(step_frame(self.num_steps, rec, decay=self._decay))
-        self.num_steps += len(rec)
+        per = records_per_frame(self.header)
+        for lo in range(0, len(rec), per):
+            part = rec.slice(lo, min(len(rec), lo + per))
+            self._write(step_frame(self.num_steps, part, decay=self._decay))
+            self.num_steps += len(part)
 
     def append_evaluation(self, e: Evaluation) -> None:
+        if not 0 <= e.step <= self.num_steps:
+            raise ValueError(f"evaluation at step {e.step} but {self.num_steps} steps recorded")
+        if not all(math.isfinite(v) for v in e.metrics.values()):
+            raise ValueError(f"evaluation metrics must be finite: {e.metrics}")
         self._write(eval_frame(e))
 
     def append_checkpoint(self, step: int, digest: str) -> None:
+        if not 0 <= step <= self.num_steps:
+            raise ValueError(f"checkpoint at step {step} but {self.num_steps} steps recorded")
         self._write(ckpt_frame(step, digest))
 
     def close(self) -> None:

@@ -117,9 +117,13 @@ def philox_blocks_torch(
     Uses int64 arithmetic only: a 32x32-bit product wraps modulo 2^64 and the high
     and low halves are recovered with shifts and masks, identically on CPU and CUDA.
     """
+    if not (0 <= first_block and first_block + n_blocks <= 2**64):
+        raise ValueError("block counter out of range [0, 2**64)")
+    if first_block >= 2**63:  # int64 holds the same 64 bits (two's complement)
+        first_block -= 2**64
     b = torch.arange(first_block, first_block + n_blocks, dtype=torch.int64, device=device)
     c0 = b & MASK32
-    c1 = b >> 32
+    c1 = (b >> 32) & MASK32
     c2 = torch.full_like(b, step & MASK32)
     c3 = torch.full_like(b, lane & MASK32)
     k0, k1 = key[0] & MASK32, key[1] & MASK32

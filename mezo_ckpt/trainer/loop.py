@@ -121,6 +121,15 @@ def batch_indices(seed: int, step: int, n: int, size: int) -> np.ndarray:
     return rng.choice(n, size=min(size, n), replace=False)
 
 
+def eval_subset(examples: list[Example], k: int) -> list[Example]:
+    """A fixed random subset (same for every run and seed, in file order), so that
+    evaluations are comparable across runs and not biased by how the file is sorted."""
+    if k >= len(examples):
+        return examples
+    idx = np.sort(np.random.default_rng(0x65766C).choice(len(examples), size=k, replace=False))
+    return [examples[i] for i in idx]
+
+
 def build_task(cfg: TrainConfig) -> tuple[PromptTask, dict[str, list[Example]]]:
     """The prompt task and its train/dev/test examples (built-in data or files)."""
     builtin = cfg.builtin()
@@ -147,10 +156,10 @@ def build_task(cfg: TrainConfig) -> tuple[PromptTask, dict[str, list[Example]]]:
         splits["test"] = load_split("test")
     else:
         raise ConfigError("no training data: set train_file")
-    if "dev" in splits:
-        splits["dev"] = splits["dev"][: cfg.eval_examples or None]
+    if "dev" in splits and cfg.eval_examples:
+        splits["dev"] = eval_subset(splits["dev"], cfg.eval_examples)
     if "test" in splits and cfg.test_examples:
-        splits["test"] = splits["test"][: cfg.test_examples]
+        splits["test"] = eval_subset(splits["test"], cfg.test_examples)
     for name, exs in splits.items():
         task.validate(exs, f"{name} data")
     return task, splits

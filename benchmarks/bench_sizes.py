@@ -31,21 +31,41 @@ from mezo_ckpt.update import decay_multiplier, round_coefficient
 def header(steps: int, n: int, *, losses: bool, decay: bool) -> dict:
     names = sorted(f"model.layers.{i}.w" for i in range(30))
     return {
-        "requires": [], "tool": {"name": "mezo-ckpt", "version": "bench"},
+        "requires": [],
+        "tool": {"name": "mezo-ckpt", "version": "bench"},
         "created": "2026-11-22T00:00:00Z",
-        "base": {"kind": "hub", "repo_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
-                 "revision": "0" * 40, "files": {"model.safetensors": "1" * 64},
-                 "architecture": "LlamaForCausalLM", "model_type": "llama", "dtype": "float32",
-                 "tie_word_embeddings": True, "num_parameters": 134515008,
-                 "manifest_sha256": "2" * 64, "trainable_sha256": "3" * 64},
+        "base": {
+            "kind": "hub",
+            "repo_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
+            "revision": "0" * 40,
+            "files": {"model.safetensors": "1" * 64},
+            "architecture": "LlamaForCausalLM",
+            "model_type": "llama",
+            "dtype": "float32",
+            "tie_word_embeddings": True,
+            "num_parameters": 134515008,
+            "manifest_sha256": "2" * 64,
+            "trainable_sha256": "3" * 64,
+        },
         "trainable": names,
-        "perturbation": {"generator": "philox4x32-10", "key_rule": "sha256-seed-name-v1",
-                         "z": "normal16", "seed": 0, "eps": 1e-3, "n_directions": n},
-        "update": {"arithmetic": "exact-v1", "rounding": "nearest",
-                   "weight_decay": 0.1 if decay else 0.0, "decay_params": names if decay else []},
+        "perturbation": {
+            "generator": "philox4x32-10",
+            "key_rule": "sha256-seed-name-v1",
+            "z": "normal16",
+            "seed": 0,
+            "eps": 1e-3,
+            "n_directions": n,
+        },
+        "update": {
+            "arithmetic": "exact-v1",
+            "rounding": "nearest",
+            "weight_decay": 0.1 if decay else 0.0,
+            "decay_params": names if decay else [],
+        },
         "optimizer": {"lr": 1e-5, "schedule": "constant"},
         "records": {"decay": decay, "losses": losses},
-        "total_steps": steps, "config": {},
+        "total_steps": steps,
+        "config": {},
     }
 
 
@@ -69,8 +89,12 @@ def main() -> None:
     print("| records | directions | compact file (bytes) | bytes/step | journal (bytes/step) |")
     print("|---|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as d:
-        for losses, decay, n in ((False, False, 1), (True, False, 1), (False, True, 1),
-                                 (True, False, 4)):
+        for losses, decay, n in (
+            (False, False, 1),
+            (True, False, 1),
+            (False, True, 1),
+            (True, False, 4),
+        ):
             h = header(t, n, losses=losses, decay=decay)
             rec = records(t, n, losses=losses, decay=decay)
             out = Path(d) / "t.zst"
@@ -87,8 +111,10 @@ def main() -> None:
             what = "coefficients" + (" + losses" if losses else "") + (" + decay" if decay else "")
             print(f"| {what} | {n} | {size:,} | {size / t:.2f} | {per_journal:.1f} |")
             os.remove(journal)
-    print("\nThe compact file is what training leaves; the journal (`.partial`, one frame per "
-          "step, crash-safe) exists only while a run is in progress.")
+    print(
+        "\nThe compact file is what training leaves; the journal (`.partial`, one frame per "
+        "step, crash-safe) exists only while a run is in progress."
+    )
 
 
 if __name__ == "__main__":

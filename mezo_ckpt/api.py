@@ -36,8 +36,11 @@ def base_spec_from_header(header: dict) -> tuple[str | None, str | None]:
     if b["kind"] == "hub":
         return b["repo_id"], b.get("revision")
     hint = f" (it was {b['repo_id']})" if b.get("repo_id") else ""
-    raise ModelLoadError("this trajectory was trained from a local base folder" + hint +
-                         "; pass it with --base PATH (its identity is checked)")
+    raise ModelLoadError(
+        "this trajectory was trained from a local base folder"
+        + hint
+        + "; pass it with --base PATH (its identity is checked)"
+    )
 
 
 def load_base_for(traj: Trajectory, base: str | None = None, *, device: str = "cpu"):
@@ -97,10 +100,17 @@ def replay_to(
     trainable = traj.header["trainable"]
     before = {n: params[n].detach().clone() for n in trainable} if fmt == "delta" else None
     total = element_steps(traj, model, target)
-    with tqdm(total=total, unit="el-step", unit_scale=True, desc="replay", disable=not progress,
-              leave=False) as bar:
-        report = replay_model(traj, model, step=target, verify=verify, check_base=False,
-                              progress=bar.update)
+    with tqdm(
+        total=total,
+        unit="el-step",
+        unit_scale=True,
+        desc="replay",
+        disable=not progress,
+        leave=False,
+    ) as bar:
+        report = replay_model(
+            traj, model, step=target, verify=verify, check_base=False, progress=bar.update
+        )
     meta = provenance(traj, target, file_sha256(path))
     out = Path(output) if output is not None else default_output(path, target, fmt)
     if fmt == "hf":
@@ -128,8 +138,13 @@ def _stats(x: np.ndarray) -> dict[str, float] | None:
     x = x[np.isfinite(x)]
     if x.size == 0:
         return None
-    return {"min": float(x.min()), "max": float(x.max()), "mean": float(x.mean()),
-            "std": float(x.std()), "abs_mean": float(np.abs(x).mean())}
+    return {
+        "min": float(x.min()),
+        "max": float(x.max()),
+        "mean": float(x.mean()),
+        "std": float(x.std()),
+        "abs_mean": float(np.abs(x).mean()),
+    }
 
 
 def summarize(path: str | os.PathLike) -> dict[str, Any]:

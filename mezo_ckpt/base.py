@@ -26,8 +26,14 @@ from mezo_ckpt.hashing import (
     tensors_sha256,
 )
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
-          "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp32": torch.float32,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
 EMBEDDED_PREFIX = "embedded"
 #: Files whose sha256 is recorded for a base folder.
 HASHED_SUFFIXES = (".safetensors", "config.json")
@@ -57,8 +63,15 @@ class LoadedBase:
 
     def identity(self, trainable: Iterable[str]) -> dict:
         """The header's ``base`` object for this model and trainable set."""
-        return describe_base(self.model, trainable, kind=self.kind, repo_id=self.repo_id,
-                             revision=self.revision, files=self.files, embedded=self.embedded)
+        return describe_base(
+            self.model,
+            trainable,
+            kind=self.kind,
+            repo_id=self.repo_id,
+            revision=self.revision,
+            files=self.files,
+            embedded=self.embedded,
+        )
 
 
 def describe_base(
@@ -115,26 +128,37 @@ def verify_base(header: dict, model: torch.nn.Module, *, offered: LoadedBase | N
     missing = [n for n in trainable if n not in params]
     diffs: list[str] = []
     if missing:
-        diffs.append(f"trainable parameters missing from the offered model: {missing[:5]}"
-                     + (" ..." if len(missing) > 5 else ""))
+        diffs.append(
+            f"trainable parameters missing from the offered model: {missing[:5]}"
+            + (" ..." if len(missing) > 5 else "")
+        )
     got = describe_base(model, [n for n in trainable if n in params])
-    for k, label in (("architecture", "architecture"), ("model_type", "model type"),
-                     ("dtype", "dtype"), ("tie_word_embeddings", "tied embeddings"),
-                     ("num_parameters", "parameter count"),
-                     ("manifest_sha256", "parameter manifest (names/shapes/dtypes/tying)")):
+    for k, label in (
+        ("architecture", "architecture"),
+        ("model_type", "model type"),
+        ("dtype", "dtype"),
+        ("tie_word_embeddings", "tied embeddings"),
+        ("num_parameters", "parameter count"),
+        ("manifest_sha256", "parameter manifest (names/shapes/dtypes/tying)"),
+    ):
         if got[k] != want[k]:
             diffs.append(f"{label}: trajectory has {want[k]!r}, offered base has {got[k]!r}")
     if not missing and got["trainable_sha256"] != want["trainable_sha256"]:
-        diffs.append("content of the trainable tensors differs (fingerprint "
-                     f"{got['trainable_sha256'][:12]} != {want['trainable_sha256'][:12]})")
+        diffs.append(
+            "content of the trainable tensors differs (fingerprint "
+            f"{got['trainable_sha256'][:12]} != {want['trainable_sha256'][:12]})"
+        )
     if offered is not None and offered.kind == "hub" and want.get("kind") == "hub":
         if offered.repo_id != want.get("repo_id"):
             diffs.append(f"repo: trajectory has {want.get('repo_id')}, offered {offered.repo_id}")
         if want.get("revision") and offered.revision != want.get("revision"):
             diffs.append(f"commit: trajectory has {want['revision']}, offered {offered.revision}")
     if diffs:
-        raise BaseMismatchError("the offered base model is not the one this trajectory was "
-                                "trained from; refusing to replay", diffs)
+        raise BaseMismatchError(
+            "the offered base model is not the one this trajectory was "
+            "trained from; refusing to replay",
+            diffs,
+        )
 
 
 def hash_folder_files(folder: Path) -> dict[str, str]:
@@ -152,7 +176,11 @@ def load_folder(folder: str | Path, dtype: torch.dtype | str, device: str = "cpu
 
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            str(folder), dtype=parse_dtype(dtype), use_safetensors=True, low_cpu_mem_usage=True, **kw
+            str(folder),
+            dtype=parse_dtype(dtype),
+            use_safetensors=True,
+            low_cpu_mem_usage=True,
+            **kw,
         )
     except (OSError, ValueError, KeyError) as e:
         raise ModelLoadError(f"could not load a causal LM from {folder}: {e}") from e
@@ -192,8 +220,9 @@ def load_base(
 
         folder = embedded.default_model_dir(progress=progress)
         model = load_folder(folder, tdtype, device)
-        return LoadedBase(model, "embedded", folder=folder, files={},
-                          embedded=embedded.embedded_identity())
+        return LoadedBase(
+            model, "embedded", folder=folder, files={}, embedded=embedded.embedded_identity()
+        )
     assert spec is not None
     path = Path(os.path.expanduser(spec))
     if path.exists():
@@ -209,5 +238,6 @@ def load_base(
 
     folder, commit = download_base(spec, revision=revision)
     model = load_folder(folder, tdtype, device)
-    return LoadedBase(model, "hub", folder=folder, repo_id=spec, revision=commit,
-                      files=hash_folder_files(folder))
+    return LoadedBase(
+        model, "hub", folder=folder, repo_id=spec, revision=commit, files=hash_folder_files(folder)
+    )

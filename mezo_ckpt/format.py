@@ -44,8 +44,10 @@ FORMAT_MINOR = 0
 SKIPPABLE_MAGIC = 0x184D2A5E
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 FILE_MAGIC = b"MEZOCKPT"
-PREAMBLE = struct.pack("<II", SKIPPABLE_MAGIC, 16) + FILE_MAGIC + struct.pack(
-    "<HHI", FORMAT_MAJOR, FORMAT_MINOR, 0
+PREAMBLE = (
+    struct.pack("<II", SKIPPABLE_MAGIC, 16)
+    + FILE_MAGIC
+    + struct.pack("<HHI", FORMAT_MAJOR, FORMAT_MINOR, 0)
 )
 PREAMBLE_SIZE = len(PREAMBLE)  # 24
 
@@ -128,15 +130,20 @@ class StepRecords:
         )
 
     def slice(self, lo: int, hi: int) -> StepRecords:
-        return StepRecords(self.flags[lo:hi], self.coefs[lo:hi], self.decay[lo:hi],
-                           None if self.losses is None else self.losses[lo:hi])
+        return StepRecords(
+            self.flags[lo:hi],
+            self.coefs[lo:hi],
+            self.decay[lo:hi],
+            None if self.losses is None else self.losses[lo:hi],
+        )
 
     def update_batch(self, upto: int | None = None) -> UpdateBatch:
         """Steps 0..upto-1 as the update rule consumes them (skipped steps left out)."""
         n = len(self) if upto is None else upto
         live = (self.flags[:n] & FLAG_SKIPPED) == 0
-        return UpdateBatch(np.nonzero(live)[0].astype(np.int64), self.coefs[:n][live],
-                           self.decay[:n][live])
+        return UpdateBatch(
+            np.nonzero(live)[0].astype(np.int64), self.coefs[:n][live], self.decay[:n][live]
+        )
 
 
 def encode_records(rec: StepRecords, *, decay: bool) -> bytes:
@@ -151,8 +158,9 @@ def encode_records(rec: StepRecords, *, decay: bool) -> bytes:
     return np.concatenate(cols, axis=1).tobytes()
 
 
-def decode_records(data: bytes, n: int, *, decay: bool, losses: bool,
-                   first_step: int = 0) -> StepRecords:
+def decode_records(
+    data: bytes, n: int, *, decay: bool, losses: bool, first_step: int = 0
+) -> StepRecords:
     """Parse and validate records; raises RecordError on any violation."""
     rs = record_size(n, decay=decay, losses=losses)
     if len(data) % rs:
@@ -190,8 +198,10 @@ def validate_records(rec: StepRecords, first_step: int = 0) -> None:
     bad |= live[:, None] & ((c.view("<u4") & 0x7FF) != 0) & np.isfinite(c)
     if np.any(bad):
         i = int(np.nonzero(bad.any(axis=1))[0][0])
-        raise RecordError(f"step {first_step + i}: coefficient {c[i].tolist()} is not a valid "
-                          "13-bit coefficient in [2^-100, 2^100)")
+        raise RecordError(
+            f"step {first_step + i}: coefficient {c[i].tolist()} is not a valid "
+            "13-bit coefficient in [2^-100, 2^100)"
+        )
     d = rec.decay
     bad_d = ~np.isfinite(d) | (d <= 0) | (d > 1)
     if np.any(bad_d):
@@ -239,8 +249,9 @@ def strict_json(data: bytes, what: str, cls: type[Exception] = HeaderError) -> A
     if _json_depth_exceeds(text):  # before the recursive parser sees it
         raise cls(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels")
     try:
-        value = json.loads(text, object_pairs_hook=pairs, parse_constant=const,
-                           parse_int=pint, parse_float=pfloat)
+        value = json.loads(
+            text, object_pairs_hook=pairs, parse_constant=const, parse_int=pint, parse_float=pfloat
+        )
     except cls:
         raise
     except (ValueError, RecursionError) as e:
@@ -276,8 +287,9 @@ def _json_depth_exceeds(text: str) -> bool:
 
 def dump_json(obj: Any) -> bytes:
     """Canonical JSON bytes: sorted keys, no spaces, UTF-8, NaN forbidden."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
 
 
 def _need(obj: dict, key: str, types: type | tuple[type, ...], where: str) -> Any:
@@ -322,8 +334,9 @@ def validate_header(h: Any) -> dict:
     if kind not in ("hub", "local", "embedded"):
         raise HeaderError(f"base.kind must be hub, local or embedded, not {kind!r}")
     repo = base.get("repo_id")
-    if repo is not None and (not isinstance(repo, str) or not REPO_ID.fullmatch(repo) or ".." in repo
-                             or "--" in repo):
+    if repo is not None and (
+        not isinstance(repo, str) or not REPO_ID.fullmatch(repo) or ".." in repo or "--" in repo
+    ):
         raise HeaderError(f"base.repo_id is not a Hub repo id: {str(repo)[:80]!r}")
     if kind == "hub" and repo is None:
         raise HeaderError("base.kind is hub but base.repo_id is missing")
@@ -358,7 +371,9 @@ def validate_header(h: Any) -> dict:
 
     pert = _need(h, "perturbation", dict, "")
     if _need(pert, "generator", str, "perturbation.") != GENERATOR:
-        raise UnsupportedError(f"unknown generator {pert['generator']!r} (this version: {GENERATOR})")
+        raise UnsupportedError(
+            f"unknown generator {pert['generator']!r} (this version: {GENERATOR})"
+        )
     if _need(pert, "key_rule", str, "perturbation.") != KEY_RULE:
         raise UnsupportedError(f"unknown key rule {pert['key_rule']!r} (this version: {KEY_RULE})")
     if _need(pert, "z", str, "perturbation.") not in Z_KINDS:
@@ -375,8 +390,9 @@ def validate_header(h: Any) -> dict:
 
     upd = _need(h, "update", dict, "")
     if _need(upd, "arithmetic", str, "update.") != ARITHMETIC:
-        raise UnsupportedError(f"unknown update arithmetic {upd['arithmetic']!r} "
-                               f"(this version: {ARITHMETIC})")
+        raise UnsupportedError(
+            f"unknown update arithmetic {upd['arithmetic']!r} (this version: {ARITHMETIC})"
+        )
     if _need(upd, "rounding", str, "update.") not in ROUNDING_MODES:
         raise UnsupportedError(f"unknown rounding mode {upd['rounding']!r}")
     wd = _need(upd, "weight_decay", (int, float), "update.")
@@ -482,18 +498,21 @@ def _frame_length(data: memoryview, pos: int) -> int:
     return q - pos
 
 
-def _read_frame(dctx: zstandard.ZstdDecompressor, data: memoryview, pos: int,
-                cap: int) -> tuple[bytes, int]:
+def _read_frame(
+    dctx: zstandard.ZstdDecompressor, data: memoryview, pos: int, cap: int
+) -> tuple[bytes, int]:
     """Decompress the frame at ``pos`` (after validating its header); returns (content, end)."""
     if data[pos : pos + 4] != ZSTD_MAGIC:
         head = bytes(data[pos : pos + 4])
         if not any(data[pos:]):  # zero-filled tail: a torn write after power loss
-            raise TruncatedError(f"file ends in {len(data) - pos} zero bytes at byte {pos} "
-                                 "(torn write)")
+            raise TruncatedError(
+                f"file ends in {len(data) - pos} zero bytes at byte {pos} (torn write)"
+            )
         if len(head) < 4 and ZSTD_MAGIC.startswith(head):
             raise TruncatedError(f"file ends inside a frame magic at byte {pos}")
-        raise CorruptFrameError(f"trailing garbage or foreign data at byte {pos} "
-                                f"(starts with {head.hex()})")
+        raise CorruptFrameError(
+            f"trailing garbage or foreign data at byte {pos} (starts with {head.hex()})"
+        )
     length = _frame_length(data, pos)
     params = zstandard.get_frame_parameters(data[pos : pos + length])
     if not params.has_checksum:
@@ -501,8 +520,10 @@ def _read_frame(dctx: zstandard.ZstdDecompressor, data: memoryview, pos: int,
     if params.content_size in (-1, zstandard.CONTENTSIZE_UNKNOWN, zstandard.CONTENTSIZE_ERROR):
         raise CorruptFrameError(f"frame at byte {pos} does not declare its content size")
     if params.content_size > cap:
-        raise CorruptFrameError(f"frame at byte {pos} declares {params.content_size} bytes "
-                                f"(limit {cap}): refusing a decompression bomb")
+        raise CorruptFrameError(
+            f"frame at byte {pos} declares {params.content_size} bytes "
+            f"(limit {cap}): refusing a decompression bomb"
+        )
     if params.dict_id != 0:
         raise CorruptFrameError(f"frame at byte {pos} needs a dictionary")
     if params.window_size > MAX_WINDOW:
@@ -512,8 +533,9 @@ def _read_frame(dctx: zstandard.ZstdDecompressor, data: memoryview, pos: int,
     except zstandard.ZstdError as e:
         raise CorruptFrameError(f"frame at byte {pos} is corrupt: {e}") from None
     if len(out) != params.content_size:
-        raise CorruptFrameError(f"frame at byte {pos} decompressed to {len(out)} bytes, "
-                                f"declared {params.content_size}")
+        raise CorruptFrameError(
+            f"frame at byte {pos} decompressed to {len(out)} bytes, declared {params.content_size}"
+        )
     return out, pos + length
 
 
@@ -521,7 +543,7 @@ def _check_preamble(data: bytes) -> tuple[int, int]:
     if not data:
         raise BadMagicError("empty file: not a mezo-ckpt trajectory")
     if len(data) < PREAMBLE_SIZE:
-        if PREAMBLE[: len(data)] == data[: PREAMBLE_SIZE]:
+        if PREAMBLE[: len(data)] == data[:PREAMBLE_SIZE]:
             raise TruncatedError("file ends inside the preamble")
         raise BadMagicError("not a mezo-ckpt trajectory (wrong magic)")
     magic, size = struct.unpack_from("<II", data, 0)
@@ -529,8 +551,10 @@ def _check_preamble(data: bytes) -> tuple[int, int]:
         raise BadMagicError("not a mezo-ckpt trajectory (wrong magic)")
     major, minor, reserved = struct.unpack_from("<HHI", data, 16)
     if major != FORMAT_MAJOR:
-        raise UnsupportedError(f"trajectory format version {major}.{minor} is not supported "
-                               f"(this version reads {FORMAT_MAJOR}.x); upgrade mezo-ckpt")
+        raise UnsupportedError(
+            f"trajectory format version {major}.{minor} is not supported "
+            f"(this version reads {FORMAT_MAJOR}.x); upgrade mezo-ckpt"
+        )
     if reserved != 0:
         raise BadMagicError("preamble reserved field is not zero")
     return major, minor
@@ -589,11 +613,14 @@ def parse_trajectory(data: bytes, *, allow_truncated_tail: bool = False) -> Traj
             body = content[STEP_PREFIX.size :]
             if first != count:
                 what = "duplicated" if first < count else "non-contiguous"
-                raise RecordError(f"{what} steps: frame at byte {pos} starts at step {first}, "
-                                  f"expected {count}")
+                raise RecordError(
+                    f"{what} steps: frame at byte {pos} starts at step {first}, expected {count}"
+                )
             if cnt == 0 or len(body) != cnt * rs:
-                raise RecordError(f"step frame at byte {pos}: {len(body)} record bytes for "
-                                  f"{cnt} records of {rs} bytes")
+                raise RecordError(
+                    f"step frame at byte {pos}: {len(body)} record bytes for "
+                    f"{cnt} records of {rs} bytes"
+                )
             if count + cnt > header["total_steps"]:
                 raise RecordError(f"more step records than total_steps={header['total_steps']}")
             if (count + cnt) * rs > MAX_RECORD_BYTES:
@@ -686,8 +713,9 @@ def encode_frame(content: bytes) -> bytes:
 
 
 def step_frame(first_step: int, rec: StepRecords, *, decay: bool) -> bytes:
-    return encode_frame(STEP_PREFIX.pack(TAG_STEP, first_step, len(rec))
-                        + encode_records(rec, decay=decay))
+    return encode_frame(
+        STEP_PREFIX.pack(TAG_STEP, first_step, len(rec)) + encode_records(rec, decay=decay)
+    )
 
 
 def eval_frame(e: Evaluation) -> bytes:
@@ -708,9 +736,11 @@ def header_frame(header: dict) -> bytes:
 
 def records_per_frame(header: dict) -> int:
     """Most records one STEP frame may hold without exceeding the reader's frame cap."""
-    rs = record_size(int(header["perturbation"]["n_directions"]),
-                     decay=bool(header["records"]["decay"]),
-                     losses=bool(header["records"]["losses"]))
+    rs = record_size(
+        int(header["perturbation"]["n_directions"]),
+        decay=bool(header["records"]["decay"]),
+        losses=bool(header["records"]["losses"]),
+    )
     return max(1, min(COMPACT_RECORDS_PER_FRAME, (MAX_STEP_FRAME_BYTES - STEP_PREFIX.size) // rs))
 
 
@@ -780,7 +810,9 @@ class TrajectoryWriter:
         self._f = open(self.path, "ab")  # noqa: SIM115 - long-lived handle
 
     @classmethod
-    def create(cls, path: str | os.PathLike, header: dict, *, fsync: bool = True) -> TrajectoryWriter:
+    def create(
+        cls, path: str | os.PathLike, header: dict, *, fsync: bool = True
+    ) -> TrajectoryWriter:
         """Start a new journal (overwrites ``path``) holding the preamble and header."""
         p = Path(path)
         frame = header_frame(header)
@@ -792,8 +824,9 @@ class TrajectoryWriter:
         return cls(p, header, 0, fsync=fsync)
 
     @classmethod
-    def open_for_resume(cls, path: str | os.PathLike, *,
-                        fsync: bool = True) -> tuple[TrajectoryWriter, Trajectory]:
+    def open_for_resume(
+        cls, path: str | os.PathLike, *, fsync: bool = True
+    ) -> tuple[TrajectoryWriter, Trajectory]:
         """Read a journal, cut any torn tail, and reopen it for appending."""
         p = Path(path)
         traj = read_trajectory(p, allow_truncated_tail=True)

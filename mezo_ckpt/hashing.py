@@ -28,8 +28,12 @@ class ParamInfo:
     dtype: str
 
     def as_json(self) -> dict:
-        return {"name": self.name, "aliases": list(self.aliases), "shape": list(self.shape),
-                "dtype": self.dtype}
+        return {
+            "name": self.name,
+            "aliases": list(self.aliases),
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+        }
 
 
 def dtype_name(dtype: torch.dtype) -> str:

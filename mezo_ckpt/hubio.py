@@ -10,8 +10,9 @@ from mezo_ckpt.errors import ModelLoadError
 BASE_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"]
 
 
-def download_base(repo_id: str, revision: str | None = None,
-                  token: str | bool | None = None) -> tuple[Path, str]:
+def download_base(
+    repo_id: str, revision: str | None = None, token: str | bool | None = None
+) -> tuple[Path, str]:
     """Download (or find in the cache) a model repo; returns (folder, commit sha).
 
     Raises:
@@ -26,19 +27,25 @@ def download_base(repo_id: str, revision: str | None = None,
     )
 
     try:
-        folder = Path(snapshot_download(repo_id, revision=revision, token=token,
-                                           allow_patterns=BASE_PATTERNS))
+        folder = Path(
+            snapshot_download(repo_id, revision=revision, token=token, allow_patterns=BASE_PATTERNS)
+        )
     except GatedRepoError as e:
-        raise ModelLoadError(f"{repo_id} is gated: accept its terms on the Hub and log in "
-                             f"(`hf auth login`): {e}") from None
+        raise ModelLoadError(
+            f"{repo_id} is gated: accept its terms on the Hub and log in (`hf auth login`): {e}"
+        ) from None
     except RepositoryNotFoundError:
-        raise ModelLoadError(f"{repo_id!r} is neither a local folder nor a Hub repo you can "
-                             "access (private repos need HF_TOKEN or --token)") from None
+        raise ModelLoadError(
+            f"{repo_id!r} is neither a local folder nor a Hub repo you can "
+            "access (private repos need HF_TOKEN or --token)"
+        ) from None
     except RevisionNotFoundError:
         raise ModelLoadError(f"revision {revision!r} not found in {repo_id}") from None
     except LocalEntryNotFoundError:
-        raise ModelLoadError(f"{repo_id}@{revision or 'main'} is not in the local cache and the "
-                             "Hub cannot be reached (HF_HUB_OFFLINE set or no network)") from None
+        raise ModelLoadError(
+            f"{repo_id}@{revision or 'main'} is not in the local cache and the "
+            "Hub cannot be reached (HF_HUB_OFFLINE set or no network)"
+        ) from None
     except ValueError as e:  # malformed repo id
         raise ModelLoadError(f"{repo_id!r} is not a folder or a valid Hub repo id: {e}") from None
     return folder, folder.name

@@ -52,16 +52,20 @@ def best_step(traj: Trajectory, *, split: str | None = None, metric: str = "accu
     Raises:
         StepOutOfRangeError: no evaluation records with that metric.
     """
-    evals = [e for e in traj.evaluations
-             if metric in e.metrics and (split is None or e.split == split)
-             and e.step <= traj.num_steps]
+    evals = [
+        e
+        for e in traj.evaluations
+        if metric in e.metrics and (split is None or e.split == split) and e.step <= traj.num_steps
+    ]
     if split is None:
         splits = {e.split for e in evals}
         if "dev" in splits:
             evals = [e for e in evals if e.split == "dev"]
     if not evals:
-        raise StepOutOfRangeError(f"no evaluation records with {metric!r} to choose a best step "
-                                  "from; pass --step N instead")
+        raise StepOutOfRangeError(
+            f"no evaluation records with {metric!r} to choose a best step "
+            "from; pass --step N instead"
+        )
     best = min(evals, key=lambda e: (-e.metrics[metric], e.metrics.get("loss", math.inf), e.step))
     return best.step
 
@@ -75,7 +79,9 @@ def resolve_step(traj: Trajectory, step: int | str | None) -> int:
     try:
         n = int(step)
     except (TypeError, ValueError):
-        raise StepOutOfRangeError(f"step must be an integer, 'best' or 'last', not {step!r}") from None
+        raise StepOutOfRangeError(
+            f"step must be an integer, 'best' or 'last', not {step!r}"
+        ) from None
     if not 0 <= n <= traj.num_steps:
         raise StepOutOfRangeError(f"step {n} is outside the trajectory (0..{traj.num_steps})")
     return n
@@ -107,8 +113,9 @@ def replay_tensors(
     upto = resolve_step(traj, step)
     batch = traj.update_batch(upto)
     t0 = time.perf_counter()
-    total = apply_to_tensors(tensors, UpdateSpec.from_header(h), batch, progress=progress,
-                             backend=backend)
+    total = apply_to_tensors(
+        tensors, UpdateSpec.from_header(h), batch, progress=progress, backend=backend
+    )
     seconds = time.perf_counter() - t0
     fingerprint = None
     verified = False
@@ -119,7 +126,8 @@ def replay_tensors(
             raise VerificationError(
                 f"replayed weights at step {upto} have fingerprint {fingerprint[:16]}..., the "
                 f"trajectory recorded {expected[:16]}...: the base or the replay arithmetic "
-                "differs from training")
+                "differs from training"
+            )
         verified = True
     return ReplayReport(upto, len(batch), total, seconds, fingerprint, verified)
 
@@ -146,8 +154,9 @@ def replay_model(
         verify_base(traj.header, model)
     params = canonical_parameters(model)
     with torch.no_grad():
-        return replay_tensors(traj, dict(params), step=step, verify=verify, progress=progress,
-                              backend=backend)
+        return replay_tensors(
+            traj, dict(params), step=step, verify=verify, progress=progress, backend=backend
+        )
 
 
 def element_steps(traj: Trajectory, model: torch.nn.Module, step: int) -> int:
@@ -168,8 +177,10 @@ def provenance(traj: Trajectory, step: int, trajectory_sha256: str | None) -> di
         "trajectory_sha256": trajectory_sha256,
         "step": step,
         "num_steps": traj.num_steps,
-        "base": {k: b.get(k) for k in ("kind", "repo_id", "revision", "architecture", "dtype",
-                                        "trainable_sha256")},
+        "base": {
+            k: b.get(k)
+            for k in ("kind", "repo_id", "revision", "architecture", "dtype", "trainable_sha256")
+        },
     }
 
 
@@ -177,8 +188,9 @@ def _tmp_sibling(out: Path) -> Path:
     return out.with_name(f".{out.name}.tmp-{os.getpid()}")
 
 
-def export_hf(model: torch.nn.Module, out: str | os.PathLike, *, tokenizer_from: Path | None,
-              meta: dict) -> Path:
+def export_hf(
+    model: torch.nn.Module, out: str | os.PathLike, *, tokenizer_from: Path | None, meta: dict
+) -> Path:
     """Write a folder that ``AutoModelForCausalLM.from_pretrained`` loads (atomic rename)."""
     out = Path(out)
     tmp = _tmp_sibling(out)
@@ -189,8 +201,18 @@ def export_hf(model: torch.nn.Module, out: str | os.PathLike, *, tokenizer_from:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer_from is not None:
             for p in Path(tokenizer_from).iterdir():
-                if p.is_file() and (p.name.startswith(("tokenizer", "special_tokens", "vocab",
-                                                       "merges", "added_tokens", "chat_template"))):
+                if p.is_file() and (
+                    p.name.startswith(
+                        (
+                            "tokenizer",
+                            "special_tokens",
+                            "vocab",
+                            "merges",
+                            "added_tokens",
+                            "chat_template",
+                        )
+                    )
+                ):
                     shutil.copy2(p, tmp / p.name)
         (tmp / PROVENANCE_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         if out.exists():
@@ -204,16 +226,20 @@ def export_hf(model: torch.nn.Module, out: str | os.PathLike, *, tokenizer_from:
     return out
 
 
-def export_safetensors(tensors: dict[str, torch.Tensor], out: str | os.PathLike,
-                       meta: dict) -> Path:
+def export_safetensors(
+    tensors: dict[str, torch.Tensor], out: str | os.PathLike, meta: dict
+) -> Path:
     """Write tensors (canonical names) to one safetensors file, atomically."""
     from safetensors.torch import save_file
 
     out = Path(out)
     tmp = _tmp_sibling(out)
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
-                  metadata={"format": "pt", "mezo_ckpt": json.dumps(meta, sort_keys=True)})
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+            str(tmp),
+            metadata={"format": "pt", "mezo_ckpt": json.dumps(meta, sort_keys=True)},
+        )
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, out)
@@ -223,7 +249,8 @@ def export_safetensors(tensors: dict[str, torch.Tensor], out: str | os.PathLike,
     return out
 
 
-def delta_tensors(base: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor],
-                  names: list[str]) -> dict[str, torch.Tensor]:
+def delta_tensors(
+    base: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], names: list[str]
+) -> dict[str, torch.Tensor]:
     """tuned - base in float32 for the named (trainable) tensors."""
     return {n: tuned[n].detach().float() - base[n].detach().float() for n in names}

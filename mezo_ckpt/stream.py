@@ -117,7 +117,7 @@ def philox_blocks_torch(
     Uses int64 arithmetic only: a 32x32-bit product wraps modulo 2^64 and the high
     and low halves are recovered with shifts and masks, identically on CPU and CUDA.
     """
-    if not (0 <= first_block and first_block + n_blocks <= 2**64):
+    if not (first_block >= 0 and first_block + n_blocks <= 2**64):
         raise ValueError("block counter out of range [0, 2**64)")
     if first_block >= 2**63:  # int64 holds the same 64 bits (two's complement)
         first_block -= 2**64
@@ -188,7 +188,9 @@ def rounding_bits_reference(
         return torch.empty(0, dtype=torch.int64, device=device)
     first = start // 4
     last = (start + count - 1) // 4
-    words = philox_blocks_torch(first, last - first + 1, step, LANE_ROUNDING + direction, key, device)
+    words = philox_blocks_torch(
+        first, last - first + 1, step, LANE_ROUNDING + direction, key, device
+    )
     r = (words >> 8).reshape(-1)
     off = start - first * 4
     return r[off : off + count].contiguous()
@@ -247,8 +249,9 @@ def generate_z(
             out = torch.empty(count, dtype=torch.float32)
         if kind not in KIND_CODES:
             raise ValueError(f"unknown z kind {kind!r}; known: {', '.join(Z_KINDS)}")
-        _kernels.z_fill(normal16_table_numpy(), out.numpy(), start, step, lane,
-                        key[0], key[1], KIND_CODES[kind])
+        _kernels.z_fill(
+            normal16_table_numpy(), out.numpy(), start, step, lane, key[0], key[1], KIND_CODES[kind]
+        )
         return out
     z = z_reference(key, step, lane, start, count, kind, dev)
     if out is not None:
@@ -258,7 +261,11 @@ def generate_z(
 
 
 def generate_rounding_bits(
-    key: tuple[int, int], step: int, direction: int, start: int, count: int,
+    key: tuple[int, int],
+    step: int,
+    direction: int,
+    start: int,
+    count: int,
     device: str | torch.device = "cpu",
 ) -> torch.Tensor:
     """Stochastic-rounding integers (int64, 24 bits); same bits as the reference."""
@@ -267,7 +274,8 @@ def generate_rounding_bits(
         from mezo_ckpt import _kernels
 
         out = torch.empty(count, dtype=torch.int64)
-        _kernels.rounding_bits_fill(out.numpy(), start, step, LANE_ROUNDING + direction,
-                                    key[0], key[1])
+        _kernels.rounding_bits_fill(
+            out.numpy(), start, step, LANE_ROUNDING + direction, key[0], key[1]
+        )
         return out
     return rounding_bits_reference(key, step, direction, start, count, str(dev))

@@ -57,8 +57,11 @@ class UpdateBatch:
 
     @classmethod
     def single(cls, step: int, coefs: Sequence[float], decay: float = 1.0) -> UpdateBatch:
-        return cls(np.array([step], np.int64), np.array([list(coefs)], np.float32),
-                   np.array([decay], np.float32))
+        return cls(
+            np.array([step], np.int64),
+            np.array([list(coefs)], np.float32),
+            np.array([decay], np.float32),
+        )
 
     def __len__(self) -> int:
         return int(self.steps.shape[0])
@@ -162,8 +165,7 @@ def _apply_generic(
     for lo in range(0, n, CHUNK_ELEMENTS):
         hi = min(n, lo + CHUNK_ELEMENTS)
         y = flat[lo:hi].to(torch.float32, copy=True)
-        for step, coefs, m in zip(batch.steps.tolist(), batch.coefs.tolist(),
-                                  batch.decay.tolist()):
+        for step, coefs, m in zip(batch.steps.tolist(), batch.coefs.tolist(), batch.decay.tolist()):
             if m != 1.0:
                 y = y * m
             for j, c in enumerate(coefs):
@@ -214,27 +216,37 @@ def apply_updates(
     fused = (
         backend != "reference"
         and flat.device.type == "cpu"
-        and (flat.dtype == torch.float32
-             or (flat.dtype == torch.bfloat16 and rounding == "nearest"))
+        and (
+            flat.dtype == torch.float32 or (flat.dtype == torch.bfloat16 and rounding == "nearest")
+        )
         and compiled_available()
     )
     if backend == "compiled" and not fused:
-        raise ValueError("the compiled backend needs a CPU tensor in fp32 (or bf16 with "
-                         "nearest rounding) and numba")
+        raise ValueError(
+            "the compiled backend needs a CPU tensor in fp32 (or bf16 with "
+            "nearest rounding) and numba"
+        )
     if not fused:
         _apply_generic(flat, key, start, batch, kind, rounding)
         return
     from mezo_ckpt import _kernels
     from mezo_ckpt.stream import KIND_CODES
 
-    args = (start, key[0], key[1], np.ascontiguousarray(batch.steps, np.int64),
-            np.ascontiguousarray(batch.coefs, np.float32),
-            np.ascontiguousarray(batch.decay, np.float32), KIND_CODES[kind])
+    args = (
+        start,
+        key[0],
+        key[1],
+        np.ascontiguousarray(batch.steps, np.int64),
+        np.ascontiguousarray(batch.coefs, np.float32),
+        np.ascontiguousarray(batch.decay, np.float32),
+        KIND_CODES[kind],
+    )
     if flat.dtype == torch.float32:
         _kernels.replay_fp32(normal16_table_numpy(), flat.detach().numpy(), *args)
     else:
-        _kernels.replay_bf16(normal16_table_numpy(), flat.detach().view(torch.int16).numpy()
-                             .view(np.uint16), *args)
+        _kernels.replay_bf16(
+            normal16_table_numpy(), flat.detach().view(torch.int16).numpy().view(np.uint16), *args
+        )
 
 
 @dataclass(frozen=True)
@@ -283,8 +295,14 @@ def apply_to_tensors(
         t = tensors[name]
         data = t.data if isinstance(t, torch.nn.Parameter) else t
         b = batch if name in spec.decay_params else nodecay
-        apply_updates(data, param_key(spec.seed, name), b, kind=spec.kind,
-                      rounding=spec.rounding, backend=backend)
+        apply_updates(
+            data,
+            param_key(spec.seed, name),
+            b,
+            kind=spec.kind,
+            rounding=spec.rounding,
+            backend=backend,
+        )
         done = t.numel() * len(batch)
         total += done
         if progress is not None:

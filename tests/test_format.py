@@ -18,7 +18,6 @@ import zstandard
 from helpers_format import (
     HEX_A,
     HEX_B,
-    PREAMBLE_V1,
     ZSTD_MAGIC,
     assemble,
     ckpt_content,
@@ -38,7 +37,6 @@ from hypothesis import strategies as st
 
 import mezo_ckpt.errors as E
 from mezo_ckpt.format import (
-    PREAMBLE,
     Evaluation,
     StepRecords,
     Trajectory,

@@ -77,14 +77,24 @@ print(json.dumps(out))
 """
 
 
-@pytest.mark.parametrize("env", [{"ATEN_CPU_CAPABILITY": "default", "NUMBA_NUM_THREADS": "1"},
-                                 {"NUMBA_NUM_THREADS": "2", "OMP_NUM_THREADS": "2"}])
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"ATEN_CPU_CAPABILITY": "default", "NUMBA_NUM_THREADS": "1"},
+        {"NUMBA_NUM_THREADS": "2", "OMP_NUM_THREADS": "2"},
+    ],
+)
 @pytest.mark.parametrize("backend", ["auto", "reference"])
 def test_golden_in_fresh_process(env, backend):
     """Same bits under the portable 'default' ATen build path, other thread counts."""
     full_env = {**os.environ, **env}
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(Path(__file__).parent), backend],
-                          env=full_env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(Path(__file__).parent), backend],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     if env.get("ATEN_CPU_CAPABILITY") == "default":

@@ -29,8 +29,10 @@ def write_jsonl(path: Path, rows: list[dict]) -> str:
 @pytest.fixture(scope="module")
 def toy_data(tmp_path_factory) -> dict[str, str]:
     d = tmp_path_factory.mktemp("data")
-    return {"train_file": write_jsonl(d / "train.jsonl", toy_sentiment(400, 0)),
-            "dev_file": write_jsonl(d / "dev.jsonl", toy_sentiment(64, 1))}
+    return {
+        "train_file": write_jsonl(d / "train.jsonl", toy_sentiment(400, 0)),
+        "dev_file": write_jsonl(d / "dev.jsonl", toy_sentiment(64, 1)),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +49,23 @@ def bases(tmp_path_factory) -> dict[tuple[str, str], str]:
 
 
 def config(base: str, data: dict, out: Path, **kw) -> TrainConfig:
-    settings = dict(model=base, task="custom", template="{text} =",
-                    verbalizer={"pos": "+", "neg": "-"}, steps=6, batch_size=8, lr=3e-3,
-                    eps=1e-2, eval_every=3, eval_examples=32, eval_test=False, fsync=False,
-                    output=str(out), dtype=kw.pop("dtype", "float32"), **data)
+    settings = dict(
+        model=base,
+        task="custom",
+        template="{text} =",
+        verbalizer={"pos": "+", "neg": "-"},
+        steps=6,
+        batch_size=8,
+        lr=3e-3,
+        eps=1e-2,
+        eval_every=3,
+        eval_examples=32,
+        eval_test=False,
+        fsync=False,
+        output=str(out),
+        dtype=kw.pop("dtype", "float32"),
+        **data,
+    )
     settings.update(kw)
     return TrainConfig(**settings)
 
@@ -73,8 +88,12 @@ def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
 def test_lr_zero_leaves_weights_bit_identical(bases, toy_data, tmp_path, dtype):
     base = bases[("llama", dtype)]
     before = state(load_base(base, dtype=dtype).model)
-    r = train(config(base, toy_data, tmp_path / "t.zst", dtype=dtype, lr=0.0, steps=25,
-                     eval_every=0), progress=False, keep_model=True, log=lambda s: None)
+    r = train(
+        config(base, toy_data, tmp_path / "t.zst", dtype=dtype, lr=0.0, steps=25, eval_every=0),
+        progress=False,
+        keep_model=True,
+        log=lambda s: None,
+    )
     assert r.steps == 25
     assert_same(before, state(r.model))
     # The same perturbation schedule applied in place, as the official code does,
@@ -83,7 +102,7 @@ def test_lr_zero_leaves_weights_bit_identical(bases, toy_data, tmp_path, dtype):
     params = canonical_parameters(model)
     with torch.no_grad():
         for step in range(5):
-            for name, p in params.items():
+            for p in params.values():
                 g = torch.Generator().manual_seed(step)
                 z = torch.randn(p.shape, generator=g).to(p.dtype)
                 p.add_(z, alpha=1e-2)
@@ -100,12 +119,23 @@ def test_lr_zero_leaves_weights_bit_identical(bases, toy_data, tmp_path, dtype):
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_replay_equals_training_final_and_intermediate(bases, toy_data, tmp_path, arch, dtype):
     base = bases[(arch, dtype)]
-    kw = dict(dtype=dtype, weight_decay=0.1 if arch == "opt" else 0.0,
-              frozen=["*layers.0.*"] if arch == "llama" else [])
-    short = train(config(base, toy_data, tmp_path / "short.zst", steps=3, **kw), progress=False,
-                  keep_model=True, log=lambda s: None)
-    full = train(config(base, toy_data, tmp_path / "full.zst", steps=6, **kw), progress=False,
-                 keep_model=True, log=lambda s: None)
+    kw = dict(
+        dtype=dtype,
+        weight_decay=0.1 if arch == "opt" else 0.0,
+        frozen=["*layers.0.*"] if arch == "llama" else [],
+    )
+    short = train(
+        config(base, toy_data, tmp_path / "short.zst", steps=3, **kw),
+        progress=False,
+        keep_model=True,
+        log=lambda s: None,
+    )
+    full = train(
+        config(base, toy_data, tmp_path / "full.zst", steps=6, **kw),
+        progress=False,
+        keep_model=True,
+        log=lambda s: None,
+    )
     traj = read_trajectory(tmp_path / "full.zst")
     assert traj.complete and traj.num_steps == 6
     for step, expected in ((6, full.model), (3, short.model)):
@@ -126,8 +156,12 @@ def test_replay_equals_training_final_and_intermediate(bases, toy_data, tmp_path
 
 def test_resume_after_hard_kill_equals_straight_run(bases, toy_data, tmp_path, monkeypatch):
     base = bases[("llama", "float32")]
-    straight = train(config(base, toy_data, tmp_path / "a.zst", steps=8), progress=False,
-                     keep_model=True, log=lambda s: None)
+    straight = train(
+        config(base, toy_data, tmp_path / "a.zst", steps=8),
+        progress=False,
+        keep_model=True,
+        log=lambda s: None,
+    )
     out = tmp_path / "b.zst"
     real_lr = loop_mod.learning_rate
 
@@ -146,8 +180,13 @@ def test_resume_after_hard_kill_equals_straight_run(bases, toy_data, tmp_path, m
     with open(journal, "ab") as f:
         f.write(b"\x28\xb5\x2f\xfd\x00\x01")
     assert read_trajectory(journal, allow_truncated_tail=True).num_steps == 5
-    resumed = train(config(base, toy_data, out, steps=8), resume=out, progress=False,
-                    keep_model=True, log=lambda s: None)
+    resumed = train(
+        config(base, toy_data, out, steps=8),
+        resume=out,
+        progress=False,
+        keep_model=True,
+        log=lambda s: None,
+    )
     assert_same(state(straight.model), state(resumed.model))
     a, b = read_trajectory(tmp_path / "a.zst"), read_trajectory(out)
     for field in ("flags", "coefs", "decay", "losses"):
@@ -158,8 +197,12 @@ def test_resume_after_hard_kill_equals_straight_run(bases, toy_data, tmp_path, m
 
 def test_ctrl_c_stops_cleanly_and_resumes(bases, toy_data, tmp_path, monkeypatch):
     base = bases[("gpt2", "float32")]
-    straight = train(config(base, toy_data, tmp_path / "a.zst", steps=6), progress=False,
-                     keep_model=True, log=lambda s: None)
+    straight = train(
+        config(base, toy_data, tmp_path / "a.zst", steps=6),
+        progress=False,
+        keep_model=True,
+        log=lambda s: None,
+    )
     out = tmp_path / "b.zst"
     real_lr = loop_mod.learning_rate
 
@@ -174,8 +217,13 @@ def test_ctrl_c_stops_cleanly_and_resumes(bases, toy_data, tmp_path, monkeypatch
     assert r.interrupted and r.steps == 3
     partial = read_trajectory(out)  # a valid, strict-readable file
     assert partial.num_steps == 3 and not partial.complete and 3 in partial.checkpoints
-    resumed = train(config(base, toy_data, out, steps=6), resume=out, progress=False,
-                    keep_model=True, log=lambda s: None)
+    resumed = train(
+        config(base, toy_data, out, steps=6),
+        resume=out,
+        progress=False,
+        keep_model=True,
+        log=lambda s: None,
+    )
     assert_same(state(straight.model), state(resumed.model))
 
 
@@ -231,18 +279,42 @@ def test_spsa_estimate_matches_true_gradient(kind):
 
 
 def test_loss_decreases_on_learnable_task(bases, toy_data, tmp_path):
-    r = train(config(bases[("llama", "float32")], toy_data, tmp_path / "t.zst", steps=60,
-                     batch_size=16, eval_every=60, eval_examples=64), progress=False,
-              log=lambda s: None)
+    r = train(
+        config(
+            bases[("llama", "float32")],
+            toy_data,
+            tmp_path / "t.zst",
+            steps=60,
+            batch_size=16,
+            eval_every=60,
+            eval_examples=64,
+        ),
+        progress=False,
+        log=lambda s: None,
+    )
     first, last = r.metric("dev", 0, "loss"), r.metric("dev", 60, "loss")
     assert last < first - 0.02, (first, last)
 
 
 def test_n_spsa_stochastic_rounding_rademacher_replay(bases, toy_data, tmp_path):
     base = bases[("llama", "bfloat16")]
-    r = train(config(base, toy_data, tmp_path / "t.zst", dtype="bfloat16", n_directions=2,
-                     rounding="stochastic", z="rademacher", schedule="cosine", warmup_steps=2,
-                     weight_decay=0.01), progress=False, keep_model=True, log=lambda s: None)
+    r = train(
+        config(
+            base,
+            toy_data,
+            tmp_path / "t.zst",
+            dtype="bfloat16",
+            n_directions=2,
+            rounding="stochastic",
+            z="rademacher",
+            schedule="cosine",
+            warmup_steps=2,
+            weight_decay=0.01,
+        ),
+        progress=False,
+        keep_model=True,
+        log=lambda s: None,
+    )
     traj = read_trajectory(tmp_path / "t.zst")
     assert traj.records.coefs.shape == (6, 2)
     model = load_base(base, dtype="bfloat16").model
@@ -251,19 +323,45 @@ def test_n_spsa_stochastic_rounding_rademacher_replay(bases, toy_data, tmp_path)
 
 
 def test_multitoken_verbalizer_and_multiple_choice(bases, tmp_path):
-    rows = [{"q": f"{a}+{b}", "options": [str(a + b), str(a + b + 1), str(a - b)], "answer": 0}
-            for a in range(10) for b in range(5)]
+    rows = [
+        {"q": f"{a}+{b}", "options": [str(a + b), str(a + b + 1), str(a - b)], "answer": 0}
+        for a in range(10)
+        for b in range(5)
+    ]
     train_file = write_jsonl(tmp_path / "mc.jsonl", rows)
-    r = train(TrainConfig(model=bases[("llama", "float32")], task="custom", train_file=train_file,
-                          dev_file=train_file, template="{q}=", options_field="options",
-                          label_field="answer", steps=3, batch_size=4, eval_every=0,
-                          eval_examples=8, eval_test=False, fsync=False,
-                          output=str(tmp_path / "mc.zst")), progress=False, log=lambda s: None)
+    r = train(
+        TrainConfig(
+            model=bases[("llama", "float32")],
+            task="custom",
+            train_file=train_file,
+            dev_file=train_file,
+            template="{q}=",
+            options_field="options",
+            label_field="answer",
+            steps=3,
+            batch_size=4,
+            eval_every=0,
+            eval_examples=8,
+            eval_test=False,
+            fsync=False,
+            output=str(tmp_path / "mc.zst"),
+        ),
+        progress=False,
+        log=lambda s: None,
+    )
     assert r.steps == 3 and r.metric("dev", 0) is not None
     data = write_jsonl(tmp_path / "w.jsonl", toy_sentiment(40))
-    r = train(config(bases[("llama", "float32")], {"train_file": data, "dev_file": data},
-                     tmp_path / "w.zst", verbalizer={"pos": " good", "neg": " bad"}, steps=2),
-              progress=False, log=lambda s: None)
+    r = train(
+        config(
+            bases[("llama", "float32")],
+            {"train_file": data, "dev_file": data},
+            tmp_path / "w.zst",
+            verbalizer={"pos": " good", "neg": " bad"},
+            steps=2,
+        ),
+        progress=False,
+        log=lambda s: None,
+    )
     assert r.steps == 2
 
 

@@ -23,25 +23,47 @@ VOCAB = 96
 
 def tiny_config(arch: str, *, tie: bool = True):
     if arch == "gpt2":
-        return GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=VOCAB, n_positions=64,
-                          tie_word_embeddings=tie)
+        return GPT2Config(
+            n_layer=2,
+            n_embd=32,
+            n_head=2,
+            vocab_size=VOCAB,
+            n_positions=64,
+            tie_word_embeddings=tie,
+        )
     if arch == "llama":
-        return LlamaConfig(num_hidden_layers=2, hidden_size=32, intermediate_size=64,
-                           num_attention_heads=4, num_key_value_heads=2, vocab_size=VOCAB,
-                           max_position_embeddings=64, tie_word_embeddings=tie)
+        return LlamaConfig(
+            num_hidden_layers=2,
+            hidden_size=32,
+            intermediate_size=64,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=VOCAB,
+            max_position_embeddings=64,
+            tie_word_embeddings=tie,
+        )
     if arch == "opt":
-        return OPTConfig(num_hidden_layers=2, hidden_size=32, ffn_dim=64, num_attention_heads=2,
-                         vocab_size=VOCAB, max_position_embeddings=64, word_embed_proj_dim=32,
-                         tie_word_embeddings=tie)
+        return OPTConfig(
+            num_hidden_layers=2,
+            hidden_size=32,
+            ffn_dim=64,
+            num_attention_heads=2,
+            vocab_size=VOCAB,
+            max_position_embeddings=64,
+            word_embed_proj_dim=32,
+            tie_word_embeddings=tie,
+        )
     raise ValueError(arch)
 
 
-def tiny_model(arch: str = "llama", *, dtype: torch.dtype = torch.float32, tie: bool = True,
-               seed: int = 1234):
+def tiny_model(
+    arch: str = "llama", *, dtype: torch.dtype = torch.float32, tie: bool = True, seed: int = 1234
+):
     """A tiny model whose weights depend only on (arch, tie, seed), on any machine."""
     config = tiny_config(arch, tie=tie)
-    config.architectures = [{"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM",
-                             "opt": "OPTForCausalLM"}[arch]]
+    config.architectures = [
+        {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "opt": "OPTForCausalLM"}[arch]
+    ]
     model = AutoModelForCausalLM.from_config(config)
     with torch.no_grad():
         for name, p in canonical_parameters(model).items():
@@ -65,12 +87,19 @@ def tiny_tokenizer():
     vocab = {"<pad>": 0, **{ch: i + 1 for i, ch in enumerate(chars)}}
     assert len(vocab) == VOCAB
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<pad>"))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<pad>",
-                                   eos_token="<pad>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", unk_token="<pad>", eos_token="<pad>"
+    )
 
 
-def save_tiny(folder, arch: str = "llama", *, dtype: torch.dtype = torch.float32,
-              tie: bool = True, seed: int = 1234):
+def save_tiny(
+    folder,
+    arch: str = "llama",
+    *,
+    dtype: torch.dtype = torch.float32,
+    tie: bool = True,
+    seed: int = 1234,
+):
     """Write a tiny model + tokenizer folder that `from_pretrained` (and our CLI) loads."""
     model = tiny_model(arch, dtype=dtype, tie=tie, seed=seed)
     model.save_pretrained(folder)

@@ -52,12 +52,15 @@ def info(trajectory: Path, as_json: bool) -> None:
     ]
     c = s["coefficients"]
     if c:
-        lines.append(f"coef        mean {_fmt(c['mean'])}  std {_fmt(c['std'])}  "
-                     f"|mean| {_fmt(c['abs_mean'])}  min {_fmt(c['min'])}  max {_fmt(c['max'])}")
+        lines.append(
+            f"coef        mean {_fmt(c['mean'])}  std {_fmt(c['std'])}  "
+            f"|mean| {_fmt(c['abs_mean'])}  min {_fmt(c['min'])}  max {_fmt(c['max'])}"
+        )
     if s["losses"]:
         lo = s["losses"]
-        lines.append(f"loss        mean {_fmt(lo['mean'])}  min {_fmt(lo['min'])}  "
-                     f"max {_fmt(lo['max'])}")
+        lines.append(
+            f"loss        mean {_fmt(lo['mean'])}  min {_fmt(lo['min'])}  max {_fmt(lo['max'])}"
+        )
     if s["evaluations"]:
         lines.append("evaluations")
         for e in s["evaluations"]:

@@ -22,8 +22,9 @@ class Group(click.Group):
             sys.exit(2)
 
 
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"],
-                                          "max_content_width": 100})
+@click.group(
+    cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
 @click.version_option(__version__, prog_name="mezo-ckpt")
 def main() -> None:
     """Fine-tune language models with MeZO and share them as tiny, bit-exact trajectories.

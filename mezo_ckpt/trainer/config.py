@@ -92,8 +92,9 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any], *, where: str = "config") -> TrainConfig:
         unknown = sorted(set(data) - set(cls.fields()))
         if unknown:
-            raise ConfigError(f"{where}: unknown setting(s) {unknown}; known: "
-                              f"{', '.join(cls.fields())}")
+            raise ConfigError(
+                f"{where}: unknown setting(s) {unknown}; known: {', '.join(cls.fields())}"
+            )
         cfg = cls(**data)
         cfg.validate()
         return cfg
@@ -120,8 +121,11 @@ class TrainConfig:
         if self.task == "custom" and not self.template:
             raise bad("template", "task 'custom' needs a prompt template")
         if self.task == "custom" and not self.options_field and not self.verbalizer:
-            raise bad("verbalizer", "a custom classification task needs a verbalizer "
-                                    "(label -> word), or options_field for multiple choice")
+            raise bad(
+                "verbalizer",
+                "a custom classification task needs a verbalizer "
+                "(label -> word), or options_field for multiple choice",
+            )
         if self.objective not in ("ce", "accuracy"):
             raise bad("objective", "use ce or accuracy")
         for name in ("steps", "batch_size", "max_length", "n_directions", "eval_batch_size"):
@@ -184,8 +188,11 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key.strip().replace("-", "_"), value
 
 
-def resolve_config(yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None,
-                   sets: list[str] | None = None) -> TrainConfig:
+def resolve_config(
+    yaml_path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    sets: list[str] | None = None,
+) -> TrainConfig:
     """defaults < YAML < overrides (flags) < ``key=value`` sets."""
     data: dict[str, Any] = {}
     if yaml_path:

@@ -95,24 +95,37 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def select_trainable(names: Sequence[str], include: Sequence[str], exclude: Sequence[str]
-                     ) -> list[str]:
+def select_trainable(
+    names: Sequence[str], include: Sequence[str], exclude: Sequence[str]
+) -> list[str]:
     """Canonical names matching any include glob and no exclude glob."""
-    out = [n for n in names if any(fnmatchcase(n, p) for p in include)
-           and not any(fnmatchcase(n, p) for p in exclude)]
+    out = [
+        n
+        for n in names
+        if any(fnmatchcase(n, p) for p in include) and not any(fnmatchcase(n, p) for p in exclude)
+    ]
     if not out:
-        raise ConfigError(f"no parameter matches trainable={list(include)} minus "
-                          f"frozen={list(exclude)}; names look like {list(names)[:4]}")
+        raise ConfigError(
+            f"no parameter matches trainable={list(include)} minus "
+            f"frozen={list(exclude)}; names look like {list(names)[:4]}"
+        )
     return sorted(out)
 
 
-def decay_params(params: dict[str, torch.nn.Parameter], trainable: Sequence[str],
-                 weight_decay: float, no_decay: Sequence[str]) -> list[str]:
+def decay_params(
+    params: dict[str, torch.nn.Parameter],
+    trainable: Sequence[str],
+    weight_decay: float,
+    no_decay: Sequence[str],
+) -> list[str]:
     """Trainable parameters that get weight decay: not 1-D, no no_decay substring."""
     if weight_decay == 0:
         return []
-    return sorted(n for n in trainable if params[n].ndim > 1
-                  and not any(s.lower() in n.lower() for s in no_decay))
+    return sorted(
+        n
+        for n in trainable
+        if params[n].ndim > 1 and not any(s.lower() in n.lower() for s in no_decay)
+    )
 
 
 def batch_indices(seed: int, step: int, n: int, size: int) -> np.ndarray:
@@ -185,8 +198,11 @@ def graceful_interrupt() -> Iterator[Callable[[], bool]]:
         hits["n"] += 1
         if hits["n"] > 1:
             raise KeyboardInterrupt
-        print("\nInterrupted: finishing the current step and saving a valid trajectory "
-              "(Ctrl-C again to stop at once).", flush=True)
+        print(
+            "\nInterrupted: finishing the current step and saving a valid trajectory "
+            "(Ctrl-C again to stop at once).",
+            flush=True,
+        )
 
     try:
         previous = signal.signal(signal.SIGINT, handler)
@@ -202,8 +218,15 @@ def graceful_interrupt() -> Iterator[Callable[[], bool]]:
 # ----------------------------------------------------------------------------- evaluation
 
 
-def evaluate(model, tokenizer, task: PromptTask, examples: Sequence[Example], *,
-             batch_size: int, objective: str = "ce") -> dict[str, float]:
+def evaluate(
+    model,
+    tokenizer,
+    task: PromptTask,
+    examples: Sequence[Example],
+    *,
+    batch_size: int,
+    objective: str = "ce",
+) -> dict[str, float]:
     """Accuracy and loss of the current weights on ``examples`` (no perturbation)."""
     correct = 0.0
     loss = 0.0
@@ -222,21 +245,38 @@ def evaluate(model, tokenizer, task: PromptTask, examples: Sequence[Example], *,
 # ----------------------------------------------------------------------------- header
 
 
-def build_header(cfg: TrainConfig, base_identity: dict, trainable: list[str],
-                 decay: list[str], data_info: dict) -> dict:
+def build_header(
+    cfg: TrainConfig, base_identity: dict, trainable: list[str], decay: list[str], data_info: dict
+) -> dict:
     return {
         "requires": [],
         "tool": {"name": "mezo-ckpt", "version": __version__},
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "base": base_identity,
         "trainable": trainable,
-        "perturbation": {"generator": GENERATOR, "key_rule": KEY_RULE, "z": cfg.z,
-                         "seed": cfg.seed, "eps": cfg.eps, "n_directions": cfg.n_directions},
-        "update": {"arithmetic": ARITHMETIC, "rounding": cfg.rounding,
-                   "weight_decay": cfg.weight_decay, "decay_params": decay},
-        "optimizer": {"lr": cfg.lr, "schedule": cfg.schedule, "warmup_steps": cfg.warmup_steps,
-                      "min_lr_ratio": cfg.min_lr_ratio, "weight_decay": cfg.weight_decay,
-                      "objective": cfg.objective, "batch_size": cfg.batch_size},
+        "perturbation": {
+            "generator": GENERATOR,
+            "key_rule": KEY_RULE,
+            "z": cfg.z,
+            "seed": cfg.seed,
+            "eps": cfg.eps,
+            "n_directions": cfg.n_directions,
+        },
+        "update": {
+            "arithmetic": ARITHMETIC,
+            "rounding": cfg.rounding,
+            "weight_decay": cfg.weight_decay,
+            "decay_params": decay,
+        },
+        "optimizer": {
+            "lr": cfg.lr,
+            "schedule": cfg.schedule,
+            "warmup_steps": cfg.warmup_steps,
+            "min_lr_ratio": cfg.min_lr_ratio,
+            "weight_decay": cfg.weight_decay,
+            "objective": cfg.objective,
+            "batch_size": cfg.batch_size,
+        },
         "records": {"decay": bool(decay), "losses": cfg.record_losses},
         "total_steps": cfg.steps,
         "config": {**cfg.to_dict(), "data": data_info},
@@ -256,8 +296,14 @@ def _comparable(header: dict) -> dict:
 # ----------------------------------------------------------------------------- training
 
 
-def train(cfg: TrainConfig, *, resume: str | Path | None = None, progress: bool = True,
-          keep_model: bool = False, log: Callable[[str], None] = print) -> TrainResult:
+def train(
+    cfg: TrainConfig,
+    *,
+    resume: str | Path | None = None,
+    progress: bool = True,
+    keep_model: bool = False,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
     """Run MeZO as configured and write the trajectory (see `mezo-ckpt train --help`).
 
     Args:
@@ -281,8 +327,9 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, progress: bool 
     log_path = Path(cfg.log_file) if cfg.log_file else out.with_name(out.name + ".log.jsonl")
 
     task, splits = build_task(cfg)
-    loaded = load_base(cfg.model, dtype=cfg.dtype, device=device, revision=cfg.revision,
-                       progress=progress)
+    loaded = load_base(
+        cfg.model, dtype=cfg.dtype, device=device, revision=cfg.revision, progress=progress
+    )
     model = loaded.model
     tokenizer = load_tokenizer(loaded.folder, cfg.model)
     if not task.options_field:
@@ -290,10 +337,12 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, progress: bool 
     params = canonical_parameters(model)
     trainable = select_trainable(list(params), cfg.trainable, cfg.frozen)
     decay = decay_params(params, trainable, cfg.weight_decay, cfg.no_decay)
-    data_info = {"train_sha256": data_fingerprint(splits["train"]),
-                 "train_examples": len(splits["train"]),
-                 **{f"{k}_sha256": data_fingerprint(v) for k, v in splits.items() if k != "train"},
-                 "task_kind": task.kind}
+    data_info = {
+        "train_sha256": data_fingerprint(splits["train"]),
+        "train_examples": len(splits["train"]),
+        **{f"{k}_sha256": data_fingerprint(v) for k, v in splits.items() if k != "train"},
+        "task_kind": task.kind,
+    }
     header = build_header(cfg, loaded.identity(trainable), trainable, decay, data_info)
     spec = UpdateSpec.from_header(header)
 
@@ -344,16 +393,27 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, progress: bool 
         with graceful_interrupt() as stop_requested:
             if start == 0:
                 run_eval(0, ["dev", "test"] if cfg.eval_test else ["dev"])
-            bar = tqdm(total=cfg.steps, initial=start, desc="mezo", unit="step",
-                       disable=not progress, dynamic_ncols=True)
+            bar = tqdm(
+                total=cfg.steps,
+                initial=start,
+                desc="mezo",
+                unit="step",
+                disable=not progress,
+                dynamic_ncols=True,
+            )
             for step in range(start, cfg.steps):
                 t0 = time.perf_counter()
                 idx = batch_indices(cfg.seed, step, len(train_ex), cfg.batch_size)
                 enc = task.encode(tokenizer, [train_ex[i] for i in idx])
                 half = len(enc.n_cands) if enc.single_token else enc.input_ids.shape[0]
-                lr_t = learning_rate(step, lr=cfg.lr, total_steps=cfg.steps,
-                                     schedule=cfg.schedule, warmup_steps=cfg.warmup_steps,
-                                     min_lr_ratio=cfg.min_lr_ratio)
+                lr_t = learning_rate(
+                    step,
+                    lr=cfg.lr,
+                    total_steps=cfg.steps,
+                    schedule=cfg.schedule,
+                    warmup_steps=cfg.warmup_steps,
+                    min_lr_ratio=cfg.min_lr_ratio,
+                )
                 coefs: list[float] = []
                 pair_losses: list[tuple[float, float]] = []
                 skipped = False
@@ -384,11 +444,22 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, progress: bool 
                         apply_to_tensors(params, spec, UpdateBatch.single(step, coefs, m_t))
                 dt = time.perf_counter() - t0
                 mean_loss = float(np.mean(pair_losses))
-                log_f.write(json.dumps({"event": "step", "step": step, "loss": mean_loss,
-                                        "loss_plus": [p[0] for p in pair_losses],
-                                        "loss_minus": [p[1] for p in pair_losses],
-                                        "lr": lr_t, "coefs": coefs, "skipped": skipped,
-                                        "seconds": dt}) + "\n")
+                log_f.write(
+                    json.dumps(
+                        {
+                            "event": "step",
+                            "step": step,
+                            "loss": mean_loss,
+                            "loss_plus": [p[0] for p in pair_losses],
+                            "loss_minus": [p[1] for p in pair_losses],
+                            "lr": lr_t,
+                            "coefs": coefs,
+                            "skipped": skipped,
+                            "seconds": dt,
+                        }
+                    )
+                    + "\n"
+                )
                 bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr_t:.2e}")
                 bar.update(1)
                 done = step + 1
@@ -415,16 +486,30 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, progress: bool 
     if cfg.save_model and not interrupted:
         from mezo_ckpt.replay import export_hf
 
-        export_hf(model, cfg.save_model, tokenizer_from=loaded.folder,
-                  meta={"tool": "mezo-ckpt", "trajectory": str(out), "step": step})
+        export_hf(
+            model,
+            cfg.save_model,
+            tokenizer_from=loaded.folder,
+            meta={"tool": "mezo-ckpt", "trajectory": str(out), "step": step},
+        )
     n_run = max(1, step - start)
-    return TrainResult(out, step, cfg.steps, interrupted, evaluations, seconds, seconds / n_run,
-                       fingerprint, model if keep_model else None,
-                       tokenizer if keep_model else None)
+    return TrainResult(
+        out,
+        step,
+        cfg.steps,
+        interrupted,
+        evaluations,
+        seconds,
+        seconds / n_run,
+        fingerprint,
+        model if keep_model else None,
+        tokenizer if keep_model else None,
+    )
 
 
-def _resume(path: Path, journal: Path, header: dict, model, cfg: TrainConfig,
-            log: Callable[[str], None]) -> tuple[TrajectoryWriter, Trajectory]:
+def _resume(
+    path: Path, journal: Path, header: dict, model, cfg: TrainConfig, log: Callable[[str], None]
+) -> tuple[TrajectoryWriter, Trajectory]:
     """Reopen a run: continue its journal (or a copy of the compact file), replay its
     steps onto the freshly loaded base; returns the writer and what was already there."""
     import shutil
@@ -441,15 +526,22 @@ def _resume(path: Path, journal: Path, header: dict, model, cfg: TrainConfig,
     writer, traj = TrajectoryWriter.open_for_resume(journal, fsync=cfg.fsync)
     if _comparable(traj.header) != _comparable(header):
         writer.close()
-        diff = sorted(k for k in set(_comparable(header)) | set(_comparable(traj.header))
-                      if _comparable(header).get(k) != _comparable(traj.header).get(k))
-        raise ConfigError(f"cannot resume {path}: its settings differ from this run's in {diff}. "
-                          "Resume with the same config (mezo-ckpt train --resume FILE takes "
-                          "the settings from the file).")
+        diff = sorted(
+            k
+            for k in set(_comparable(header)) | set(_comparable(traj.header))
+            if _comparable(header).get(k) != _comparable(traj.header).get(k)
+        )
+        raise ConfigError(
+            f"cannot resume {path}: its settings differ from this run's in {diff}. "
+            "Resume with the same config (mezo-ckpt train --resume FILE takes "
+            "the settings from the file)."
+        )
     if traj.complete:
         writer.close()
-        raise ConfigError(f"{path} is already complete ({traj.num_steps}/{traj.total_steps} "
-                          "steps); nothing to resume")
+        raise ConfigError(
+            f"{path} is already complete ({traj.num_steps}/{traj.total_steps} "
+            "steps); nothing to resume"
+        )
     replay_model(traj, model, step=traj.num_steps, verify=True, check_base=True)
     log(f"Resuming {path} at step {traj.num_steps}/{traj.total_steps}")
     return writer, traj

@@ -23,7 +23,7 @@ from mezo_ckpt.hashing import canonical_parameters
 from mezo_ckpt.stream import generate_z, param_key
 
 #: Parameters larger than this are perturbed in row chunks (Linear) or rows (Embedding).
-CHUNK_ELEMENTS = 1 << 22
+CHUNK_ELEMENTS = 1 << 20
 
 
 @dataclass
@@ -44,8 +44,9 @@ class Perturber:
         eps: perturbation scale.
     """
 
-    def __init__(self, model: torch.nn.Module, trainable: Sequence[str], seed: int, kind: str,
-                 eps: float) -> None:
+    def __init__(
+        self, model: torch.nn.Module, trainable: Sequence[str], seed: int, kind: str, eps: float
+    ) -> None:
         self.model = model
         self.kind = kind
         self.eps = float(eps)
@@ -59,8 +60,11 @@ class Perturber:
             if id(mod) in seen:
                 continue
             seen.add(id(mod))
-            own = [(attr, name_of[id(p)]) for attr, p in mod._parameters.items()
-                   if p is not None and name_of.get(id(p)) in wanted]
+            own = [
+                (attr, name_of[id(p)])
+                for attr, p in mod._parameters.items()
+                if p is not None and name_of.get(id(p)) in wanted
+            ]
             if own:
                 self._owned.append((mod, own))
         self._state: _State | None = None
@@ -72,8 +76,9 @@ class Perturber:
         z = generate_z(self.keys[name], st.step, st.lane, start, count, self.kind)
         return z.to(device)
 
-    def _pair(self, p: torch.Tensor, name: str, start: int = 0,
-              rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _pair(
+        self, p: torch.Tensor, name: str, start: int = 0, rows: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(W+, W-) for elements [start, start + count) of ``p`` flattened (all by default)."""
         flat = p.detach().reshape(-1)
         count = flat.numel() - start if rows is None else rows
@@ -137,7 +142,9 @@ class Perturber:
                 outs[i][..., r0:r1] = F.linear(halves[i], ws[i], b)
         return _merge(outs[0], outs[1], st.half)
 
-    def _embedding_rows(self, mod: torch.nn.Embedding, name: str, ids: torch.Tensor) -> torch.Tensor:
+    def _embedding_rows(
+        self, mod: torch.nn.Embedding, name: str, ids: torch.Tensor
+    ) -> torch.Tensor:
         """Look up perturbed rows only: z for row r covers elements [r*D, (r+1)*D)."""
         st = self._state
         assert st is not None
@@ -164,8 +171,13 @@ class Perturber:
             big = mod._parameters[own[0][0]].numel() > CHUNK_ELEMENTS
             if big and type(mod) is torch.nn.Embedding and not kwargs and len(args) == 1:
                 return perturber._embedding_rows(mod, attrs["weight"], args[0])
-            if (big and type(mod) is torch.nn.Linear and not kwargs and len(args) == 1
-                    and "weight" in attrs):
+            if (
+                big
+                and type(mod) is torch.nn.Linear
+                and not kwargs
+                and len(args) == 1
+                and "weight" in attrs
+            ):
                 return perturber._linear_chunked(mod, own, args[0])
             return perturber._generic(mod, own, orig, args, kwargs)
 

@@ -8,8 +8,15 @@ import math
 SCHEDULES = ("constant", "linear", "cosine")
 
 
-def learning_rate(step: int, *, lr: float, total_steps: int, schedule: str = "constant",
-                  warmup_steps: int = 0, min_lr_ratio: float = 0.0) -> float:
+def learning_rate(
+    step: int,
+    *,
+    lr: float,
+    total_steps: int,
+    schedule: str = "constant",
+    warmup_steps: int = 0,
+    min_lr_ratio: float = 0.0,
+) -> float:
     """Learning rate for 0-based ``step``: linear warm-up, then the named decay.
 
     Args:

@@ -60,7 +60,9 @@ def load_examples(path: str | Path, *, limit: int | None = None) -> list[Example
             with open(p, encoding="utf-8", newline="") as f:
                 rows = list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
         else:
-            raise DataError(f"{p}: unsupported data format {suffix!r} (use .jsonl, .json, .csv, .tsv)")
+            raise DataError(
+                f"{p}: unsupported data format {suffix!r} (use .jsonl, .json, .csv, .tsv)"
+            )
     except UnicodeDecodeError as e:
         raise DataError(f"{p}: not UTF-8 text ({e})") from None
     except json.JSONDecodeError as e:
@@ -140,13 +142,17 @@ class PromptTask:
         for i, ex in enumerate(examples):
             missing = sorted(need - set(ex))
             if missing:
-                raise DataError(f"{where}: example {i} lacks field(s) {missing}; it has "
-                                f"{sorted(ex)}. Set the field names in the config "
-                                "(template, label_field, options_field).")
+                raise DataError(
+                    f"{where}: example {i} lacks field(s) {missing}; it has "
+                    f"{sorted(ex)}. Set the field names in the config "
+                    "(template, label_field, options_field)."
+                )
             if not self.options_field and str(ex[self.label_field]) not in self.verbalizer:
-                raise DataError(f"{where}: example {i} has label {ex[self.label_field]!r}, "
-                                f"which the verbalizer does not map (labels: "
-                                f"{sorted(self.verbalizer)})")
+                raise DataError(
+                    f"{where}: example {i} has label {ex[self.label_field]!r}, "
+                    f"which the verbalizer does not map (labels: "
+                    f"{sorted(self.verbalizer)})"
+                )
 
     def candidates(self, ex: Example) -> tuple[list[str], int]:
         """(continuation strings, index of the correct one) for one example."""
@@ -175,8 +181,9 @@ class PromptTask:
         for label, word in self.verbalizer.items():
             ids = tokenizer(word, add_special_tokens=False)["input_ids"]
             if not ids:
-                raise ConfigError(f"verbalizer word {word!r} for label {label!r} is empty "
-                                  "after tokenization")
+                raise ConfigError(
+                    f"verbalizer word {word!r} for label {label!r} is empty after tokenization"
+                )
             out[label] = ids
         firsts = [tuple(v) for v in out.values()]
         if len(set(firsts)) != len(firsts):
@@ -231,15 +238,17 @@ def score_candidates(model, enc: Encoded, copies: int = 1) -> torch.Tensor:
         p_mask = mask[starts][:, :-1]
         targets = ids[:, -1]
         dev = next(model.parameters()).device
-        logits = _forward(model, p_ids.repeat(copies, 1).to(dev), p_mask.repeat(copies, 1).to(dev),
-                          keep=1)[:, -1].float()
+        logits = _forward(
+            model, p_ids.repeat(copies, 1).to(dev), p_mask.repeat(copies, 1).to(dev), keep=1
+        )[:, -1].float()
         logp = torch.log_softmax(logits, dim=-1).view(copies, len(starts), -1)
         ex_of_row = torch.repeat_interleave(torch.arange(len(starts)), torch.tensor(enc.n_cands))
         return logp[:, ex_of_row.to(dev), targets.to(dev)].cpu()
     dev = next(model.parameters()).device
     lmax = int(enc.cand_len.max())
-    logits = _forward(model, ids.repeat(copies, 1).to(dev), mask.repeat(copies, 1).to(dev),
-                      keep=lmax + 1).float()
+    logits = _forward(
+        model, ids.repeat(copies, 1).to(dev), mask.repeat(copies, 1).to(dev), keep=lmax + 1
+    ).float()
     # logits[:, j] predicts token at position (S - lmax - 1 + j + 1)
     logp = torch.log_softmax(logits[:, :-1], dim=-1)  # predicts the last lmax tokens
     tgt = ids[:, -lmax:].repeat(copies, 1).to(dev)
@@ -253,13 +262,15 @@ def score_candidates(model, enc: Encoded, copies: int = 1) -> torch.Tensor:
 
 def _forward(model, ids: torch.Tensor, mask: torch.Tensor, keep: int) -> torch.Tensor:
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=keep,
-                use_cache=False)
+    out = model(
+        input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=keep, use_cache=False
+    )
     return out.logits
 
 
-def losses_from_scores(scores: torch.Tensor, enc: Encoded, objective: str
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+def losses_from_scores(
+    scores: torch.Tensor, enc: Encoded, objective: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-copy (loss, accuracy) from candidate scores [copies, rows].
 
     objective "ce": mean cross-entropy over candidates (MeZO's loss);

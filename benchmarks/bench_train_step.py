@@ -234,23 +234,13 @@ def make_forward2(s: Setup) -> Callable[[], None]:
 
 
 def make_mezo(s: Setup) -> Callable[[], None]:
-    """The body of the training loop in mezo_ckpt/trainer/loop.py for one step."""
-    import math
-
-    import torch
-
+    """One training step exactly as mezo_ckpt/trainer/loop.py runs it (MezoStep)."""
     from mezo_ckpt.hashing import canonical_parameters
     from mezo_ckpt.trainer.loop import build_header, decay_params, select_trainable
     from mezo_ckpt.trainer.perturb import Perturber
     from mezo_ckpt.trainer.schedule import learning_rate
-    from mezo_ckpt.trainer.tasks import losses_from_scores, score_candidates
-    from mezo_ckpt.update import (
-        UpdateBatch,
-        UpdateSpec,
-        apply_to_tensors,
-        decay_multiplier,
-        round_coefficient,
-    )
+    from mezo_ckpt.trainer.step import MezoStep
+    from mezo_ckpt.update import UpdateSpec
 
     model, enc, cfg = s.model, s.enc, s.cfg
     params = canonical_parameters(model)
@@ -258,7 +248,9 @@ def make_mezo(s: Setup) -> Callable[[], None]:
     decay = decay_params(params, trainable, cfg.weight_decay, cfg.no_decay)
     spec = UpdateSpec.from_header(build_header(cfg, {}, trainable, decay, {}))
     perturber = Perturber(model, trainable, cfg.seed, cfg.z, cfg.eps)
-    half = len(enc.n_cands) if enc.single_token else enc.input_ids.shape[0]
+    stepper = MezoStep(model, params, perturber, spec, eps=cfg.eps,
+                       n_directions=cfg.n_directions, objective=cfg.objective,
+                       weight_decay=cfg.weight_decay)
     state = {"step": 0}
 
     def step() -> None:
@@ -272,25 +264,7 @@ def make_mezo(s: Setup) -> Callable[[], None]:
             warmup_steps=cfg.warmup_steps,
             min_lr_ratio=cfg.min_lr_ratio,
         )
-        coefs: list[float] = []
-        pair_losses: list[tuple[float, float]] = []
-        skipped = False
-        for j in range(cfg.n_directions):
-            with torch.inference_mode(), perturber.perturbed(t, j, half):
-                scores = score_candidates(model, enc, copies=2)
-            losses, _ = losses_from_scores(scores, enc, cfg.objective)
-            lp, lm = float(losses[0]), float(losses[1])
-            pair_losses.append((lp, lm))
-            g = (lp - lm) / (2.0 * cfg.eps)
-            try:
-                coefs.append(round_coefficient(lr_t * g / cfg.n_directions))
-            except ValueError:
-                skipped = True
-        if skipped or not all(math.isfinite(v) for pl in pair_losses for v in pl):
-            return
-        m_t = decay_multiplier(lr_t, cfg.weight_decay) if decay else 1.0
-        with torch.no_grad():
-            apply_to_tensors(params, spec, UpdateBatch.single(t, coefs, m_t))
+        stepper.apply(stepper.estimate(t, enc, lr_t))
 
     return step
 

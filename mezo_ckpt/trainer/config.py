@@ -20,9 +20,11 @@ from mezo_ckpt.update import ROUNDING_MODES
 #: The embedded default task (movie-review sentiment shipped in mezo_ckpt/data).
 DEFAULT_TASK = "sentiment"
 BUILTIN_TASKS: dict[str, dict[str, Any]] = {
+    # MeZO's prompt for SST-2. SmolLM2 starts near chance with it (it says " great" for
+    # almost everything), which MeZO corrects within ~75 steps; see README for figures.
     "sentiment": {
-        "template": "Review: {text}\nSentiment:",
-        "verbalizer": {"positive": " positive", "negative": " negative"},
+        "template": "{text} It was",
+        "verbalizer": {"positive": " great", "negative": " terrible"},
         "label_field": "label",
     },
 }
@@ -52,9 +54,9 @@ class TrainConfig:
     max_length: int = 96
     train_examples: int | None = None
     # MeZO
-    steps: int = 150
+    steps: int = 100
     batch_size: int = 16
-    lr: float = 2e-5
+    lr: float = 3e-5
     eps: float = 1e-3
     schedule: str = "constant"
     warmup_steps: int = 0
@@ -68,7 +70,7 @@ class TrainConfig:
     trainable: list[str] = field(default_factory=lambda: ["*"])
     frozen: list[str] = field(default_factory=list)
     # evaluation
-    eval_every: int = 50
+    eval_every: int = 25
     eval_examples: int = 200
     eval_test: bool = True
     test_examples: int | None = None

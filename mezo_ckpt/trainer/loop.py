@@ -1,22 +1,12 @@
-"""The MeZO training loop.
+"""The MeZO training loop: data, evaluation, the trajectory journal, resume, Ctrl-C.
 
-Per step t (MeZO's algorithm box, with stored coefficients):
-
-    for each direction j:
-        L+_j, L-_j = loss(theta + eps z_tj), loss(theta - eps z_tj)   # one doubled forward
-        g_j = (L+_j - L-_j) / (2 eps)
-        c_j = round13(lr_t * g_j / n_directions)                    # stored in the record
-    theta <- theta * m_t - sum_j c_j z_tj                            # the shared update rule
-
-The perturbed forwards never write to theta (see perturb.py), so weights change only
-through the update rule, which replay runs too: replay == training, bit for bit.
+The step itself (forwards, SPSA estimate, update rule) is in step.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import math
 import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -32,9 +22,7 @@ import torch
 from mezo_ckpt import __version__
 from mezo_ckpt.errors import ConfigError, DataError, TrajectoryError
 from mezo_ckpt.format import (
-    FLAG_SKIPPED,
     Evaluation,
-    StepRecords,
     Trajectory,
     TrajectoryWriter,
     compact,
@@ -44,6 +32,7 @@ from mezo_ckpt.stream import GENERATOR, KEY_RULE
 from mezo_ckpt.trainer.config import TrainConfig
 from mezo_ckpt.trainer.perturb import Perturber
 from mezo_ckpt.trainer.schedule import learning_rate
+from mezo_ckpt.trainer.step import MezoStep
 from mezo_ckpt.trainer.tasks import (
     Example,
     PromptTask,
@@ -54,11 +43,7 @@ from mezo_ckpt.trainer.tasks import (
 )
 from mezo_ckpt.update import (
     ARITHMETIC,
-    UpdateBatch,
     UpdateSpec,
-    apply_to_tensors,
-    decay_multiplier,
-    round_coefficient,
 )
 
 
@@ -356,6 +341,9 @@ def train(
         start = 0
 
     perturber = Perturber(model, trainable, cfg.seed, cfg.z, cfg.eps)
+    stepper = MezoStep(model, params, perturber, spec, eps=cfg.eps,
+                       n_directions=cfg.n_directions, objective=cfg.objective,
+                       weight_decay=cfg.weight_decay)
     train_ex = splits["train"]
     log_f = open(log_path, "a", encoding="utf-8")  # noqa: SIM115
     t_start = time.perf_counter()
@@ -405,7 +393,6 @@ def train(
                 t0 = time.perf_counter()
                 idx = batch_indices(cfg.seed, step, len(train_ex), cfg.batch_size)
                 enc = task.encode(tokenizer, [train_ex[i] for i in idx])
-                half = len(enc.n_cands) if enc.single_token else enc.input_ids.shape[0]
                 lr_t = learning_rate(
                     step,
                     lr=cfg.lr,
@@ -414,47 +401,23 @@ def train(
                     warmup_steps=cfg.warmup_steps,
                     min_lr_ratio=cfg.min_lr_ratio,
                 )
-                coefs: list[float] = []
-                pair_losses: list[tuple[float, float]] = []
-                skipped = False
-                for j in range(cfg.n_directions):
-                    with torch.inference_mode(), perturber.perturbed(step, j, half):
-                        scores = score_candidates(model, enc, copies=2)
-                    losses, _ = losses_from_scores(scores, enc, cfg.objective)
-                    lp, lm = float(losses[0]), float(losses[1])
-                    pair_losses.append((lp, lm))
-                    g = (lp - lm) / (2.0 * cfg.eps)
-                    try:
-                        coefs.append(round_coefficient(lr_t * g / cfg.n_directions))
-                    except ValueError:
-                        skipped = True
-                if skipped or not all(math.isfinite(v) for pl in pair_losses for v in pl):
-                    skipped = True
-                    coefs = [0.0] * cfg.n_directions
-                m_t = decay_multiplier(lr_t, cfg.weight_decay) if decay and not skipped else 1.0
-                rec = StepRecords(
-                    np.array([FLAG_SKIPPED if skipped else 0], np.uint8),
-                    np.array([coefs], np.float32),
-                    np.array([m_t], np.float32),
-                    np.array([pair_losses], np.float32) if cfg.record_losses else None,
-                )
-                writer.append_steps(rec)  # the record is durable before the weights move
-                if not skipped:
-                    with torch.no_grad():
-                        apply_to_tensors(params, spec, UpdateBatch.single(step, coefs, m_t))
+                est = stepper.estimate(step, enc, lr_t)
+                # The record is durable before the weights move.
+                writer.append_steps(est.record(with_losses=cfg.record_losses))
+                stepper.apply(est)
                 dt = time.perf_counter() - t0
-                mean_loss = float(np.mean(pair_losses))
+                mean_loss = est.loss
                 log_f.write(
                     json.dumps(
                         {
                             "event": "step",
                             "step": step,
                             "loss": mean_loss,
-                            "loss_plus": [p[0] for p in pair_losses],
-                            "loss_minus": [p[1] for p in pair_losses],
+                            "loss_plus": [p[0] for p in est.pair_losses],
+                            "loss_minus": [p[1] for p in est.pair_losses],
                             "lr": lr_t,
-                            "coefs": coefs,
-                            "skipped": skipped,
+                            "coefs": est.coefs,
+                            "skipped": est.skipped,
                             "seconds": dt,
                         }
                     )

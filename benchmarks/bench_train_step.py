@@ -4,11 +4,11 @@ official in-place MeZO step vs a backprop + AdamW step (time and peak memory).
 Modes (same model, same batch, same loss: ``score_candidates`` + cross-entropy over the
 label words, as in ``mezo_ckpt.trainer``):
 
-* ``forward2``: two plain forwards of the batch (``score_candidates(copies=1)`` and its
+* ``forward2``: two plain forwards of the batch (``score_candidates`` and its
   loss, twice, under ``torch.inference_mode`` in eval mode): what the two loss
   evaluations of any MeZO step cost at least.
 * ``mezo``: one mezo-ckpt step as ``mezo_ckpt/trainer/loop.py`` runs it: the perturbed
-  doubled forward (``Perturber.perturbed`` + ``score_candidates(copies=2)``), the losses,
+  perturbed forwards (``Perturber.perturbed`` + ``score_candidates``, one per sign), the losses,
   the rounded coefficient and ``apply_to_tensors``. Not included: tokenization (all
   modes use one pre-encoded batch) and writing the step record to the trajectory.
 * ``official``: the in-place recipe of princeton-nlp/MeZO (large_models/trainer.py):
@@ -63,7 +63,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODES = ("forward2", "mezo", "official", "backprop")
 DESCRIPTIONS = {
     "forward2": "two plain forwards (inference_mode)",
-    "mezo": "mezo-ckpt step (doubled perturbed forward + update)",
+    "mezo": "mezo-ckpt step (two perturbed forwards + update)",
     "official": "official in-place MeZO step (4 passes of torch.normal)",
     "backprop": "backprop + AdamW step",
 }
@@ -227,8 +227,7 @@ def make_forward2(s: Setup) -> Callable[[], None]:
         model.eval()
         with torch.inference_mode():
             for _ in range(2):
-                scores = score_candidates(model, enc, copies=1)
-                losses_from_scores(scores, enc, "ce")
+                losses_from_scores(score_candidates(model, enc), enc, "ce")
 
     return step
 
@@ -295,9 +294,7 @@ def make_official(s: Setup) -> Callable[[], None]:
     def zo_forward() -> float:
         model.eval()
         with torch.inference_mode():
-            scores = score_candidates(model, enc, copies=1)
-            losses, _ = losses_from_scores(scores, enc, cfg.objective)
-        return float(losses[0])
+            return losses_from_scores(score_candidates(model, enc), enc, cfg.objective)[0]
 
     def step() -> None:
         seed = int(rng.randint(1000000000))
@@ -323,9 +320,9 @@ def make_official(s: Setup) -> Callable[[], None]:
 def make_backprop(s: Setup) -> Callable[[], None]:
     import torch
 
-    from mezo_ckpt.trainer.tasks import losses_from_scores, score_candidates
+    from mezo_ckpt.trainer.tasks import cross_entropy, score_candidates
 
-    model, enc, cfg = s.model, s.enc, s.cfg
+    model, enc = s.model, s.enc
     params = list(model.parameters())  # tied weights once
     opt = torch.optim.AdamW(params, lr=BACKPROP_LR)
 
@@ -333,9 +330,7 @@ def make_backprop(s: Setup) -> Callable[[], None]:
         # requires_grad only while this step runs, so that the modes can share one model
         model.requires_grad_(True)
         try:
-            scores = score_candidates(model, enc, copies=1)
-            losses, _ = losses_from_scores(scores, enc, cfg.objective)
-            losses[0].backward()
+            cross_entropy(score_candidates(model, enc), enc).backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
         finally:

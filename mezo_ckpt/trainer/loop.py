@@ -215,14 +215,15 @@ def evaluate(
     """Accuracy and loss of the current weights on ``examples`` (no perturbation)."""
     correct = 0.0
     loss = 0.0
+    # Batch similar lengths together: much less padding, same per-example scores.
+    ordered = sorted(examples, key=lambda ex: len(task.template.format(**ex)))
     with torch.inference_mode():
-        for lo in range(0, len(examples), batch_size):
-            chunk = examples[lo : lo + batch_size]
+        for lo in range(0, len(ordered), batch_size):
+            chunk = ordered[lo : lo + batch_size]
             enc = task.encode(tokenizer, chunk)
-            scores = score_candidates(model, enc, copies=1)
-            lo_, acc = losses_from_scores(scores, enc, "ce")
-            correct += float(acc[0]) * len(chunk)
-            loss += float(lo_[0]) * len(chunk)
+            batch_loss, acc = losses_from_scores(score_candidates(model, enc), enc, "ce")
+            correct += acc * len(chunk)
+            loss += batch_loss * len(chunk)
     n = max(1, len(examples))
     return {"accuracy": correct / n, "loss": loss / n, "examples": float(len(examples))}
 

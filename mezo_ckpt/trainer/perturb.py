@@ -1,13 +1,12 @@
-"""Forward passes at theta + eps*z and theta - eps*z that never write to theta.
+"""Forward passes at theta + eps*z or theta - eps*z that never write to theta.
 
 The official MeZO code perturbs weights in place (+eps, -2 eps, +eps), which does not
 restore them in floating point. Here every module that owns trainable parameters gets a
 temporary forward that builds its perturbed weights on the fly from the original
-(untouched) tensors, uses them, and drops them. Both signs run in one pass over a
-doubled batch: the first half of the batch sees theta + eps*z, the second theta - eps*z,
-so z is generated once per step for the perturbation. Extra memory is one layer's
-weights at a time (large matrices are processed in row chunks, embeddings by gathered
-rows), which keeps training at inference-level memory.
+(untouched) tensors, uses them, and drops them. Extra memory is one layer's weights at a
+time (large matrices in row chunks, embeddings by gathered rows): training stays at
+inference-level memory. Each sign is its own forward pass over the batch, so activations
+are those of an ordinary inference pass too.
 """
 
 from __future__ import annotations
@@ -16,11 +15,18 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from mezo_ckpt.hashing import canonical_parameters
-from mezo_ckpt.stream import generate_z, param_key
+from mezo_ckpt.stream import (
+    KIND_CODES,
+    compiled_available,
+    generate_z,
+    normal16_table_numpy,
+    param_key,
+)
 
 #: Parameters larger than this are perturbed in row chunks (Linear) or rows (Embedding).
 CHUNK_ELEMENTS = 1 << 20
@@ -30,7 +36,7 @@ CHUNK_ELEMENTS = 1 << 20
 class _State:
     step: int
     lane: int
-    half: int  # examples per sign
+    scale: float  # +eps or -eps
 
 
 class Perturber:
@@ -44,9 +50,8 @@ class Perturber:
         eps: perturbation scale.
     """
 
-    def __init__(
-        self, model: torch.nn.Module, trainable: Sequence[str], seed: int, kind: str, eps: float
-    ) -> None:
+    def __init__(self, model: torch.nn.Module, trainable: Sequence[str], seed: int, kind: str,
+                 eps: float) -> None:
         self.model = model
         self.kind = kind
         self.eps = float(eps)
@@ -60,105 +65,76 @@ class Perturber:
             if id(mod) in seen:
                 continue
             seen.add(id(mod))
-            own = [
-                (attr, name_of[id(p)])
-                for attr, p in mod._parameters.items()
-                if p is not None and name_of.get(id(p)) in wanted
-            ]
+            own = [(attr, name_of[id(p)]) for attr, p in mod._parameters.items()
+                   if p is not None and name_of.get(id(p)) in wanted]
             if own:
                 self._owned.append((mod, own))
         self._state: _State | None = None
 
-    # ------------------------------------------------------------------ z and weights
-    def _z(self, name: str, start: int, count: int, device: torch.device) -> torch.Tensor:
+    # ------------------------------------------------------------------ perturbed weights
+    def _perturbed(self, p: torch.Tensor, name: str, start: int = 0,
+                   count: int | None = None) -> torch.Tensor:
+        """Elements [start, start + count) of ``p`` (flattened) plus scale * z, as a new
+        tensor; ``p`` itself is only read."""
         st = self._state
         assert st is not None
-        z = generate_z(self.keys[name], st.step, st.lane, start, count, self.kind)
-        return z.to(device)
-
-    def _pair(
-        self, p: torch.Tensor, name: str, start: int = 0, rows: int | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(W+, W-) for elements [start, start + count) of ``p`` flattened (all by default)."""
         flat = p.detach().reshape(-1)
-        count = flat.numel() - start if rows is None else rows
-        w = flat[start : start + count].float()
-        ez = self._z(name, start, count, p.device).mul_(self.eps)
-        return (w + ez).to(p.dtype), (w - ez).to(p.dtype)
+        count = flat.numel() - start if count is None else count
+        w = flat[start : start + count]
+        key = self.keys[name]
+        if w.dtype == torch.float32 and w.device.type == "cpu" and compiled_available():
+            from mezo_ckpt import _kernels
+
+            out = w.clone()
+            coefs = np.zeros((1, st.lane + 1), np.float32)
+            coefs[0, st.lane] = -st.scale  # the kernel computes x - c * z
+            _kernels.replay_fp32(normal16_table_numpy(), out.numpy(), start, key[0], key[1],
+                                 np.array([st.step], np.int64), coefs,
+                                 np.ones(1, np.float32), KIND_CODES[self.kind])
+            return out
+        z = generate_z(key, st.step, st.lane, start, count, self.kind).to(w.device)
+        return (w.float() + z.mul_(st.scale)).to(w.dtype)
 
     # ------------------------------------------------------------------ forwards
-    def _split(self, value, half: int, which: int):
-        """The + (which=0) or - half of a batch-major tensor.
-
-        Leading dims that are a multiple of the doubled batch (e.g. OPT flattens
-        [batch, seq] into rows) split in the middle; anything else is shared.
-        """
-        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] % (2 * half) == 0:
-            mid = value.shape[0] // 2
-            return value[:mid] if which == 0 else value[mid:]
-        return value
-
     def _generic(self, mod, own, orig, args, kwargs):
-        """Swap perturbed tensors into the module, run each half, restore."""
-        st = self._state
-        assert st is not None
-        pairs = {attr: self._pair(mod._parameters[attr], name) for attr, name in own}
+        """Swap perturbed tensors into the module for one call, then restore."""
         saved = {attr: mod._parameters[attr] for attr, _ in own}
-        outs = []
         try:
-            for which in (0, 1):
-                for attr, (wp, wm) in pairs.items():
-                    mod._parameters[attr] = (wp if which == 0 else wm).view_as(saved[attr])
-                a = tuple(self._split(x, st.half, which) for x in args)
-                k = {kk: self._split(v, st.half, which) for kk, v in kwargs.items()}
-                outs.append(orig(mod, *a, **k))
+            for attr, name in own:
+                mod._parameters[attr] = self._perturbed(saved[attr], name).view_as(saved[attr])
+            return orig(mod, *args, **kwargs)
         finally:
             for attr, p in saved.items():
                 mod._parameters[attr] = p
-        return _merge(outs[0], outs[1], st.half)
 
     def _linear_chunked(self, mod: torch.nn.Linear, own, x: torch.Tensor) -> torch.Tensor:
-        """y = x W^T + b for each half, perturbing W in row chunks."""
-        st = self._state
-        assert st is not None
+        """y = x W^T + b, perturbing W in row chunks (bounded extra memory)."""
         names = dict(own)
         w = mod.weight
         n_out, n_in = w.shape
-        halves = [self._split(x, st.half, 0), self._split(x, st.half, 1)]
-        outs = [torch.empty(*h.shape[:-1], n_out, dtype=x.dtype, device=x.device) for h in halves]
-        bias = None
-        if mod.bias is not None:
-            bias = self._pair(mod.bias, names["bias"]) if "bias" in names else (mod.bias, mod.bias)
+        out = torch.empty(*x.shape[:-1], n_out, dtype=x.dtype, device=x.device)
+        bias = mod.bias
+        if bias is not None and "bias" in names:
+            bias = self._perturbed(bias, names["bias"])
         rows = max(1, CHUNK_ELEMENTS // n_in)
         for r0 in range(0, n_out, rows):
             r1 = min(n_out, r0 + rows)
             if "weight" in names:
-                wp, wm = self._pair(w, names["weight"], r0 * n_in, (r1 - r0) * n_in)
-                ws = (wp.view(r1 - r0, n_in), wm.view(r1 - r0, n_in))
+                wc = self._perturbed(w, names["weight"], r0 * n_in, (r1 - r0) * n_in)
+                wc = wc.view(r1 - r0, n_in)
             else:
-                ws = (w[r0:r1], w[r0:r1])
-            for i in (0, 1):
-                b = None if bias is None else bias[i][r0:r1]
-                outs[i][..., r0:r1] = F.linear(halves[i], ws[i], b)
-        return _merge(outs[0], outs[1], st.half)
+                wc = w[r0:r1]
+            out[..., r0:r1] = F.linear(x, wc, None if bias is None else bias[r0:r1])
+        return out
 
-    def _embedding_rows(
-        self, mod: torch.nn.Embedding, name: str, ids: torch.Tensor
-    ) -> torch.Tensor:
+    def _embedding_rows(self, mod: torch.nn.Embedding, name: str, ids: torch.Tensor
+                        ) -> torch.Tensor:
         """Look up perturbed rows only: z for row r covers elements [r*D, (r+1)*D)."""
-        st = self._state
-        assert st is not None
         dim = mod.weight.shape[1]
-        outs = []
-        for which in (0, 1):
-            part = self._split(ids, st.half, which)
-            uniq, inverse = torch.unique(part, return_inverse=True)
-            w = mod.weight.detach()[uniq].float()
-            z = torch.stack([self._z(name, int(r) * dim, dim, w.device) for r in uniq.tolist()])
-            sign = 1.0 if which == 0 else -1.0
-            rows = (w + sign * self.eps * z).to(mod.weight.dtype)
-            outs.append(F.embedding(inverse, rows))
-        return _merge(outs[0], outs[1], st.half)
+        uniq, inverse = torch.unique(ids, return_inverse=True)
+        rows = torch.stack([self._perturbed(mod.weight, name, int(r) * dim, dim)
+                            for r in uniq.tolist()])
+        return F.embedding(inverse, rows)
 
     def _make_forward(self, mod: torch.nn.Module, own: list[tuple[str, str]]):
         orig = type(mod).forward
@@ -169,27 +145,23 @@ class Perturber:
                 return orig(mod, *args, **kwargs)
             attrs = dict(own)
             big = mod._parameters[own[0][0]].numel() > CHUNK_ELEMENTS
-            if big and type(mod) is torch.nn.Embedding and not kwargs and len(args) == 1:
+            simple = not kwargs and len(args) == 1
+            if big and simple and type(mod) is torch.nn.Embedding:
                 return perturber._embedding_rows(mod, attrs["weight"], args[0])
-            if (
-                big
-                and type(mod) is torch.nn.Linear
-                and not kwargs
-                and len(args) == 1
-                and "weight" in attrs
-            ):
+            if big and simple and type(mod) is torch.nn.Linear and "weight" in attrs:
                 return perturber._linear_chunked(mod, own, args[0])
             return perturber._generic(mod, own, orig, args, kwargs)
 
         return forward
 
     @contextlib.contextmanager
-    def perturbed(self, step: int, lane: int, half: int) -> Iterator[None]:
-        """Within this block, a forward on a batch of 2*half rows runs the first half at
-        theta + eps*z(step, lane) and the second half at theta - eps*z(step, lane)."""
+    def perturbed(self, step: int, lane: int, sign: int) -> Iterator[None]:
+        """Within this block the model computes at theta + sign * eps * z(step, lane)."""
+        if sign not in (1, -1):
+            raise ValueError("sign must be +1 or -1")
         for mod, own in self._owned:
             mod.forward = self._make_forward(mod, own)
-        self._state = _State(step, lane, half)
+        self._state = _State(step, lane, sign * self.eps)
         try:
             yield
         finally:
@@ -197,17 +169,3 @@ class Perturber:
             for mod, _ in self._owned:
                 with contextlib.suppress(AttributeError):
                     del mod.forward
-
-
-def _merge(a, b, half: int):
-    """Concatenate the two halves' outputs along the batch dim (broadcast rows expand)."""
-    if isinstance(a, torch.Tensor):
-        if a.dim() > 0 and a.shape[0] == 1 and half != 1:
-            a = a.expand(half, *a.shape[1:])
-            b = b.expand(half, *b.shape[1:])
-        return torch.cat([a, b], dim=0)
-    if isinstance(a, tuple):
-        return tuple(_merge(x, y, half) for x, y in zip(a, b))
-    if a is None:
-        return None
-    raise TypeError(f"cannot merge perturbed outputs of type {type(a).__name__}")

@@ -1,7 +1,7 @@
 """One MeZO step, as in the paper's algorithm box (with stored coefficients):
 
     for each direction j:
-        L+_j, L-_j = loss(theta + eps z_tj), loss(theta - eps z_tj)   # one doubled forward
+        L+_j, L-_j = loss(theta + eps z_tj), loss(theta - eps z_tj)   # two forwards
         g_j = (L+_j - L-_j) / (2 eps)
         c_j = round13(lr_t * g_j / n_directions)                    # stored in the record
     theta <- theta * m_t - sum_j c_j z_tj                            # the shared update rule
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from mezo_ckpt.format import FLAG_SKIPPED, StepRecords
+from mezo_ckpt.trainer.memory import pin_malloc_thresholds
 from mezo_ckpt.trainer.perturb import Perturber
 from mezo_ckpt.trainer.tasks import Encoded, losses_from_scores, score_candidates
 from mezo_ckpt.update import (
@@ -77,18 +78,20 @@ class MezoStep:
         self.n_directions = n_directions
         self.objective = objective
         self.weight_decay = weight_decay if spec.decay_params else 0.0
+        pin_malloc_thresholds()
 
     def estimate(self, step: int, enc: Encoded, lr: float) -> StepEstimate:
         """Two-sided SPSA along n directions: forwards only, weights untouched."""
-        half = len(enc.n_cands) if enc.single_token else enc.input_ids.shape[0]
         coefs: list[float] = []
         pair_losses: list[tuple[float, float]] = []
         skipped = False
         for j in range(self.n_directions):
-            with torch.inference_mode(), self.perturber.perturbed(step, j, half):
-                scores = score_candidates(self.model, enc, copies=2)
-            losses, _ = losses_from_scores(scores, enc, self.objective)
-            lp, lm = float(losses[0]), float(losses[1])
+            pair = []
+            for sign in (1, -1):
+                with torch.inference_mode(), self.perturber.perturbed(step, j, sign):
+                    scores = score_candidates(self.model, enc)
+                pair.append(losses_from_scores(scores, enc, self.objective)[0])
+            lp, lm = pair
             pair_losses.append((lp, lm))
             g = (lp - lm) / (2.0 * self.eps)
             try:

@@ -223,41 +223,32 @@ class PromptTask:
         return Encoded(ids, mask, torch.tensor(cand_len), n_cands, torch.tensor(gold), single)
 
 
-def score_candidates(model, enc: Encoded, copies: int = 1) -> torch.Tensor:
-    """Length-normalised log-likelihood of each candidate: [copies, rows].
+def score_candidates(model, enc: Encoded) -> torch.Tensor:
+    """Length-normalised log-likelihood of each candidate: a float tensor [rows].
 
-    The batch is repeated ``copies`` times along the batch dim (the perturbed forward
-    uses copies=2: + and - halves). With single-token candidates the prompt is run once
-    per example and the candidate tokens are read from the last position.
+    With single-token candidates each prompt runs once and every candidate is read from
+    the last position's logits; otherwise each (prompt + candidate) row runs and the
+    candidate's tokens are scored by teacher forcing.
     """
     ids, mask = enc.input_ids, enc.attention_mask
+    dev = next(model.parameters()).device
     if enc.single_token:
         # One row per candidate; keep the first row of each example, read all candidates.
         starts = torch.tensor([0] + enc.n_cands[:-1]).cumsum(0)
         p_ids = ids[starts][:, :-1]
         p_mask = mask[starts][:, :-1]
-        targets = ids[:, -1]
-        dev = next(model.parameters()).device
-        logits = _forward(
-            model, p_ids.repeat(copies, 1).to(dev), p_mask.repeat(copies, 1).to(dev), keep=1
-        )[:, -1].float()
-        logp = torch.log_softmax(logits, dim=-1).view(copies, len(starts), -1)
+        logits = _forward(model, p_ids.to(dev), p_mask.to(dev), keep=1)[:, -1].float()
+        logp = torch.log_softmax(logits, dim=-1)
         ex_of_row = torch.repeat_interleave(torch.arange(len(starts)), torch.tensor(enc.n_cands))
-        return logp[:, ex_of_row.to(dev), targets.to(dev)].cpu()
-    dev = next(model.parameters()).device
+        return logp[ex_of_row.to(dev), ids[:, -1].to(dev)].cpu()
     lmax = int(enc.cand_len.max())
-    logits = _forward(
-        model, ids.repeat(copies, 1).to(dev), mask.repeat(copies, 1).to(dev), keep=lmax + 1
-    ).float()
-    # logits[:, j] predicts token at position (S - lmax - 1 + j + 1)
+    logits = _forward(model, ids.to(dev), mask.to(dev), keep=lmax + 1).float()
+    # logits[:, j] predicts the token at position S - lmax - 1 + j + 1
     logp = torch.log_softmax(logits[:, :-1], dim=-1)  # predicts the last lmax tokens
-    tgt = ids[:, -lmax:].repeat(copies, 1).to(dev)
-    tok_lp = logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)  # [copies*R, lmax]
-    pos = torch.arange(lmax, device=dev)
-    clen = enc.cand_len.repeat(copies).to(dev)
-    valid = pos.unsqueeze(0) >= (lmax - clen).unsqueeze(1)
-    s = (tok_lp * valid).sum(-1) / clen
-    return s.view(copies, -1).cpu()
+    tok_lp = logp.gather(-1, ids[:, -lmax:].to(dev).unsqueeze(-1)).squeeze(-1)  # [R, lmax]
+    clen = enc.cand_len.to(dev)
+    valid = torch.arange(lmax, device=dev).unsqueeze(0) >= (lmax - clen).unsqueeze(1)
+    return ((tok_lp * valid).sum(-1) / clen).cpu()
 
 
 def _forward(model, ids: torch.Tensor, mask: torch.Tensor, keep: int) -> torch.Tensor:
@@ -268,25 +259,28 @@ def _forward(model, ids: torch.Tensor, mask: torch.Tensor, keep: int) -> torch.T
     return out.logits
 
 
-def losses_from_scores(
-    scores: torch.Tensor, enc: Encoded, objective: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-copy (loss, accuracy) from candidate scores [copies, rows].
+def cross_entropy(scores: torch.Tensor, enc: Encoded) -> torch.Tensor:
+    """Mean cross-entropy over each example's candidate scores (MeZO's loss); a
+    differentiable tensor when ``scores`` is."""
+    lo = 0
+    terms = []
+    for n, g in zip(enc.n_cands, enc.gold.tolist()):
+        terms.append(-torch.log_softmax(scores[lo : lo + n].double(), 0)[g])
+        lo += n
+    return torch.stack(terms).mean()
 
-    objective "ce": mean cross-entropy over candidates (MeZO's loss);
-    "accuracy": 1 - accuracy (non-differentiable objective).
+
+def losses_from_scores(scores: torch.Tensor, enc: Encoded, objective: str
+                       ) -> tuple[float, float]:
+    """(loss, accuracy) of a batch from its candidate scores [rows].
+
+    objective "ce": :func:`cross_entropy` (MeZO's loss); "accuracy": 1 - accuracy (the
+    non-differentiable objective).
     """
-    copies = scores.shape[0]
-    losses, accs = [], []
-    for c in range(copies):
-        lo = 0
-        ce, correct = [], []
-        for n, g in zip(enc.n_cands, enc.gold.tolist()):
-            s = scores[c, lo : lo + n].double()
-            ce.append(-(torch.log_softmax(s, 0)[g]))
-            correct.append(float(int(torch.argmax(s)) == g))
-            lo += n
-        acc = torch.tensor(correct, dtype=torch.float64).mean()
-        accs.append(acc)
-        losses.append(torch.stack(ce).mean() if objective == "ce" else 1.0 - acc)
-    return torch.stack(losses), torch.stack(accs)
+    lo = 0
+    correct = 0
+    for n, g in zip(enc.n_cands, enc.gold.tolist()):
+        correct += int(torch.argmax(scores[lo : lo + n])) == g
+        lo += n
+    acc = correct / len(enc.n_cands)
+    return (float(cross_entropy(scores, enc)) if objective == "ce" else 1.0 - acc), acc

@@ -20,7 +20,6 @@ import numpy as np
 import torch
 
 from mezo_ckpt.format import FLAG_SKIPPED, StepRecords
-from mezo_ckpt.trainer.memory import pin_malloc_thresholds
 from mezo_ckpt.trainer.perturb import Perturber
 from mezo_ckpt.trainer.tasks import Encoded, losses_from_scores, score_candidates
 from mezo_ckpt.update import (
@@ -78,7 +77,6 @@ class MezoStep:
         self.n_directions = n_directions
         self.objective = objective
         self.weight_decay = weight_decay if spec.decay_params else 0.0
-        pin_malloc_thresholds()
 
     def estimate(self, step: int, enc: Encoded, lr: float) -> StepEstimate:
         """Two-sided SPSA along n directions: forwards only, weights untouched."""

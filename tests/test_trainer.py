@@ -400,3 +400,17 @@ def test_tiny_model_factory_is_portable():
     a = canonical_parameters(tiny_model("llama"))
     b = canonical_parameters(tiny_model("llama"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.real_model
+def test_real_default_model_few_steps_replay_exact(tmp_path):
+    """A few steps of the embedded default (SmolLM2-135M, built-in sentiment task), then
+    replay from the file equals the trained weights."""
+    r = train(TrainConfig(steps=2, eval_every=0, eval_examples=16, eval_test=False,
+                          fsync=False, output=str(tmp_path / "real.zst")),
+              progress=False, keep_model=True, log=lambda s: None)
+    traj = read_trajectory(tmp_path / "real.zst")
+    assert traj.complete and traj.header["base"]["kind"] == "embedded"
+    model = load_base(None).model
+    assert replay_model(traj, model).verified
+    assert_same(state(r.model), state(model))

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_stream import machine_line  # noqa: E402
+from bench_stream import machine_line, timed_rounds  # noqa: E402
 
 from mezo_ckpt import _kernels as K  # noqa: E402
 from mezo_ckpt import stream as S  # noqa: E402
@@ -126,17 +126,8 @@ def main() -> None:
     for th in threads:
         torch.set_num_threads(th)
         numba.set_num_threads(th)
-        times: dict[str, list[float]] = {m: [] for m in methods}
-        work: dict[str, int] = {}
-        for _ in range(args.rounds):
-            for m, f in methods.items():
-                t0, c0 = time.perf_counter(), time.process_time()
-                work[m] = f()
-                times[m].append(time.perf_counter() - t0)
-                if m.startswith("numba"):
-                    cpu_share[th].append((time.process_time() - c0) / times[m][-1])
-        for m in methods:
-            rates[(m, th)] = work[m] / statistics.median(times[m]) / 1e6
+        for m, rate in timed_rounds(methods, args.rounds, cpu_share[th]).items():
+            rates[(m, th)] = rate
 
     naive_key = "naive torch.randn replay (fp32)"
     print(f"Machine: {machine_line()}")

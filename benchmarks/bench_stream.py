@@ -12,13 +12,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import time
 
 import numba
 import numpy as np
 import torch
+from _machine import cpu_model
 
 from mezo_ckpt import _kernels as K
 from mezo_ckpt import stream as S
@@ -26,15 +26,22 @@ from mezo_ckpt import stream as S
 KEY = (0x12345678, 0x9ABCDEF0)
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+def timed_rounds(methods: dict, rounds: int, cpu_share: list[float]) -> dict[str, float]:
+    """Run the methods interleaved for ``rounds`` rounds; each returns its work count.
+
+    Returns M work units per second per method (median round); appends the numba
+    methods' CPU-seconds per wall-second to ``cpu_share``.
+    """
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    work: dict[str, int] = {}
+    for _ in range(rounds):
+        for m, f in methods.items():
+            t, c = time.perf_counter(), time.process_time()
+            work[m] = f()
+            times[m].append(time.perf_counter() - t)
+            if m.startswith("numba"):
+                cpu_share.append((time.process_time() - c) / times[m][-1])
+    return {m: work[m] / statistics.median(times[m]) / 1e6 for m in methods}
 
 
 def machine_line() -> str:
@@ -94,19 +101,10 @@ def main() -> None:
     for th in threads:
         torch.set_num_threads(th)
         numba.set_num_threads(th)
-        times: dict[str, list[float]] = {m: [] for m in methods}
-        counts: dict[str, int] = {}
         for f in methods.values():  # warm-up
             f()
-        for _ in range(args.rounds):
-            for m, f in methods.items():
-                t, c = time.perf_counter(), time.process_time()
-                counts[m] = f()
-                times[m].append(time.perf_counter() - t)
-                if m.startswith("numba"):
-                    cpu_share[th].append((time.process_time() - c) / times[m][-1])
-        for m in methods:
-            rates[(m, th)] = counts[m] / statistics.median(times[m]) / 1e6
+        for m, rate in timed_rounds(methods, args.rounds, cpu_share[th]).items():
+            rates[(m, th)] = rate
 
     print(f"Machine: {machine_line()}")
     print(f"z generation, {n} samples x {steps} vectors per run (reference: {n_ref} x 1), "

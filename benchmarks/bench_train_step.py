@@ -59,6 +59,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _machine import cpu_model
+
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ("forward2", "mezo", "official", "backprop")
 DESCRIPTIONS = {
@@ -76,17 +78,6 @@ RESULT_TAG = "BENCH_RESULT "
 
 
 # ----------------------------------------------------------------------------- machine
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def load_avg() -> str:

@@ -228,7 +228,6 @@ def make_mezo(s: Setup) -> Callable[[], None]:
     from mezo_ckpt.hashing import canonical_parameters
     from mezo_ckpt.trainer.loop import build_header, decay_params, select_trainable
     from mezo_ckpt.trainer.perturb import Perturber
-    from mezo_ckpt.trainer.schedule import learning_rate
     from mezo_ckpt.trainer.step import MezoStep
     from mezo_ckpt.update import UpdateSpec
 
@@ -246,14 +245,7 @@ def make_mezo(s: Setup) -> Callable[[], None]:
     def step() -> None:
         t = state["step"]
         state["step"] += 1
-        lr_t = learning_rate(
-            t,
-            lr=cfg.lr,
-            total_steps=max(cfg.steps, t + 1),
-            schedule=cfg.schedule,
-            warmup_steps=cfg.warmup_steps,
-            min_lr_ratio=cfg.min_lr_ratio,
-        )
+        lr_t = cfg.lr_at(t)
         stepper.apply(stepper.estimate(t, enc, lr_t))
 
     return step

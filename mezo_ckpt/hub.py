@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from mezo_ckpt import __version__
-from mezo_ckpt.base import load_folder
+from mezo_ckpt.base import hash_folder_files, load_folder
 from mezo_ckpt.errors import (
     BaseMismatchError,
     MezoCkptError,
@@ -263,13 +263,6 @@ def _quiet_hub(progress: bool) -> Iterator[None]:
                 hf_logging.enable_progress_bar()
 
 
-def _hash_files(folder: Path) -> dict[str, str]:
-    """sha256 of the files a trajectory header records for a base folder."""
-    from mezo_ckpt.base import hash_folder_files
-
-    return hash_folder_files(folder)
-
-
 def _evict_from_hf_cache(path: Path) -> bool:
     """Remove a corrupt file (its blob and snapshot link) from the HF cache; True if done."""
     from huggingface_hub import constants
@@ -458,7 +451,7 @@ def _pin_base(traj: Trajectory, base_repo: str | None, base_revision: str | None
     if commit != base_revision:
         notes.append(f"pinned {base_repo}@{base_revision} to commit {commit}")
     pinned = dict(b)
-    pinned.update(kind="hub", repo_id=base_repo, revision=commit, files=_hash_files(folder),
+    pinned.update(kind="hub", repo_id=base_repo, revision=commit, files=hash_folder_files(folder),
                   trained_from=kind)
     return pinned
 

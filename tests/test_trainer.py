@@ -17,7 +17,6 @@ from mezo_ckpt.format import read_trajectory
 from mezo_ckpt.hashing import canonical_parameters
 from mezo_ckpt.replay import replay_model
 from mezo_ckpt.trainer import TrainConfig, train
-from mezo_ckpt.trainer import loop as loop_mod
 from mezo_ckpt.trainer.perturb import Perturber
 
 
@@ -163,17 +162,17 @@ def test_resume_after_hard_kill_equals_straight_run(bases, toy_data, tmp_path, m
         log=lambda s: None,
     )
     out = tmp_path / "b.zst"
-    real_lr = loop_mod.learning_rate
+    real_lr = TrainConfig.lr_at
 
-    def dying(step, **kw):
+    def dying(self, step):
         if step == 5:
             raise RuntimeError("simulated crash")
-        return real_lr(step, **kw)
+        return real_lr(self, step)
 
-    monkeypatch.setattr(loop_mod, "learning_rate", dying)
+    monkeypatch.setattr(TrainConfig, "lr_at", dying)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(config(base, toy_data, out, steps=8), progress=False, log=lambda s: None)
-    monkeypatch.setattr(loop_mod, "learning_rate", real_lr)
+    monkeypatch.setattr(TrainConfig, "lr_at", real_lr)
     journal = out.with_name(out.name + ".partial")
     assert not out.exists() and journal.exists()
     # A torn write at the end of the journal (the kill hit mid-frame) is cut on resume.
@@ -204,16 +203,16 @@ def test_ctrl_c_stops_cleanly_and_resumes(bases, toy_data, tmp_path, monkeypatch
         log=lambda s: None,
     )
     out = tmp_path / "b.zst"
-    real_lr = loop_mod.learning_rate
+    real_lr = TrainConfig.lr_at
 
-    def interrupting(step, **kw):
+    def interrupting(self, step):
         if step == 2:
             os.kill(os.getpid(), signal.SIGINT)
-        return real_lr(step, **kw)
+        return real_lr(self, step)
 
-    monkeypatch.setattr(loop_mod, "learning_rate", interrupting)
+    monkeypatch.setattr(TrainConfig, "lr_at", interrupting)
     r = train(config(base, toy_data, out, steps=6), progress=False, log=lambda s: None)
-    monkeypatch.setattr(loop_mod, "learning_rate", real_lr)
+    monkeypatch.setattr(TrainConfig, "lr_at", real_lr)
     assert r.interrupted and r.steps == 3
     partial = read_trajectory(out)  # a valid, strict-readable file
     assert partial.num_steps == 3 and not partial.complete and 3 in partial.checkpoints

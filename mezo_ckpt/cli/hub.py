@@ -7,14 +7,7 @@ from pathlib import Path
 
 import click
 
-
-def _step_arg(value: str | None) -> int | str | None:
-    if value is None or value in ("best", "last"):
-        return value
-    try:
-        return int(value)
-    except ValueError:
-        raise click.BadParameter("use an integer, 'best' or 'last'", param_hint="--step") from None
+from mezo_ckpt.cli.main import parse_step
 
 
 @click.command()
@@ -132,7 +125,7 @@ def pull(source: str, revision: str | None, step: str | None, output: Path | Non
     """
     from mezo_ckpt.hub import pull as do_pull
 
-    r = do_pull(source, output, step=_step_arg(step), revision=revision, token=token,
+    r = do_pull(source, output, step=parse_step(step), revision=revision, token=token,
                 base=base_spec, progress=not as_json)
     if as_json:
         click.echo(json.dumps(r.info(), indent=2))

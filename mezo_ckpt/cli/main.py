@@ -10,6 +10,16 @@ from mezo_ckpt import __version__
 from mezo_ckpt.errors import MezoCkptError
 
 
+def parse_step(value: str | None) -> int | str | None:
+    """--step value: an integer, 'best', 'last', or None."""
+    if value is None or value in ("best", "last"):
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter("use an integer, 'best' or 'last'", param_hint="--step") from None
+
+
 class Group(click.Group):
     """Turns our typed errors into one clear line and exit code 2, not a traceback."""
 

@@ -7,14 +7,7 @@ from pathlib import Path
 
 import click
 
-
-def _step_arg(value: str | None) -> int | str | None:
-    if value is None or value in ("best", "last"):
-        return value
-    try:
-        return int(value)
-    except ValueError:
-        raise click.BadParameter("use an integer, 'best' or 'last'") from None
+from mezo_ckpt.cli.main import parse_step
 
 
 @click.command()
@@ -91,7 +84,7 @@ def replay(
     result = replay_to(
         trajectory,
         base=base_spec,
-        step=_step_arg(step),
+        step=parse_step(step),
         output=output,
         fmt=fmt,
         check_base=not skip_base_check,

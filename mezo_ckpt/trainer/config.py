@@ -14,7 +14,7 @@ from typing import Any
 
 from mezo_ckpt.errors import ConfigError
 from mezo_ckpt.stream import Z_KINDS
-from mezo_ckpt.trainer.schedule import SCHEDULES
+from mezo_ckpt.trainer.schedule import SCHEDULES, learning_rate
 from mezo_ckpt.update import ROUNDING_MODES
 
 #: The embedded default task (movie-review sentiment shipped in mezo_ckpt/data).
@@ -153,6 +153,11 @@ class TrainConfig:
             raise bad("warmup_steps", "warmup_steps, eval_every and eval_examples must be >= 0")
         if not self.trainable:
             raise bad("trainable", "needs at least one pattern")
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of 0-based ``step`` under this config's schedule."""
+        return learning_rate(step, lr=self.lr, total_steps=self.steps, schedule=self.schedule,
+                             warmup_steps=self.warmup_steps, min_lr_ratio=self.min_lr_ratio)
 
     def builtin(self) -> dict[str, Any]:
         return BUILTIN_TASKS.get(self.task, {})

@@ -31,7 +31,6 @@ from mezo_ckpt.hashing import canonical_parameters, tensors_sha256
 from mezo_ckpt.stream import GENERATOR, KEY_RULE
 from mezo_ckpt.trainer.config import TrainConfig
 from mezo_ckpt.trainer.perturb import Perturber
-from mezo_ckpt.trainer.schedule import learning_rate
 from mezo_ckpt.trainer.step import MezoStep
 from mezo_ckpt.trainer.tasks import (
     Example,
@@ -351,16 +350,15 @@ def train(
     step = start
     interrupted = False
 
-    checkpointed: set[int] = set(previous.checkpoints) if resume is not None else set()
+    checkpoints: dict[int, str] = dict(previous.checkpoints) if resume is not None else {}
 
     def checkpoint(at: int) -> str:
-        """Record the fingerprint of the trainable tensors after ``at`` steps, so replay to
-        any evaluated step (e.g. --step best) verifies itself."""
-        digest = tensors_sha256(params, trainable)
-        if at not in checkpointed:
-            writer.append_checkpoint(at, digest)
-            checkpointed.add(at)
-        return digest
+        """Record the fingerprint of the trainable tensors after ``at`` steps (hashed once
+        per step), so replay to any evaluated step (e.g. --step best) verifies itself."""
+        if at not in checkpoints:
+            checkpoints[at] = tensors_sha256(params, trainable)
+            writer.append_checkpoint(at, checkpoints[at])
+        return checkpoints[at]
 
     def run_eval(at: int, split_names: Sequence[str]) -> None:
         if at > 0:
@@ -394,14 +392,7 @@ def train(
                 t0 = time.perf_counter()
                 idx = batch_indices(cfg.seed, step, len(train_ex), cfg.batch_size)
                 enc = task.encode(tokenizer, [train_ex[i] for i in idx])
-                lr_t = learning_rate(
-                    step,
-                    lr=cfg.lr,
-                    total_steps=cfg.steps,
-                    schedule=cfg.schedule,
-                    warmup_steps=cfg.warmup_steps,
-                    min_lr_ratio=cfg.min_lr_ratio,
-                )
+                lr_t = cfg.lr_at(step)
                 est = stepper.estimate(step, enc, lr_t)
                 # The record is durable before the weights move.
                 writer.append_steps(est.record(with_losses=cfg.record_losses))

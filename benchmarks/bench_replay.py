@@ -34,18 +34,33 @@ def synthetic(model, steps: int, kind: str, dtype: str) -> Trajectory:
     params = canonical_parameters(model)
     names = sorted(params)
     rng = np.random.default_rng(0)
-    coefs = np.array([[round_coefficient(1e-5 * x)] for x in rng.standard_normal(steps)],
-                     np.float32)
+    coefs = np.array(
+        [[round_coefficient(1e-5 * x)] for x in rng.standard_normal(steps)], np.float32
+    )
     header = {
-        "requires": [], "tool": {"name": "mezo-ckpt", "version": "bench"},
-        "created": "2026-11-22T00:00:00Z", "base": describe_base(model, names),
+        "requires": [],
+        "tool": {"name": "mezo-ckpt", "version": "bench"},
+        "created": "2026-11-22T00:00:00Z",
+        "base": describe_base(model, names),
         "trainable": names,
-        "perturbation": {"generator": "philox4x32-10", "key_rule": "sha256-seed-name-v1",
-                         "z": kind, "seed": 1, "eps": 1e-3, "n_directions": 1},
-        "update": {"arithmetic": "exact-v1", "rounding": "nearest", "weight_decay": 0.0,
-                   "decay_params": []},
-        "optimizer": {}, "records": {"decay": False, "losses": False},
-        "total_steps": steps, "config": {},
+        "perturbation": {
+            "generator": "philox4x32-10",
+            "key_rule": "sha256-seed-name-v1",
+            "z": kind,
+            "seed": 1,
+            "eps": 1e-3,
+            "n_directions": 1,
+        },
+        "update": {
+            "arithmetic": "exact-v1",
+            "rounding": "nearest",
+            "weight_decay": 0.0,
+            "decay_params": [],
+        },
+        "optimizer": {},
+        "records": {"decay": False, "losses": False},
+        "total_steps": steps,
+        "config": {},
     }
     rec = StepRecords(np.zeros(steps, np.uint8), coefs, np.ones(steps, np.float32), None)
     return Trajectory(header, rec)
@@ -86,11 +101,14 @@ def main() -> None:
         replay_model(traj, model, check_base=False, verify=False)
         dt = time.perf_counter() - t0
         rows.append((f"mezo-ckpt replay, {kind}", args.steps, dt, n * args.steps / dt))
-    print(f"# Replay throughput ({n / 1e6:.1f} M parameters, {args.dtype}, "
-          f"{args.threads} threads)\n")
-    print(f"{datetime.datetime.now():%Y-%m-%d %H:%M}, {platform.processor() or platform.machine()},"
-          f" {os.cpu_count()} cores, torch {torch.__version__}, load average before "
-          f"{load[0]:.2f}, after {os.getloadavg()[0]:.2f} (shared machine: compare ratios)\n")
+    print(
+        f"# Replay throughput ({n / 1e6:.1f} M parameters, {args.dtype}, {args.threads} threads)\n"
+    )
+    print(
+        f"{datetime.datetime.now():%Y-%m-%d %H:%M}, {platform.processor() or platform.machine()},"
+        f" {os.cpu_count()} cores, torch {torch.__version__}, load average before "
+        f"{load[0]:.2f}, after {os.getloadavg()[0]:.2f} (shared machine: compare ratios)\n"
+    )
     print("| method | steps | seconds | M element-steps/s | vs naive |")
     print("|---|---:|---:|---:|---:|")
     for name, steps, sec, rate in rows:

@@ -44,12 +44,16 @@ def main() -> None:
     ap.add_argument("--elements", type=int, default=1 << 22, help="elements replayed")
     ap.add_argument("--steps", type=int, default=200, help="steps for the fused kernels")
     ap.add_argument("--naive-steps", type=int, default=10, help="steps for naive replay")
-    ap.add_argument("--reference-steps", type=int, default=2,
-                    help="steps for the eager reference")
-    ap.add_argument("--reference-elements", type=int, default=1 << 20,
-                    help="elements for the eager reference")
-    ap.add_argument("--tensor-elements", type=int, default=1 << 20,
-                    help="largest tensor (the elements are split into such tensors)")
+    ap.add_argument("--reference-steps", type=int, default=2, help="steps for the eager reference")
+    ap.add_argument(
+        "--reference-elements", type=int, default=1 << 20, help="elements for the eager reference"
+    )
+    ap.add_argument(
+        "--tensor-elements",
+        type=int,
+        default=1 << 20,
+        help="largest tensor (the elements are split into such tensors)",
+    )
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds (median reported)")
     args = ap.parse_args()
     threads = [int(t) for t in args.threads.split(",")]
@@ -84,8 +88,9 @@ def main() -> None:
                 p.add_(z, alpha=-c)
         return n * len(st)
 
-    ref_tensors = [torch.from_numpy(theta[:s].copy())
-                   for s in split(min(n, args.reference_elements))]
+    ref_tensors = [
+        torch.from_numpy(theta[:s].copy()) for s in split(min(n, args.reference_elements))
+    ]
 
     def reference():
         st, coefs, _ = schedule(args.reference_steps)
@@ -102,6 +107,7 @@ def main() -> None:
                 arr = p.view(torch.uint16).numpy() if p.dtype == torch.bfloat16 else p.numpy()
                 kernel(table, arr, 0, *KEY, st, coefs, decay, kind)
             return n * T
+
         return run
 
     methods = {
@@ -115,8 +121,10 @@ def main() -> None:
     # Compile (or load from cache) before timing; report the first-call cost.
     first = {}
     one = schedule(1)
-    for name, kernel, arr in (("replay_fp32", K.replay_fp32, np.zeros(10, np.float32)),
-                              ("replay_bf16", K.replay_bf16, np.zeros(10, np.uint16))):
+    for name, kernel, arr in (
+        ("replay_fp32", K.replay_fp32, np.zeros(10, np.float32)),
+        ("replay_bf16", K.replay_bf16, np.zeros(10, np.uint16)),
+    ):
         t0 = time.perf_counter()
         kernel(table, arr, 0, *KEY, *one, K.KIND_NORMAL16)
         first[name] = time.perf_counter() - t0
@@ -131,13 +139,14 @@ def main() -> None:
 
     naive_key = "naive torch.randn replay (fp32)"
     print(f"Machine: {machine_line()}")
-    print(f"Replay of {n} elements in tensors of <= {args.tensor_elements}; fused kernels "
-          f"{T} steps, naive {args.naive_steps} steps, eager reference "
-          f"{min(n, args.reference_elements)} elements x {args.reference_steps} steps; "
-          f"1 direction, no decay; median of {args.rounds} rounds. First call (compile or "
-          f"cache load): " + ", ".join(f"{k} {v:.2f} s" for k, v in first.items()) + "\n")
-    print("| method | " + " | ".join(f"{t} thr M el-steps/s | vs naive" for t in threads)
-          + " |")
+    print(
+        f"Replay of {n} elements in tensors of <= {args.tensor_elements}; fused kernels "
+        f"{T} steps, naive {args.naive_steps} steps, eager reference "
+        f"{min(n, args.reference_elements)} elements x {args.reference_steps} steps; "
+        f"1 direction, no decay; median of {args.rounds} rounds. First call (compile or "
+        f"cache load): " + ", ".join(f"{k} {v:.2f} s" for k, v in first.items()) + "\n"
+    )
+    print("| method | " + " | ".join(f"{t} thr M el-steps/s | vs naive" for t in threads) + " |")
     print("|---|" + "---:|---:|" * len(threads))
     for m in methods:
         cells = []
@@ -145,9 +154,11 @@ def main() -> None:
             r = rates[(m, t)]
             cells.append(f"{r:.0f} | {r / rates[(naive_key, t)]:.1f}x")
         print(f"| {m} | " + " | ".join(cells) + " |")
-    print("\nCPU seconds per wall second during the numba runs (a busy machine shows less "
-          "than the thread count): " + ", ".join(
-              f"{t} thr {statistics.median(cpu_share[t]):.2f}" for t in threads))
+    print(
+        "\nCPU seconds per wall second during the numba runs (a busy machine shows less "
+        "than the thread count): "
+        + ", ".join(f"{t} thr {statistics.median(cpu_share[t]):.2f}" for t in threads)
+    )
     best_naive = max(rates[(naive_key, t)] for t in threads)
     print(f"\nAgainst the best naive rate over all thread counts ({best_naive:.0f} M/s):")
     for m in methods:

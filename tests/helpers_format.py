@@ -35,11 +35,13 @@ HEX_B = "b" * 64
 HEX_C = "c" * 64
 
 
-def preamble(major: int = 1, minor: int = 0, reserved: int = 0, magic: bytes = b"MEZOCKPT",
-             size: int = 16) -> bytes:
+def preamble(
+    major: int = 1, minor: int = 0, reserved: int = 0, magic: bytes = b"MEZOCKPT", size: int = 16
+) -> bytes:
     """The 24-byte skippable-frame preamble (any field overridable for corpus files)."""
-    return struct.pack("<II", 0x184D2A5E, size) + magic + struct.pack("<HHI", major, minor,
-                                                                       reserved)
+    return (
+        struct.pack("<II", 0x184D2A5E, size) + magic + struct.pack("<HHI", major, minor, reserved)
+    )
 
 
 # ----------------------------------------------------------------------------- header
@@ -167,13 +169,17 @@ def make_records(
     rng = np.random.default_rng(seed)
     raw = rng.standard_normal((n_steps, n_directions)) * scale
     coefs = np.array([[coef13(v) for v in row] for row in raw], np.float32).reshape(
-        n_steps, n_directions)
+        n_steps, n_directions
+    )
     flags = np.zeros(n_steps, np.uint8)
     for s in skip:
         flags[s] = FLAG_SKIPPED
         coefs[s] = 0.0
-    dec = (np.full(n_steps, np.float32(1.0 - 1e-4), np.float32) if decay
-           else np.ones(n_steps, np.float32))
+    dec = (
+        np.full(n_steps, np.float32(1.0 - 1e-4), np.float32)
+        if decay
+        else np.ones(n_steps, np.float32)
+    )
     ls = None
     if losses:
         ls = (2.0 + rng.standard_normal((n_steps, n_directions, 2)) * 0.1).astype(np.float32)
@@ -195,10 +201,17 @@ def make_trajectory(
     header_kw.setdefault("total_steps", max(n_steps, 1) + 4)
     h = make_header(**header_kw)
     n = h["perturbation"]["n_directions"]
-    rec = make_records(n_steps, n, decay=h["records"]["decay"], losses=h["records"]["losses"],
-                       seed=record_seed, skip=skip)
-    evals = [Evaluation(s, split, {k: float(v) for k, v in m.items()})
-             for s, split, m in evaluations]
+    rec = make_records(
+        n_steps,
+        n,
+        decay=h["records"]["decay"],
+        losses=h["records"]["losses"],
+        seed=record_seed,
+        skip=skip,
+    )
+    evals = [
+        Evaluation(s, split, {k: float(v) for k, v in m.items()}) for s, split, m in evaluations
+    ]
     ck = dict(checkpoints) if checkpoints is not None else {n_steps: HEX_C}
     return Trajectory(h, rec, evals, ck)
 
@@ -340,8 +353,9 @@ def zstd_frame(
 
 
 def json_bytes(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
 
 
 def head_content(header: dict | bytes) -> bytes:
@@ -379,8 +393,12 @@ def pack_records(
     return bytes(out)
 
 
-def assemble(header: dict | bytes | None, *contents: bytes, pre: bytes | None = None,
-             frames: Sequence[bytes] = ()) -> bytes:
+def assemble(
+    header: dict | bytes | None,
+    *contents: bytes,
+    pre: bytes | None = None,
+    frames: Sequence[bytes] = (),
+) -> bytes:
     """Preamble + a HEAD frame + one frame per content (+ already-built ``frames``)."""
     parts = [PREAMBLE_V1 if pre is None else pre]
     if header is not None:
@@ -391,8 +409,9 @@ def assemble(header: dict | bytes | None, *contents: bytes, pre: bytes | None = 
 
 
 def eval_content(step: int, split: str = "dev", metrics: dict | None = None) -> bytes:
-    return b"EVAL" + json_bytes({"step": step, "split": split,
-                                 "metrics": metrics if metrics is not None else {"loss": 1.0}})
+    return b"EVAL" + json_bytes(
+        {"step": step, "split": split, "metrics": metrics if metrics is not None else {"loss": 1.0}}
+    )
 
 
 def ckpt_content(step: int, digest: str = HEX_C) -> bytes:

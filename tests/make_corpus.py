@@ -54,8 +54,15 @@ UNSUP = "UnsupportedError"
 # Lean header: 1 direction, no decay, no losses -> 4-byte records.
 H1 = make_header(total_steps=8, seed=7)
 # Full header: 2 directions, decay and losses -> 1 + 6 + 4 + 16 = 27-byte records.
-H2 = make_header(total_steps=8, n_directions=2, decay=True, losses=True, seed=11,
-                 rounding="stochastic", base=make_base(dtype="bfloat16"))
+H2 = make_header(
+    total_steps=8,
+    n_directions=2,
+    decay=True,
+    losses=True,
+    seed=11,
+    rounding="stochastic",
+    base=make_base(dtype="bfloat16"),
+)
 
 C1 = 2.0**-7
 C2 = -3 * 2.0**-9
@@ -68,15 +75,19 @@ def lean(coefs, first=0, count=None, flags=None) -> bytes:
 
 
 def lean_bits(bits, flags=None) -> bytes:
-    return step_content(0, pack_records([[b] for b in bits], flags=flags, raw_coef_bits=True),
-                        len(bits))
+    return step_content(
+        0, pack_records([[b] for b in bits], flags=flags, raw_coef_bits=True), len(bits)
+    )
 
 
 def full(rows, first=0, flags=None, decay=None, losses=None) -> bytes:
     t = len(rows)
-    body = pack_records(rows, flags=flags,
-                        decay=decay if decay is not None else [0.9990000128746033] * t,
-                        losses=losses if losses is not None else [[(2.5, 2.25), (2.0, 2.125)]] * t)
+    body = pack_records(
+        rows,
+        flags=flags,
+        decay=decay if decay is not None else [0.9990000128746033] * t,
+        losses=losses if losses is not None else [[(2.5, 2.25), (2.0, 2.125)]] * t,
+    )
     return step_content(first, body, t)
 
 
@@ -104,33 +115,55 @@ def build() -> dict[str, tuple[bytes, str | None]]:
 
     # ------------------------------------------------------------------ valid files
     valid_minimal = assemble(H1)
-    valid_lean = assemble(H1, lean([C1, C2, 0.0]), eval_content(3, "dev", {"accuracy": 0.75}),
-                          ckpt_content(3, HEX_B))
+    valid_lean = assemble(
+        H1, lean([C1, C2, 0.0]), eval_content(3, "dev", {"accuracy": 0.75}), ckpt_content(3, HEX_B)
+    )
     rows = [[C1, C2], [0.0, C1], [float("nan"), 0.0]]
-    valid_full = assemble(H2, full(rows[:2]), eval_content(0, "dev", {"accuracy": 0.5}),
-                          full(rows[2:], first=2, flags=[1]), ckpt_content(3, HEX_B),
-                          eval_content(3, "dev", {"accuracy": 0.625, "loss": 2.0}))
+    valid_full = assemble(
+        H2,
+        full(rows[:2]),
+        eval_content(0, "dev", {"accuracy": 0.5}),
+        full(rows[2:], first=2, flags=[1]),
+        ckpt_content(3, HEX_B),
+        eval_content(3, "dev", {"accuracy": 0.625, "loss": 2.0}),
+    )
     add("valid_minimal_header_only", valid_minimal, None)
     add("valid_lean_three_steps", valid_lean, None)
     add("valid_full_decay_losses_skipped_nan", valid_full, None)
-    add("valid_rademacher_unknown_keys_ignored",
-        assemble(set_path(set_path(H1, "perturbation.z", "rademacher"), "future_key",
-                          {"anything": [1, 2]}), lean([C1])), None)
+    add(
+        "valid_rademacher_unknown_keys_ignored",
+        assemble(
+            set_path(
+                set_path(H1, "perturbation.z", "rademacher"), "future_key", {"anything": [1, 2]}
+            ),
+            lean([C1]),
+        ),
+        None,
+    )
     add("valid_minor_version_7", assemble(H1, lean([C1]), pre=preamble(minor=7)), None)
 
     # ------------------------------------------------------------------ not a trajectory
     add("empty", b"", BAD_MAGIC)
-    png = (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR"
-           + struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0) + b"\x90\x77\x53\xde")
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + struct.pack(">I", 13)
+        + b"IHDR"
+        + struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
+        + b"\x90\x77\x53\xde"
+    )
     add("foreign_png_header", png, BAD_MAGIC)
-    add("foreign_pickle_of_dict", pickle.dumps({"steps": [1, 2, 3], "seed": 7}, protocol=4),
-        BAD_MAGIC)
+    add(
+        "foreign_pickle_of_dict",
+        pickle.dumps({"steps": [1, 2, 3], "seed": 7}, protocol=4),
+        BAD_MAGIC,
+    )
     add("foreign_plain_zstd_of_text", zstd_frame(b"hello, this is plain text\n" * 4), BAD_MAGIC)
     add("foreign_text", b"MEZO trajectory? no, just text.\n", BAD_MAGIC)
     add("wrong_magic_string", assemble(H1, pre=preamble(magic=b"MEZOCKPX")), BAD_MAGIC)
     add("wrong_skippable_frame_size", assemble(H1, pre=preamble(size=20)), BAD_MAGIC)
-    add("wrong_skippable_magic", b"\x50" + PREAMBLE_V1[1:] + zstd_frame(head_content(H1)),
-        BAD_MAGIC)
+    add(
+        "wrong_skippable_magic", b"\x50" + PREAMBLE_V1[1:] + zstd_frame(head_content(H1)), BAD_MAGIC
+    )
     add("preamble_reserved_nonzero", assemble(H1, pre=preamble(reserved=1)), BAD_MAGIC)
     add("wrong_major_version_2", assemble(H1, lean([C1]), pre=preamble(major=2)), UNSUP)
     add("wrong_major_version_0", assemble(H1, pre=preamble(major=0)), UNSUP)
@@ -164,23 +197,40 @@ def build() -> dict[str, tuple[bytes, str | None]]:
     add("trailing_garbage", valid_lean + b"GARBAGE!", CORRUPT)
     add("trailing_zero_bytes", valid_lean + bytes(16), TRUNC)  # torn write after power loss
     add("two_files_concatenated", valid_lean + valid_lean, CORRUPT)
-    add("skippable_frame_after_header",
+    add(
+        "skippable_frame_after_header",
         valid_minimal + struct.pack("<II", 0x184D2A50, 4) + b"skip" + zstd_frame(lean([C1])),
-        CORRUPT)
-    add("frame_without_checksum",
-        valid_minimal + zstd_frame(lean([C1]), checksum=False), CORRUPT)
-    add("header_frame_without_checksum",
-        PREAMBLE_V1 + zstd_frame(head_content(H1), checksum=False), CORRUPT)
-    add("frame_without_content_size",
-        valid_minimal + zstd_frame(lean([C1]), content_size=False), CORRUPT)
-    add("frame_declared_size_mismatch",
-        valid_minimal + zstd_frame(lean([C1]), declared_size=len(lean([C1])) + 4), CORRUPT)
-    add("frame_window_2gib",
-        valid_minimal + zstd_frame(lean([C1]), content_size=False, window_log=31), CORRUPT)
-    add("frame_window_2tib_unsupported",
-        valid_minimal + zstd_frame(lean([C1]), content_size=False, window_log=41), CORRUPT)
-    add("frame_header_reserved_bit", valid_minimal + zstd_frame(lean([C1]), fhd_extra=0x08),
-        CORRUPT)
+        CORRUPT,
+    )
+    add("frame_without_checksum", valid_minimal + zstd_frame(lean([C1]), checksum=False), CORRUPT)
+    add(
+        "header_frame_without_checksum",
+        PREAMBLE_V1 + zstd_frame(head_content(H1), checksum=False),
+        CORRUPT,
+    )
+    add(
+        "frame_without_content_size",
+        valid_minimal + zstd_frame(lean([C1]), content_size=False),
+        CORRUPT,
+    )
+    add(
+        "frame_declared_size_mismatch",
+        valid_minimal + zstd_frame(lean([C1]), declared_size=len(lean([C1])) + 4),
+        CORRUPT,
+    )
+    add(
+        "frame_window_2gib",
+        valid_minimal + zstd_frame(lean([C1]), content_size=False, window_log=31),
+        CORRUPT,
+    )
+    add(
+        "frame_window_2tib_unsupported",
+        valid_minimal + zstd_frame(lean([C1]), content_size=False, window_log=41),
+        CORRUPT,
+    )
+    add(
+        "frame_header_reserved_bit", valid_minimal + zstd_frame(lean([C1]), fhd_extra=0x08), CORRUPT
+    )
     # Dictionary_ID present (1 byte): magic, FHD, dict id, FCS(8), raw block, checksum.
     good = zstd_frame(lean([C1]))
     dict_frame = good[:4] + bytes([good[4] | 0x01, 0x07]) + good[5:]
@@ -189,20 +239,29 @@ def build() -> dict[str, tuple[bytes, str | None]]:
     bad_block[13] |= 0b110  # block type 3 (reserved)
     add("frame_reserved_block_type", valid_minimal + bytes(bad_block), CORRUPT)
     content = lean([C1])
-    add("bomb_declares_1tib", valid_minimal + zstd_frame(content, declared_size=1 << 40),
-        CORRUPT)
-    add("bomb_16mib_of_zeros_in_step_frame",
+    add("bomb_declares_1tib", valid_minimal + zstd_frame(content, declared_size=1 << 40), CORRUPT)
+    add(
+        "bomb_16mib_of_zeros_in_step_frame",
         valid_minimal + zstd_frame(b"STEP" + bytes((16 << 20) + (128 << 10) - 4), rle_from=4),
-        CORRUPT)
-    add("bomb_header_over_1mib_of_spaces",
-        PREAMBLE_V1 + zstd_frame(head_content(H1) + b" " * ((1 << 20) + 1),
-                                 rle_from=len(head_content(H1))), CORRUPT)
-    add("bomb_nested_brackets_100k_in_header",
-        PREAMBLE_V1 + zstd_frame(b"HEAD" + b"[" * 100_000, rle_from=4), HEADER)
+        CORRUPT,
+    )
+    add(
+        "bomb_header_over_1mib_of_spaces",
+        PREAMBLE_V1
+        + zstd_frame(head_content(H1) + b" " * ((1 << 20) + 1), rle_from=len(head_content(H1))),
+        CORRUPT,
+    )
+    add(
+        "bomb_nested_brackets_100k_in_header",
+        PREAMBLE_V1 + zstd_frame(b"HEAD" + b"[" * 100_000, rle_from=4),
+        HEADER,
+    )
     small_eval = eval_content(0)
-    add("eval_frame_over_64kib_of_spaces",
+    add(
+        "eval_frame_over_64kib_of_spaces",
         valid_minimal + zstd_frame(small_eval + b" " * 70_000, rle_from=len(small_eval)),
-        CORRUPT)
+        CORRUPT,
+    )
     add("unknown_frame_tag", assemble(H1, lean([C1]), b"JUNK{}"), CORRUPT)
     add("lowercase_step_tag", assemble(H1, b"step" + lean([C1])[4:]), CORRUPT)
     add("empty_frame_content", assemble(H1, b""), CORRUPT)
@@ -221,33 +280,62 @@ def build() -> dict[str, tuple[bytes, str | None]]:
     add("header_json_array", hdr(b"[1,2,3]"), HEADER)
     add("header_json_string", hdr(b'"a header"'), HEADER)
     add("header_duplicate_key", hdr(header_text([(b'"seed":7', b'"seed":7,"seed":8')])), HEADER)
-    add("header_duplicate_top_level_key",
-        hdr(header_text([(b'"total_steps":8', b'"total_steps":8,"total_steps":9')])), HEADER)
+    add(
+        "header_duplicate_top_level_key",
+        hdr(header_text([(b'"total_steps":8', b'"total_steps":8,"total_steps":9')])),
+        HEADER,
+    )
     add("header_nan_literal", hdr(header_text([(b'"eps":0.001', b'"eps":NaN')])), HEADER)
-    add("header_infinity_literal", hdr(header_text([(b'"eps":0.001', b'"eps":Infinity')])),
-        HEADER)
-    add("header_negative_infinity_literal",
-        hdr(header_text([(b'"weight_decay":0.0', b'"weight_decay":-Infinity')])), HEADER)
-    add("header_deep_nesting_40",
+    add("header_infinity_literal", hdr(header_text([(b'"eps":0.001', b'"eps":Infinity')])), HEADER)
+    add(
+        "header_negative_infinity_literal",
+        hdr(header_text([(b'"weight_decay":0.0', b'"weight_decay":-Infinity')])),
+        HEADER,
+    )
+    add(
+        "header_deep_nesting_40",
         hdr(header_text([(b'"config":{}', b'"config":{"a":' + b"[" * 40 + b"]" * 40 + b"}")])),
-        HEADER)
+        HEADER,
+    )
     add("header_number_1e999", hdr(header_text([(b'"eps":0.001', b'"eps":1e999')])), HEADER)
-    add("header_int_400_digits", hdr(header_text([(b'"seed":7', b'"seed":' + b"9" * 400)])),
-        HEADER)
-    add("header_float_60_digits",
-        hdr(header_text([(b'"eps":0.001', b'"eps":0.' + b"0" * 60 + b"1")])), HEADER)
-    add("header_lone_surrogate",
-        hdr(header_text([(b'"layer.weight"]', b'"layer.weight\\ud800"]')])), HEADER)
+    add("header_int_400_digits", hdr(header_text([(b'"seed":7', b'"seed":' + b"9" * 400)])), HEADER)
+    add(
+        "header_float_60_digits",
+        hdr(header_text([(b'"eps":0.001', b'"eps":0.' + b"0" * 60 + b"1")])),
+        HEADER,
+    )
+    add(
+        "header_lone_surrogate",
+        hdr(header_text([(b'"layer.weight"]', b'"layer.weight\\ud800"]')])),
+        HEADER,
+    )
 
     # ------------------------------------------------------------------ header schema
     def h(path: str, value=None, *, delete: bool = False, header: dict = H1) -> bytes:
         return head_only(set_path(header, path, value, delete=delete))
 
-    for path in ("requires", "tool", "base", "trainable", "perturbation", "update", "records",
-                 "total_steps", "optimizer", "config", "perturbation.seed", "perturbation.z",
-                 "perturbation.n_directions", "base.manifest_sha256", "base.dtype",
-                 "base.tie_word_embeddings", "records.decay", "update.decay_params",
-                 "update.rounding", "tool.version"):
+    for path in (
+        "requires",
+        "tool",
+        "base",
+        "trainable",
+        "perturbation",
+        "update",
+        "records",
+        "total_steps",
+        "optimizer",
+        "config",
+        "perturbation.seed",
+        "perturbation.z",
+        "perturbation.n_directions",
+        "base.manifest_sha256",
+        "base.dtype",
+        "base.tie_word_embeddings",
+        "records.decay",
+        "update.decay_params",
+        "update.rounding",
+        "tool.version",
+    ):
         add("missing_" + path.replace(".", "_"), h(path, delete=True), HEADER)
     for path, value, tag in (
         ("perturbation.seed", "7", "seed_string"),
@@ -324,30 +412,48 @@ def build() -> dict[str, tuple[bytes, str | None]]:
         ("base.manifest_sha256", HEX_A.upper(), "manifest_digest_uppercase"),
         ("base.manifest_sha256", HEX_A[:63], "manifest_digest_short"),
         ("base.trainable_sha256", HEX_A + "\n", "trainable_digest_trailing_newline"),
-        ("base.embedded", {"gguf_file": "dir/model.gguf", "gguf_sha256": HEX_A},
-         "gguf_file_with_slash"),
-        ("base.embedded", {"gguf_file": "..\\model.gguf", "gguf_sha256": HEX_A},
-         "gguf_file_with_backslash"),
+        (
+            "base.embedded",
+            {"gguf_file": "dir/model.gguf", "gguf_sha256": HEX_A},
+            "gguf_file_with_slash",
+        ),
+        (
+            "base.embedded",
+            {"gguf_file": "..\\model.gguf", "gguf_sha256": HEX_A},
+            "gguf_file_with_backslash",
+        ),
         ("base.embedded", {"gguf_file": "model.gguf", "gguf_sha256": "x"}, "gguf_digest_bad"),
         ("base.embedded", "model.gguf", "embedded_not_object"),
     ):
         add("header_" + tag, h(path, value), HEADER)
 
     # ------------------------------------------------------------------ step records
-    add("record_bytes_not_multiple_of_record_size",
-        assemble(H1, step_content(0, pack_records([[C1], [C2]]) + b"\x00", 2)), RECORD)
-    add("record_count_disagrees_with_body",
-        assemble(H1, step_content(0, pack_records([[C1], [C2]]), 3)), RECORD)
+    add(
+        "record_bytes_not_multiple_of_record_size",
+        assemble(H1, step_content(0, pack_records([[C1], [C2]]) + b"\x00", 2)),
+        RECORD,
+    )
+    add(
+        "record_count_disagrees_with_body",
+        assemble(H1, step_content(0, pack_records([[C1], [C2]]), 3)),
+        RECORD,
+    )
     add("step_frame_count_zero", assemble(H1, step_content(0, b"", 0)), RECORD)
     add("step_frame_shorter_than_prefix", assemble(H1, b"STEP\x00\x00\x00\x00"), RECORD)
     add("steps_not_starting_at_zero", assemble(H1, lean([C1], first=1)), RECORD)
     add("steps_non_contiguous", assemble(H1, lean([C1, C2]), lean([C1], first=3)), RECORD)
     add("steps_duplicated", assemble(H1, lean([C1, C2]), lean([C1], first=1)), RECORD)
     add("steps_frame_repeated", assemble(H1, lean([C1, C2]), lean([C1, C2])), RECORD)
-    add("more_records_than_total_steps",
-        assemble(set_path(H1, "total_steps", 2), lean([C1, C2, C1])), RECORD)
-    add("records_with_total_steps_zero", assemble(set_path(H1, "total_steps", 0), lean([C1])),
-        RECORD)
+    add(
+        "more_records_than_total_steps",
+        assemble(set_path(H1, "total_steps", 2), lean([C1, C2, C1])),
+        RECORD,
+    )
+    add(
+        "records_with_total_steps_zero",
+        assemble(set_path(H1, "total_steps", 0), lean([C1])),
+        RECORD,
+    )
     add("coef_nan_without_skip_flag", assemble(H1, lean_bits([0x3C000000, NAN_BITS])), RECORD)
     add("coef_inf_without_skip_flag", assemble(H1, lean_bits([0xFF800000])), RECORD)
     add("coef_14_significant_bits", assemble(H1, lean_bits([0x3C000400])), RECORD)
@@ -357,29 +463,47 @@ def build() -> dict[str, tuple[bytes, str | None]]:
     add("coef_2pow100", assemble(H1, lean_bits([227 << 23])), RECORD)
     add("flags_unknown_bit_0x02", assemble(H1, lean([C1], flags=[0x02])), RECORD)
     add("flags_unknown_bit_0x80_with_skip", assemble(H1, lean([C1], flags=[0x81])), RECORD)
-    for value, tag in ((0.0, "zero"), (1.5, "above_one"), (-0.5, "negative"),
-                       (float("nan"), "nan"), (float("inf"), "inf")):
+    for value, tag in (
+        (0.0, "zero"),
+        (1.5, "above_one"),
+        (-0.5, "negative"),
+        (float("nan"), "nan"),
+        (float("inf"), "inf"),
+    ):
         add(f"decay_multiplier_{tag}", assemble(H2, full([[C1, C2]], decay=[value])), RECORD)
-    add("decay_multiplier_zero_in_skipped_step",
-        assemble(H2, full([[0.0, 0.0]], flags=[1], decay=[0.0])), RECORD)
-    add("loss_nan_without_skip_flag",
-        assemble(H2, full([[C1, C2]], losses=[[(float("nan"), 1.0), (1.0, 1.0)]])), RECORD)
+    add(
+        "decay_multiplier_zero_in_skipped_step",
+        assemble(H2, full([[0.0, 0.0]], flags=[1], decay=[0.0])),
+        RECORD,
+    )
+    add(
+        "loss_nan_without_skip_flag",
+        assemble(H2, full([[C1, C2]], losses=[[(float("nan"), 1.0), (1.0, 1.0)]])),
+        RECORD,
+    )
 
     # ------------------------------------------------------------------ EVAL / CKPT
     add("eval_beyond_recorded_steps", assemble(H1, lean([C1, C2]), eval_content(3)), RECORD)
     add("eval_before_any_step_record_beyond", assemble(H1, eval_content(1)), RECORD)
     add("ckpt_beyond_recorded_steps", assemble(H1, lean([C1]), ckpt_content(2)), RECORD)
-    add("ckpt_conflicting_digests",
-        assemble(H1, lean([C1]), ckpt_content(1, HEX_A), ckpt_content(1, HEX_B)), RECORD)
+    add(
+        "ckpt_conflicting_digests",
+        assemble(H1, lean([C1]), ckpt_content(1, HEX_A), ckpt_content(1, HEX_B)),
+        RECORD,
+    )
     add("ckpt_digest_not_hex", assemble(H1, lean([C1]), ckpt_content(1, "x" * 64)), RECORD)
-    add("ckpt_digest_trailing_newline", assemble(H1, lean([C1]), ckpt_content(1, HEX_A + "\n")),
-        RECORD)
+    add(
+        "ckpt_digest_trailing_newline",
+        assemble(H1, lean([C1]), ckpt_content(1, HEX_A + "\n")),
+        RECORD,
+    )
     add("eval_not_object", assemble(H1, b"EVAL[1,2]"), RECORD)
     add("eval_step_negative", assemble(H1, eval_content(-1)), RECORD)
     add("eval_step_bool", assemble(H1, b'EVAL{"metrics":{},"split":"dev","step":true}'), RECORD)
     add("eval_split_empty", assemble(H1, eval_content(0, "")), RECORD)
-    add("eval_metric_not_number", assemble(H1, eval_content(0, "dev", {"accuracy": "high"})),
-        RECORD)
+    add(
+        "eval_metric_not_number", assemble(H1, eval_content(0, "dev", {"accuracy": "high"})), RECORD
+    )
     add("eval_not_json", assemble(H1, b"EVAL{step: 0}"), RECORD)
     add("ckpt_not_utf8", assemble(H1, b'CKPT{"step":0,"trainable_sha256":"\xff"}'), RECORD)
     return out

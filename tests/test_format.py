@@ -74,8 +74,12 @@ def walk_frames(data: bytes) -> list[tuple[int, int]]:
     try:
         while pos < len(data) and data[pos : pos + 4] == ZSTD_MAGIC:
             fhd = data[pos + 4]
-            fcs_flag, single, checksum, did_flag = (fhd >> 6, (fhd >> 5) & 1, (fhd >> 2) & 1,
-                                                    fhd & 3)
+            fcs_flag, single, checksum, did_flag = (
+                fhd >> 6,
+                (fhd >> 5) & 1,
+                (fhd >> 2) & 1,
+                fhd & 3,
+            )
             q = pos + 5 + (0 if single else 1) + (0, 1, 2, 4)[did_flag]
             q += (1 if single else 0, 2, 4, 8)[fcs_flag]
             while True:
@@ -125,8 +129,11 @@ def _same_as_independent(data: bytes, traj: Trajectory) -> None:
             assert (c == got) or (math.isnan(c) and math.isnan(got))
     evals = [json.loads(f[4:]) for f in frames if f[:4] == b"EVAL"]
     assert evals == [e.as_json() for e in traj.evaluations]
-    ckpts = {json.loads(f[4:])["step"]: json.loads(f[4:])["trainable_sha256"]
-             for f in frames if f[:4] == b"CKPT"}
+    ckpts = {
+        json.loads(f[4:])["step"]: json.loads(f[4:])["trainable_sha256"]
+        for f in frames
+        if f[:4] == b"CKPT"
+    }
     assert ckpts == traj.checkpoints
 
 
@@ -225,8 +232,10 @@ def test_round_trip_journal_compact_read(tmp_path):
     h = make_header(total_steps=1000, n_directions=3, decay=True, losses=True, z="rademacher")
     rec = make_records(n_steps, 3, decay=True, losses=True, seed=5, skip=(3, 100, 699))
     rec.coefs[3] = np.nan  # a skipped step may carry a non-finite coefficient
-    evals = [(s, Evaluation(s, "dev", {"accuracy": s / 1000, "loss": 2.0 - s / 1000}))
-             for s in (0, 250, 500, 700)]
+    evals = [
+        (s, Evaluation(s, "dev", {"accuracy": s / 1000, "loss": 2.0 - s / 1000}))
+        for s in (0, 250, 500, 700)
+    ]
     ckpts = [(s, (s, f"{s:064x}")) for s in (100, 700)]
     journal, final = tmp_path / "run.zst.partial", tmp_path / "run.zst"
     _journal(journal, h, rec, chunks=[1, 7, 64, 3], evals=evals, ckpts=ckpts)
@@ -255,8 +264,13 @@ def test_round_trip_journal_compact_read(tmp_path):
 
 def _sizes(tmp_path: Path, n_steps: int, **kw) -> tuple[int, int]:
     h = make_header(total_steps=n_steps, **kw)
-    rec = make_records(n_steps, h["perturbation"]["n_directions"], decay=kw.get("decay", False),
-                       losses=kw.get("losses", False), seed=1)
+    rec = make_records(
+        n_steps,
+        h["perturbation"]["n_directions"],
+        decay=kw.get("decay", False),
+        losses=kw.get("losses", False),
+        seed=1,
+    )
     journal, final = tmp_path / "j.partial", tmp_path / "f.zst"
     _journal(journal, h, rec, chunks=[50])
     traj = compact(journal, final)
@@ -269,8 +283,10 @@ def test_sizes_20000_steps(tmp_path):
     n = 20_000
     lean, lean_j = _sizes(tmp_path, n)
     with_losses, _ = _sizes(tmp_path, n, losses=True)
-    print(f"\n20k steps, 1 direction: lean {lean:,} bytes ({lean / n:.3f} B/step; journal "
-          f"{lean_j:,}), with losses {with_losses:,} bytes ({with_losses / n:.2f} B/step)")
+    print(
+        f"\n20k steps, 1 direction: lean {lean:,} bytes ({lean / n:.3f} B/step; journal "
+        f"{lean_j:,}), with losses {with_losses:,} bytes ({with_losses / n:.2f} B/step)"
+    )
     assert lean / n <= 4.5
     assert with_losses < 1_000_000
 
@@ -288,8 +304,12 @@ def test_compact_respects_step_frame_cap():
     n, steps = 64, 24_000
     assert record_size(n, decay=True, losses=True) * steps > 16 << 20
     h = make_header(total_steps=steps, n_directions=n, decay=True, losses=True)
-    rec = StepRecords(np.zeros(steps, np.uint8), np.zeros((steps, n), np.float32),
-                      np.ones(steps, np.float32), np.ones((steps, n, 2), np.float32))
+    rec = StepRecords(
+        np.zeros(steps, np.uint8),
+        np.zeros((steps, n), np.float32),
+        np.ones(steps, np.float32),
+        np.ones((steps, n, 2), np.float32),
+    )
     parse_trajectory(serialize(Trajectory(h, rec)))
 
 
@@ -318,8 +338,14 @@ def _torn_fixture(tmp_path: Path):
     h = make_header(total_steps=64, n_directions=2, losses=True)
     rec = make_records(40, 2, losses=True, seed=3)
     path = tmp_path / "torn.partial"
-    _journal(path, h, rec, chunks=[5, 1, 9],
-             evals=[(10, Evaluation(10, "dev", {"accuracy": 0.5}))], ckpts=[(20, (20, HEX_A))])
+    _journal(
+        path,
+        h,
+        rec,
+        chunks=[5, 1, 9],
+        evals=[(10, Evaluation(10, "dev", {"accuracy": 0.5}))],
+        ckpts=[(20, (20, HEX_A))],
+    )
     return path, path.read_bytes(), rec
 
 
@@ -329,8 +355,9 @@ def test_killed_writer_every_offset_in_last_frame(tmp_path):
     start, end = frames[-1]
     assert end == len(data)
     full = parse_trajectory(data)
-    n_before = full.num_steps - int(struct.unpack_from(
-        "<I", zstandard.ZstdDecompressor().decompress(data[start:end]), 12)[0])
+    n_before = full.num_steps - int(
+        struct.unpack_from("<I", zstandard.ZstdDecompressor().decompress(data[start:end]), 12)[0]
+    )
     for cut in range(start + 1, end):
         torn = data[:cut]
         with pytest.raises(E.TruncatedError):
@@ -474,9 +501,12 @@ def _apply(data: bytes, m) -> bytes:
 
 
 # MEZO_FUZZ_EXAMPLES raises the budget for a longer local fuzzing session.
-_FUZZ = settings(max_examples=int(os.environ.get("MEZO_FUZZ_EXAMPLES", "300")), deadline=None,
-                 database=None,
-                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+_FUZZ = settings(
+    max_examples=int(os.environ.get("MEZO_FUZZ_EXAMPLES", "300")),
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 @_FUZZ
@@ -493,16 +523,39 @@ def _content_mutation():
         st.tuples(st.just("flip"), st.integers(0, 10**6), st.integers(0, 7)),
         st.tuples(st.just("cut"), st.integers(0, 10**6)),
         st.tuples(st.just("insert"), st.integers(0, 10**6), st.binary(min_size=1, max_size=12)),
-        st.tuples(st.just("insert"), st.integers(0, 10**6),
-                  st.sampled_from([b"[", b"{", b"}", b"]", b",", b'"', b"\\", b"NaN", b"-",
-                                   b"1e999", b"\xff", b'"x":1,', b"null", b"true", b"\\ud800"])),
+        st.tuples(
+            st.just("insert"),
+            st.integers(0, 10**6),
+            st.sampled_from(
+                [
+                    b"[",
+                    b"{",
+                    b"}",
+                    b"]",
+                    b",",
+                    b'"',
+                    b"\\",
+                    b"NaN",
+                    b"-",
+                    b"1e999",
+                    b"\xff",
+                    b'"x":1,',
+                    b"null",
+                    b"true",
+                    b"\\ud800",
+                ]
+            ),
+        ),
         st.tuples(st.just("delete"), st.integers(0, 10**6), st.integers(1, 16)),
     )
 
 
 @_FUZZ
-@given(base=st.integers(0, 3), which=st.integers(0, 99),
-       mutations=st.lists(_content_mutation(), min_size=1, max_size=3))
+@given(
+    base=st.integers(0, 3),
+    which=st.integers(0, 99),
+    mutations=st.lists(_content_mutation(), min_size=1, max_size=3),
+)
 def test_fuzz_frame_contents(base, which, mutations):
     """Mutate one frame's decompressed content and re-wrap it with a valid checksum, so
     the JSON and record validators (not only the checksum) see the damage."""
@@ -517,28 +570,72 @@ def test_fuzz_frame_contents(base, which, mutations):
 
 
 _json_leaf = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**70), 2**70),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
     st.floats(allow_nan=False, allow_infinity=False),
     st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12),
-    st.sampled_from(["", "..", "../x", "/abs", "https://evil", "a" * 64, "layer.weight",
-                     "normal16", "philox4x32-10", "float32"]),
+    st.sampled_from(
+        [
+            "",
+            "..",
+            "../x",
+            "/abs",
+            "https://evil",
+            "a" * 64,
+            "layer.weight",
+            "normal16",
+            "philox4x32-10",
+            "float32",
+        ]
+    ),
 )
-_json = st.recursive(_json_leaf, lambda inner: st.one_of(
-    st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)),
-    max_leaves=8)
+_json = st.recursive(
+    _json_leaf,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
 _PATHS = [
-    "requires", "tool", "tool.name", "base", "base.kind", "base.repo_id", "base.revision",
-    "base.files", "base.dtype", "base.num_parameters", "base.embedded",
-    "base.tie_word_embeddings", "base.manifest_sha256", "trainable", "perturbation",
-    "perturbation.seed", "perturbation.eps", "perturbation.n_directions", "perturbation.z",
-    "update", "update.decay_params", "update.weight_decay", "update.rounding", "records",
-    "records.decay", "records.losses", "total_steps", "optimizer", "config", "extra",
+    "requires",
+    "tool",
+    "tool.name",
+    "base",
+    "base.kind",
+    "base.repo_id",
+    "base.revision",
+    "base.files",
+    "base.dtype",
+    "base.num_parameters",
+    "base.embedded",
+    "base.tie_word_embeddings",
+    "base.manifest_sha256",
+    "trainable",
+    "perturbation",
+    "perturbation.seed",
+    "perturbation.eps",
+    "perturbation.n_directions",
+    "perturbation.z",
+    "update",
+    "update.decay_params",
+    "update.weight_decay",
+    "update.rounding",
+    "records",
+    "records.decay",
+    "records.losses",
+    "total_steps",
+    "optimizer",
+    "config",
+    "extra",
 ]
 
 
 @_FUZZ
-@given(edits=st.lists(st.tuples(st.sampled_from(_PATHS), _json), min_size=1, max_size=3),
-       steps=st.integers(0, 3))
+@given(
+    edits=st.lists(st.tuples(st.sampled_from(_PATHS), _json), min_size=1, max_size=3),
+    steps=st.integers(0, 3),
+)
 def test_fuzz_header_values(edits, steps):
     h = make_header(total_steps=4, decay=True)
     for path, value in edits:

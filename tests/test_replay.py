@@ -26,10 +26,16 @@ def run(tmp_path_factory):
     """A short training run on a tiny Llama: (base folder, trajectory, trained state)."""
     d = tmp_path_factory.mktemp("run")
     save_tiny(d / "base", "llama")
-    data = {"train_file": write_jsonl(d / "train.jsonl", toy_sentiment(200, 0)),
-            "dev_file": write_jsonl(d / "dev.jsonl", toy_sentiment(32, 1))}
-    r = train(config(str(d / "base"), data, d / "t.zst", steps=6, eval_every=2),
-              progress=False, keep_model=True, log=lambda s: None)
+    data = {
+        "train_file": write_jsonl(d / "train.jsonl", toy_sentiment(200, 0)),
+        "dev_file": write_jsonl(d / "dev.jsonl", toy_sentiment(32, 1)),
+    }
+    r = train(
+        config(str(d / "base"), data, d / "t.zst", steps=6, eval_every=2),
+        progress=False,
+        keep_model=True,
+        log=lambda s: None,
+    )
     return d / "base", d / "t.zst", state(r.model)
 
 
@@ -54,8 +60,9 @@ def test_truncated_trajectory_is_refused_before_loading(run, tmp_path):
     base, traj_path, _ = run
     cut = tmp_path / "cut.zst"
     cut.write_bytes(traj_path.read_bytes()[:-7])
-    result = CliRunner().invoke(main, ["replay", str(cut), "--base", str(base),
-                                       "-o", str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        main, ["replay", str(cut), "--base", str(base), "-o", str(tmp_path / "out")]
+    )
     assert result.exit_code == 2 and "TruncatedError" in result.output
     assert not (tmp_path / "out").exists()
     with pytest.raises(TruncatedError):
@@ -74,15 +81,31 @@ def test_cli_replay_formats_and_steps(run, tmp_path):
     assert json.loads((out / "mezo_ckpt_provenance.json").read_text())["step"] == 6
 
     st = tmp_path / "w.safetensors"
-    r = cli.invoke(main, ["replay", str(traj_path), "--base", str(base), "--format",
-                          "safetensors", "-o", str(st)])
+    r = cli.invoke(
+        main,
+        ["replay", str(traj_path), "--base", str(base), "--format", "safetensors", "-o", str(st)],
+    )
     assert r.exit_code == 0, r.output
     tensors = load_file(str(st))
     assert all(torch.equal(tensors[k], trained[k]) for k in trained)
 
     delta = tmp_path / "d.safetensors"
-    r = cli.invoke(main, ["replay", str(traj_path), "--base", str(base), "--format", "delta",
-                          "--step", "4", "-o", str(delta), "--json"])
+    r = cli.invoke(
+        main,
+        [
+            "replay",
+            str(traj_path),
+            "--base",
+            str(base),
+            "--format",
+            "delta",
+            "--step",
+            "4",
+            "-o",
+            str(delta),
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["step"] == 4 and json.loads(r.stdout)["verified"]
     d = load_file(str(delta))
@@ -93,8 +116,20 @@ def test_cli_replay_formats_and_steps(run, tmp_path):
         assert torch.equal(v, state(m)[k].float() - base_state[k].float())
 
     traj = read_trajectory(traj_path)
-    r = cli.invoke(main, ["replay", str(traj_path), "--base", str(base), "--step", "best",
-                          "--json", "-o", str(tmp_path / "best")])
+    r = cli.invoke(
+        main,
+        [
+            "replay",
+            str(traj_path),
+            "--base",
+            str(base),
+            "--step",
+            "best",
+            "--json",
+            "-o",
+            str(tmp_path / "best"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["step"] == best_step(traj)
 

@@ -47,8 +47,12 @@ def np_philox(c0, c1, c2, c3, k0: int, k1: int) -> np.ndarray:
     for _ in range(10):
         p0 = c0 * M0  # < 2**64: exact in uint64
         p1 = c2 * M1
-        c0, c1, c2, c3 = (p1 >> np.uint64(32)) ^ c1 ^ k0, p1 & MASK, \
-            (p0 >> np.uint64(32)) ^ c3 ^ k1, p0 & MASK
+        c0, c1, c2, c3 = (
+            (p1 >> np.uint64(32)) ^ c1 ^ k0,
+            p1 & MASK,
+            (p0 >> np.uint64(32)) ^ c3 ^ k1,
+            p0 & MASK,
+        )
         k0 = (k0 + W0) & MASK
         k1 = (k1 + W1) & MASK
     return np.stack([c0, c1, c2, c3], axis=-1).astype(np.uint32)
@@ -56,8 +60,9 @@ def np_philox(c0, c1, c2, c3, k0: int, k1: int) -> np.ndarray:
 
 def np_key(seed: int, name: str) -> tuple[int, int]:
     """Key rule sha256-seed-name-v1 (§9.2)."""
-    d = hashlib.sha256(b"mezo-ckpt/philox-key/v1\x00" + struct.pack("<Q", seed)
-                       + name.encode("utf-8")).digest()
+    d = hashlib.sha256(
+        b"mezo-ckpt/philox-key/v1\x00" + struct.pack("<Q", seed) + name.encode("utf-8")
+    ).digest()
     return struct.unpack("<II", d[:8])
 
 
@@ -120,7 +125,7 @@ def np_round_nearest(y: np.ndarray, dtype: str) -> np.ndarray:
         with np.errstate(over="ignore"):
             return y.astype(np.float16).astype(np.float32)
     b = y.view(np.uint32).astype(np.uint64)
-    r = ((b + np.uint64(0x7FFF) + ((b >> np.uint64(16)) & np.uint64(1))) >> np.uint64(16))
+    r = (b + np.uint64(0x7FFF) + ((b >> np.uint64(16)) & np.uint64(1))) >> np.uint64(16)
     r = (r << np.uint64(16)).astype(np.uint32)
     r = np.where(np.isnan(y), np.uint32(0x7FC00000), r)
     return r.view(np.float32)
@@ -141,8 +146,9 @@ def np_round_stochastic(y: np.ndarray, bits: np.ndarray, dtype: str) -> np.ndarr
     return np.where(finite, out, np_round_nearest(y, dtype))
 
 
-def np_apply(x: np.ndarray, dtype: str, key, steps, coefs, decay, kind: str, rounding: str,
-             start: int = 0) -> np.ndarray:
+def np_apply(
+    x: np.ndarray, dtype: str, key, steps, coefs, decay, kind: str, rounding: str, start: int = 0
+) -> np.ndarray:
     """The per-element update rule (§10.1) on fp32 values of a tensor in ``dtype``."""
     y = x.astype(np.float32)
     n = len(y)
@@ -185,9 +191,13 @@ def _to_np32(t: torch.Tensor) -> np.ndarray:
 KATS = [  # Random123 kat_vectors, philox4x32_10
     ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
     ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
-    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
-     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+    (
+        (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344),
+        (0xA4093822, 0x299F31D0),
+        (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1),
+    ),
 ]
+
 
 @pytest.mark.parametrize("ctr,key,want", KATS)
 def test_philox_known_answers_scalar_and_numpy(ctr, key, want):
@@ -195,11 +205,14 @@ def test_philox_known_answers_scalar_and_numpy(ctr, key, want):
     assert tuple(int(w) for w in np_philox(*ctr, *key)) == want
 
 
-@pytest.mark.parametrize("ctr,key,want", [
-    pytest.param(*KATS[0]),
-    pytest.param(*KATS[1]),
-    pytest.param(*KATS[2]),
-])
+@pytest.mark.parametrize(
+    "ctr,key,want",
+    [
+        pytest.param(*KATS[0]),
+        pytest.param(*KATS[1]),
+        pytest.param(*KATS[2]),
+    ],
+)
 def test_philox_known_answers_torch_blocks(ctr, key, want):
     block = ctr[0] | (ctr[1] << 32)  # the full unsigned 64-bit block counter
     w = S.philox_blocks_torch(block, 1, ctr[2], ctr[3], key, "cpu")
@@ -215,20 +228,24 @@ def test_philox_torch_blocks_match_numpy_and_scalar():
     for i in (0, 5, 10):
         b = first + i
         assert S.philox4x32((b & 0xFFFFFFFF, b >> 32, 0xFFFFFFFF, 63), key) == tuple(
-            int(x) for x in ref[i])
+            int(x) for x in ref[i]
+        )
 
 
 # ============================================================================ keys and table
 
 
-@pytest.mark.parametrize("seed,name,want", [
-    (0, "model.embed_tokens.weight", (0xAE4F54A3, 0x86676186)),
-    (7, "layer.weight", (0xDD20CA36, 0x56D7C3B0)),
-    (2**63 - 1, "lm_head.weight", (0xCB55753C, 0xF4A8B04D)),
-    (1, "w", (0x58E76D84, 0x4DC6C2DC)),
-    (123, "modèle.poids.ü", None),
-    (2**40 + 3, "", None),
-])
+@pytest.mark.parametrize(
+    "seed,name,want",
+    [
+        (0, "model.embed_tokens.weight", (0xAE4F54A3, 0x86676186)),
+        (7, "layer.weight", (0xDD20CA36, 0x56D7C3B0)),
+        (2**63 - 1, "lm_head.weight", (0xCB55753C, 0xF4A8B04D)),
+        (1, "w", (0x58E76D84, 0x4DC6C2DC)),
+        (123, "modèle.poids.ü", None),
+        (2**40 + 3, "", None),
+    ],
+)
 def test_param_key(seed, name, want):
     k = S.param_key(seed, name)
     assert k == np_key(seed, name)
@@ -275,11 +292,26 @@ def test_normal16_table_near_boundaries_with_mpmath():
 
 # ============================================================================ z streams
 
-KEYS = [(0, 0), (0xFFFFFFFF, 0xFFFFFFFF), np_key(42, "model.layers.0.mlp.up_proj.weight"),
-        np_key(0, "lm_head.weight")]
-SPANS = [(0, 1), (0, 8), (3, 5), (7, 2), (1, 129), (127, 257), (1000, 3001), (0, 20_000),
-         (5 * 2**32 - 3, 77), (8 * 2**32 - 13, 301), (128 * 2**32 - 77, 2000),
-         (2**40 + 11, 515)]
+KEYS = [
+    (0, 0),
+    (0xFFFFFFFF, 0xFFFFFFFF),
+    np_key(42, "model.layers.0.mlp.up_proj.weight"),
+    np_key(0, "lm_head.weight"),
+]
+SPANS = [
+    (0, 1),
+    (0, 8),
+    (3, 5),
+    (7, 2),
+    (1, 129),
+    (127, 257),
+    (1000, 3001),
+    (0, 20_000),
+    (5 * 2**32 - 3, 77),
+    (8 * 2**32 - 13, 301),
+    (128 * 2**32 - 77, 2000),
+    (2**40 + 11, 515),
+]
 
 
 @pytest.mark.parametrize("kind", S.Z_KINDS)
@@ -300,19 +332,61 @@ def test_z_documented_vectors():
     """docs/FORMAT.md §16."""
     k = np_key(1, "w")
     w = _words(k, 3, 1, 0, 2).reshape(-1)
-    assert [f"{int(x):08x}" for x in w] == ["8ec01206", "0ec766f3", "ed93368d", "20e1ae40",
-                                           "4090f9a9", "4965804b", "3546146b", "14189dfa"]
+    assert [f"{int(x):08x}" for x in w] == [
+        "8ec01206",
+        "0ec766f3",
+        "ed93368d",
+        "20e1ae40",
+        "4090f9a9",
+        "4965804b",
+        "3546146b",
+        "14189dfa",
+    ]
     z = S.generate_z(k, 3, 1, 0, 16, "normal16") * 256
-    assert z.int().tolist() == [-377, 37, -63, -403, -204, 374, 120, -290, 503, -171, 1,
-                                -144, -360, -208, 76, -362]
+    assert z.int().tolist() == [
+        -377,
+        37,
+        -63,
+        -403,
+        -204,
+        374,
+        120,
+        -290,
+        503,
+        -171,
+        1,
+        -144,
+        -360,
+        -208,
+        76,
+        -362,
+    ]
     assert (S.z_reference(k, 3, 1, 1000, 8, "normal16") * 256).int().tolist() == [
-        503, 62, 306, 162, 116, 325, -22, 11]
+        503,
+        62,
+        306,
+        162,
+        116,
+        325,
+        -22,
+        11,
+    ]
     r = S.z_reference(k, 3, 0, 0, 40, "rademacher")
-    assert "".join("+" if v > 0 else "-" for v in r.tolist()) == \
-        "+---+++-++++------++-++++--+-+--+++---++"
+    assert (
+        "".join("+" if v > 0 else "-" for v in r.tolist())
+        == "+---+++-++++------++-++++--+-+--+++---++"
+    )
     rb = S.rounding_bits_reference(k, 2, 0, 0, 8)
-    assert [f"{int(x):06x}" for x in rb] == ["33a949", "369502", "78df02", "d2da5c", "7ee36c",
-                                            "2f9e53", "0c9f37", "250130"]
+    assert [f"{int(x):06x}" for x in rb] == [
+        "33a949",
+        "369502",
+        "78df02",
+        "d2da5c",
+        "7ee36c",
+        "2f9e53",
+        "0c9f37",
+        "250130",
+    ]
 
 
 def test_rounding_bits_match_independent():
@@ -320,8 +394,10 @@ def test_rounding_bits_match_independent():
     for start, count in [(0, 1), (3, 9), (1001, 4099), (4 * 2**32 - 2, 11)]:
         for step in (0, 5, 2**32 - 1):
             want = np_rounding_bits(key, step, start, count)
-            for got in (S.rounding_bits_reference(key, step, 0, start, count),
-                        S.generate_rounding_bits(key, step, 0, start, count)):
+            for got in (
+                S.rounding_bits_reference(key, step, 0, start, count),
+                S.generate_rounding_bits(key, step, 0, start, count),
+            ):
                 assert got.dtype == torch.int64
                 np.testing.assert_array_equal(got.numpy(), want)
                 assert int(got.max()) < 2**24 and int(got.min()) >= 0
@@ -345,16 +421,19 @@ def test_chunking_invariance(kind):
     np.testing.assert_array_equal(whole, S.z_reference(key, 9, 2, start, n, kind).numpy())
     bits_whole = S.generate_rounding_bits(key, 9, 0, start, n).numpy()
     for trial in range(6):
-        cuts = np.sort(rng.choice(np.arange(1, n), size=[1, 3, 17, 60, 200, 1][trial],
-                                  replace=False))
+        cuts = np.sort(
+            rng.choice(np.arange(1, n), size=[1, 3, 17, 60, 200, 1][trial], replace=False)
+        )
         if trial == 5:
             cuts = np.arange(1, n // 40)  # many single-element chunks at the start
         edges = [0, *cuts.tolist(), n]
         fn = S.z_reference if trial % 2 else S.generate_z
         parts = [fn(key, 9, 2, start + a, b - a, kind).numpy() for a, b in zip(edges, edges[1:])]
         np.testing.assert_array_equal(np.concatenate(parts), whole)
-        rparts = [S.generate_rounding_bits(key, 9, 0, start + a, b - a).numpy()
-                  for a, b in zip(edges, edges[1:])]
+        rparts = [
+            S.generate_rounding_bits(key, 9, 0, start + a, b - a).numpy()
+            for a, b in zip(edges, edges[1:])
+        ]
         np.testing.assert_array_equal(np.concatenate(rparts), bits_whole)
 
 
@@ -368,14 +447,20 @@ def test_parameter_order_independence():
         base = {n: torch.rand(shapes[n], generator=g) for n in sorted(names)}
         return {n: base[n].clone() for n in order}
 
-    batch = U.UpdateBatch(np.array([0, 1, 4], np.int64),
-                          np.array([[2.0**-5, 0.0], [-3 * 2.0**-8, 2.0**-6], [1.0, -1.0]],
-                                   np.float32),
-                          np.array([0.5, 1.0, 0.75], np.float32))
+    batch = U.UpdateBatch(
+        np.array([0, 1, 4], np.int64),
+        np.array([[2.0**-5, 0.0], [-3 * 2.0**-8, 2.0**-6], [1.0, -1.0]], np.float32),
+        np.array([0.5, 1.0, 0.75], np.float32),
+    )
     results = []
     for order in (names, names[::-1], sorted(names)):
-        spec = U.UpdateSpec(seed=99, kind="normal16", rounding="nearest",
-                            trainable=tuple(order), decay_params=frozenset({"b.weight"}))
+        spec = U.UpdateSpec(
+            seed=99,
+            kind="normal16",
+            rounding="nearest",
+            trainable=tuple(order),
+            decay_params=frozenset({"b.weight"}),
+        )
         ts = tensors(order)
         U.apply_to_tensors(ts, spec, batch)
         results.append({n: _bits(t).copy() for n, t in ts.items()})
@@ -383,15 +468,24 @@ def test_parameter_order_independence():
         for n in names:
             np.testing.assert_array_equal(r[n], results[0][n])
     # one parameter alone gets the same update as inside the full set
-    spec = U.UpdateSpec(seed=99, kind="normal16", rounding="nearest", trainable=("z.w",),
-                        decay_params=frozenset())
+    spec = U.UpdateSpec(
+        seed=99, kind="normal16", rounding="nearest", trainable=("z.w",), decay_params=frozenset()
+    )
     ts = tensors(["z.w"])
     U.apply_to_tensors(ts, spec, batch)
     np.testing.assert_array_equal(_bits(ts["z.w"]), results[0]["z.w"])
     # and matches the independent implementation (z.w has no decay)
     x0 = tensors(["z.w"])["z.w"].numpy()
-    want = np_apply(x0, "float32", np_key(99, "z.w"), batch.steps, batch.coefs,
-                    np.ones(3, np.float32), "normal16", "nearest")
+    want = np_apply(
+        x0,
+        "float32",
+        np_key(99, "z.w"),
+        batch.steps,
+        batch.coefs,
+        np.ones(3, np.float32),
+        "normal16",
+        "nearest",
+    )
     np.testing.assert_array_equal(_bits(ts["z.w"]), _bits(want))
 
 
@@ -411,8 +505,13 @@ def test_z_statistics(kind):
         assert exact["max_abs"] == 1107 / 256
     else:
         assert exact == {"mean": 0.0, "variance": 1.0, "kurtosis": 1.0, "max_abs": 1.0}
-    z = torch.cat([S.generate_z(np_key(s, f"p{s}"), s, s % 3, s * 1000, 1 << 19, kind)
-                   for s in range(4)]).double().numpy()  # 2**21 samples
+    z = (
+        torch.cat(
+            [S.generate_z(np_key(s, f"p{s}"), s, s % 3, s * 1000, 1 << 19, kind) for s in range(4)]
+        )
+        .double()
+        .numpy()
+    )  # 2**21 samples
     n = z.size
     mean, var = z.mean(), z.var()
     kurt = ((z - mean) ** 4).mean() / var**2
@@ -447,8 +546,10 @@ def _fingerprints() -> dict:
     base = {"w": (torch.rand(64, 33, generator=g) - 0.5) * 0.1, "b": torch.rand(33, generator=g)}
     rng = np.random.default_rng(5)
     steps = np.arange(0, 40, dtype=np.int64)
-    coefs = np.array([[U.round_coefficient(v) for v in row]
-                      for row in rng.standard_normal((40, 2)) * 1e-3], np.float32)
+    coefs = np.array(
+        [[U.round_coefficient(v) for v in row] for row in rng.standard_normal((40, 2)) * 1e-3],
+        np.float32,
+    )
     decay = np.full(40, U.decay_multiplier(1e-2, 0.1), np.float32)
     batch = U.UpdateBatch(steps, coefs, decay)
     for kind in S.Z_KINDS:
@@ -456,30 +557,45 @@ def _fingerprints() -> dict:
             for rounding in ("nearest", "stochastic"):
                 for backend in ("reference", "auto"):
                     ts = {n: t.to(TORCH[dtype]).clone() for n, t in base.items()}
-                    spec = U.UpdateSpec(seed=3, kind=kind, rounding=rounding,
-                                        trainable=("b", "w"), decay_params=frozenset({"w"}))
+                    spec = U.UpdateSpec(
+                        seed=3,
+                        kind=kind,
+                        rounding=rounding,
+                        trainable=("b", "w"),
+                        decay_params=frozenset({"w"}),
+                    )
                     U.apply_to_tensors(ts, spec, batch, backend=backend)
                     out[f"{kind}/{dtype}/{rounding}/{backend}"] = tensors_sha256(ts)
     y = (torch.rand(5000, generator=g) - 0.5) * 3
     bits = S.generate_rounding_bits(KEYS[1], 0, 0, 0, 5000)
     for dt in (torch.bfloat16, torch.float16):
         out[f"sr/{dt}"] = hashlib.sha256(
-            U.stochastic_round(y, bits, dt).float().numpy().tobytes()).hexdigest()
+            U.stochastic_round(y, bits, dt).float().numpy().tobytes()
+        ).hexdigest()
     return out
 
 
 def test_same_bits_under_default_cpu_capability():
     here = _fingerprints()
     env = dict(os.environ, ATEN_CPU_CAPABILITY="default")
-    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import test_stream; "
-            "print(json.dumps(test_stream._fingerprints()))")
-    res = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent)], env=env,
-                         capture_output=True, text=True, timeout=300,
-                         cwd=Path(__file__).parent.parent)
+    code = (
+        "import json, sys; sys.path.insert(0, sys.argv[1]); import test_stream; "
+        "print(json.dumps(test_stream._fingerprints()))"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code, str(Path(__file__).parent)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).parent.parent,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     there = json.loads(res.stdout.strip().splitlines()[-1])
-    print(f"\nCPU capability in process: {here['capability']}; "
-          f"with ATEN_CPU_CAPABILITY=default: {there['capability']}")
+    print(
+        f"\nCPU capability in process: {here['capability']}; "
+        f"with ATEN_CPU_CAPABILITY=default: {there['capability']}"
+    )
     assert there["capability"].lower() == "default"
     for k in here:
         if k != "capability":
@@ -509,8 +625,9 @@ def _round13_exact(x: float) -> float:
 
 def test_round_coefficient_random():
     rng = np.random.default_rng(0)
-    xs = np.concatenate([rng.standard_normal(2000) * 10.0 ** rng.integers(-25, 25, 2000),
-                         rng.uniform(-1, 1, 500)])
+    xs = np.concatenate(
+        [rng.standard_normal(2000) * 10.0 ** rng.integers(-25, 25, 2000), rng.uniform(-1, 1, 500)]
+    )
     for x in xs.tolist():
         c = U.round_coefficient(x)
         assert c == _round13_exact(x)
@@ -532,16 +649,32 @@ def test_round_coefficient_rules():
     assert rc(-(2.0**-100) * (1 - 2**-20)) == 0.0  # flushed on x, before rounding
     assert rc((1 - 2**-13) * 2.0**100) == (1 - 2**-13) * 2.0**100
     assert rc(1e-7) == _round13_exact(1e-7)
-    for bad in (math.nan, math.inf, -math.inf, 2.0**100, -(2.0**101), 1e300,
-                (1 - 2**-20) * 2.0**100):  # the last rounds up to 2**100
+    for bad in (
+        math.nan,
+        math.inf,
+        -math.inf,
+        2.0**100,
+        -(2.0**101),
+        1e300,
+        (1 - 2**-20) * 2.0**100,
+    ):  # the last rounds up to 2**100
         with pytest.raises(ValueError):
             rc(bad)
 
 
 def test_is_valid_coefficient():
     ok = [0.0, -0.0, 1.0, -1.5, 2.0**-100, (2**13 - 1) * 2.0**-20, (1 - 2**-13) * 2.0**100]
-    bad = [math.nan, math.inf, -math.inf, 2.0**-101, 2.0**100, 1.0 + 2**-13, 1.0 + 2**-23,
-           float(np.float32(0.1)), 0.1]
+    bad = [
+        math.nan,
+        math.inf,
+        -math.inf,
+        2.0**-101,
+        2.0**100,
+        1.0 + 2**-13,
+        1.0 + 2**-23,
+        float(np.float32(0.1)),
+        0.1,
+    ]
     assert all(U.is_valid_coefficient(c) for c in ok)
     assert not any(U.is_valid_coefficient(c) for c in bad)
 
@@ -562,8 +695,10 @@ def test_coefficient_times_z_is_exact():
     """c * z in fp32 equals the exact (float64) product for every table value."""
     rng = np.random.default_rng(1)
     expo = rng.integers(-100, 100, 3000)
-    cs = [U.round_coefficient(float(m) * 2.0**int(e))
-          for m, e in zip(rng.uniform(0.5, 1.0, 3000) * rng.choice([-1, 1], 3000), expo)]
+    cs = [
+        U.round_coefficient(float(m) * 2.0 ** int(e))
+        for m, e in zip(rng.uniform(0.5, 1.0, 3000) * rng.choice([-1, 1], 3000), expo)
+    ]
     cs += [2.0**-100, -(2.0**-100), (1 - 2**-13) * 2.0**100, (2**13 - 1) * 2.0**-112]
     c = np.array([x for x in cs if x != 0.0], np.float32)
     assert np.all(c.astype(np.float64) == np.array([x for x in cs if x != 0.0]))
@@ -587,11 +722,37 @@ def test_coefficient_times_z_is_exact():
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_stochastic_round_exact_rule(dtype):
     rng = np.random.default_rng(2)
-    y = np.concatenate([
-        (rng.standard_normal(40_000) * 10.0 ** rng.integers(-8, 5, 40_000)).astype(np.float32),
-        np.array([0.0, -0.0, 1.0, -1.0, 65504.0, 65519.0, 65520.0, 70000.0, -1e30, 3.0e38,
-                  1e-45, -1e-45, 6e-8, 1e-7, 2.0**-24, 2.0**-25, 2.0**-133, 2.0**-140,
-                  np.inf, -np.inf, np.nan], np.float32)])
+    y = np.concatenate(
+        [
+            (rng.standard_normal(40_000) * 10.0 ** rng.integers(-8, 5, 40_000)).astype(np.float32),
+            np.array(
+                [
+                    0.0,
+                    -0.0,
+                    1.0,
+                    -1.0,
+                    65504.0,
+                    65519.0,
+                    65520.0,
+                    70000.0,
+                    -1e30,
+                    3.0e38,
+                    1e-45,
+                    -1e-45,
+                    6e-8,
+                    1e-7,
+                    2.0**-24,
+                    2.0**-25,
+                    2.0**-133,
+                    2.0**-140,
+                    np.inf,
+                    -np.inf,
+                    np.nan,
+                ],
+                np.float32,
+            ),
+        ]
+    )
     bits = rng.integers(0, 2**24, y.size)
     bits[:50] = 0
     bits[50:100] = 2**24 - 1
@@ -641,10 +802,17 @@ def test_stochastic_round_unbiased(dtype):
 # ============================================================================ update rule
 
 
-CASES = [(kind, dtype, rounding) for kind in S.Z_KINDS
-         for dtype, rounding in [("float32", "nearest"), ("bfloat16", "nearest"),
-                                 ("bfloat16", "stochastic"), ("float16", "nearest"),
-                                 ("float16", "stochastic")]]
+CASES = [
+    (kind, dtype, rounding)
+    for kind in S.Z_KINDS
+    for dtype, rounding in [
+        ("float32", "nearest"),
+        ("bfloat16", "nearest"),
+        ("bfloat16", "stochastic"),
+        ("float16", "nearest"),
+        ("float16", "stochastic"),
+    ]
+]
 
 
 @pytest.mark.parametrize("kind,dtype,rounding", CASES)
@@ -657,8 +825,9 @@ def test_apply_updates_backends_and_independent(kind, dtype, rounding):
     coefs = np.array([[U.round_coefficient(v) for v in row] for row in raw], np.float32)
     coefs[2, 1] = 0.0
     coefs[5] = -0.0
-    decay = np.where(rng.random(t_steps) < 0.5, np.float32(1.0),
-                     np.float32(U.decay_multiplier(1e-2, 0.5))).astype(np.float32)
+    decay = np.where(
+        rng.random(t_steps) < 0.5, np.float32(1.0), np.float32(U.decay_multiplier(1e-2, 0.5))
+    ).astype(np.float32)
     batch = U.UpdateBatch(steps, coefs, decay)
     n, start = 9000, 123
     x0 = (rng.standard_normal(n) * 0.05).astype(np.float32)
@@ -669,8 +838,7 @@ def test_apply_updates_backends_and_independent(kind, dtype, rounding):
     outs = {}
     for backend in ("reference", "auto"):
         t = base.clone()
-        U.apply_updates(t, key, batch, kind=kind, rounding=rounding, start=start,
-                        backend=backend)
+        U.apply_updates(t, key, batch, kind=kind, rounding=rounding, start=start, backend=backend)
         outs[backend] = t
     np.testing.assert_array_equal(_bits(outs["auto"]), _bits(outs["reference"]))
     want = np_apply(_to_np32(base), dtype, key, steps, coefs, decay, kind, rounding, start)
@@ -688,26 +856,37 @@ def test_apply_updates_compiled_backend_rules():
     key = KEYS[3]
     batch = U.UpdateBatch.single(0, [2.0**-6])
     with pytest.raises(ValueError):
-        U.apply_updates(torch.zeros(8, dtype=torch.float16), key, batch, kind="normal16",
-                        backend="compiled")
+        U.apply_updates(
+            torch.zeros(8, dtype=torch.float16), key, batch, kind="normal16", backend="compiled"
+        )
     with pytest.raises(ValueError):
         U.apply_updates(torch.zeros(8), key, batch, kind="normal16", rounding="up")
     with pytest.raises(ValueError):
         U.apply_updates(torch.zeros(4, 4).t(), key, batch, kind="normal16")
     t = torch.zeros(8)
-    U.apply_updates(t, key, U.UpdateBatch(np.zeros(0, np.int64), np.zeros((0, 1), np.float32),
-                                          np.zeros(0, np.float32)), kind="normal16")
+    U.apply_updates(
+        t,
+        key,
+        U.UpdateBatch(np.zeros(0, np.int64), np.zeros((0, 1), np.float32), np.zeros(0, np.float32)),
+        kind="normal16",
+    )
     assert torch.equal(t, torch.zeros(8))
 
 
 DOC_REPLAY = {  # docs/FORMAT.md §16
-    ("normal16", "float32", "nearest"):
-        "3e8e0a7c bf821d2c 403e40f9 3d00ebcf 3b5d7870 c01ecf82 42c7d490 3c4b5800",
+    (
+        "normal16",
+        "float32",
+        "nearest",
+    ): "3e8e0a7c bf821d2c 403e40f9 3d00ebcf 3b5d7870 c01ecf82 42c7d490 3c4b5800",
     ("normal16", "bfloat16", "nearest"): "3e8e bf82 403e 3d01 3b5e c01f 42c8 3c4c",
     ("normal16", "bfloat16", "stochastic"): "3e8e bf82 403e 3d01 3b5d c01f 42c7 3c4c",
     ("normal16", "float16", "stochastic"): "3470 bc11 41f2 2807 1aec c0f7 563e 225c",
-    ("rademacher", "float32", "nearest"):
-        "3e723e77 bf822f3c 403f06d9 bc2820c4 3ca42f0e c0209f0a 42c7d60d 3c9c0000",
+    (
+        "rademacher",
+        "float32",
+        "nearest",
+    ): "3e723e77 bf822f3c 403f06d9 bc2820c4 3ca42f0e c0209f0a 42c7d60d 3c9c0000",
     ("rademacher", "bfloat16", "nearest"): "3e72 bf82 403f bc28 3ca4 c021 42c8 3c9c",
     ("rademacher", "bfloat16", "stochastic"): "3e73 bf82 403f bc28 3ca4 c021 42c7 3c9c",
     ("rademacher", "float16", "stochastic"): "3392 bc12 41f8 a141 2521 c106 563e 24e0",
@@ -724,8 +903,9 @@ def test_documented_replay_vector(case):
     decay = np.array([m, 1.0], np.float32)
     fmt = "%08x" if dtype == "float32" else "%04x"
     x = torch.tensor(vals, dtype=torch.float32).to(TORCH[dtype])
-    U.apply_updates(x, np_key(1, "w"), U.UpdateBatch(steps, coefs, decay), kind=kind,
-                    rounding=rounding)
+    U.apply_updates(
+        x, np_key(1, "w"), U.UpdateBatch(steps, coefs, decay), kind=kind, rounding=rounding
+    )
     assert " ".join(fmt % v for v in _bits(x)) == DOC_REPLAY[case]
     x0 = np.array(vals, np.float32)
     if dtype != "float32":
@@ -747,11 +927,18 @@ def test_fingerprints_documented():
     h = hashlib.sha256()
     h.update(b"a\x00bfloat16\x00[2, 2]\x00" + struct.pack("<4H", *[0x3F80] * 4))
     h.update(b"b\x00float32\x00[2]\x00" + struct.pack("<2f", 1.0, -2.0))
-    assert tensors_sha256(ts) == h.hexdigest() == \
-        "c806eaee44979e53f1a601614360765fe43c09eca1c24c7d3307f10c1d572fd7"
+    assert (
+        tensors_sha256(ts)
+        == h.hexdigest()
+        == "c806eaee44979e53f1a601614360765fe43c09eca1c24c7d3307f10c1d572fd7"
+    )
     man = [ParamInfo("b", (), (2,), "float32"), ParamInfo("a", ("c",), (2, 2), "bfloat16")]
-    text = ('[{"aliases":["c"],"dtype":"bfloat16","name":"a","shape":[2,2]},'
-            '{"aliases":[],"dtype":"float32","name":"b","shape":[2]}]')
-    assert manifest_sha256(sorted(man, key=lambda i: i.name)) == \
-        hashlib.sha256(text.encode()).hexdigest() == \
-        "c223abade4fd3fbe14f99e287fdb51a7e0a01a32cbd2ac3eeec693a4f66fcf70"
+    text = (
+        '[{"aliases":["c"],"dtype":"bfloat16","name":"a","shape":[2,2]},'
+        '{"aliases":[],"dtype":"float32","name":"b","shape":[2]}]'
+    )
+    assert (
+        manifest_sha256(sorted(man, key=lambda i: i.name))
+        == hashlib.sha256(text.encode()).hexdigest()
+        == "c223abade4fd3fbe14f99e287fdb51a7e0a01a32cbd2ac3eeec693a4f66fcf70"
+    )

@@ -405,9 +405,19 @@ def test_tiny_model_factory_is_portable():
 def test_real_default_model_few_steps_replay_exact(tmp_path):
     """A few steps of the embedded default (SmolLM2-135M, built-in sentiment task), then
     replay from the file equals the trained weights."""
-    r = train(TrainConfig(steps=2, eval_every=0, eval_examples=16, eval_test=False,
-                          fsync=False, output=str(tmp_path / "real.zst")),
-              progress=False, keep_model=True, log=lambda s: None)
+    r = train(
+        TrainConfig(
+            steps=2,
+            eval_every=0,
+            eval_examples=16,
+            eval_test=False,
+            fsync=False,
+            output=str(tmp_path / "real.zst"),
+        ),
+        progress=False,
+        keep_model=True,
+        log=lambda s: None,
+    )
     traj = read_trajectory(tmp_path / "real.zst")
     assert traj.complete and traj.header["base"]["kind"] == "embedded"
     model = load_base(None).model

@@ -13,32 +13,77 @@ from mezo_ckpt.cli.main import parse_step
 @click.command()
 @click.argument("trajectory", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("repo_id", metavar="USER/REPO")
-@click.option("--private", is_flag=True, help="Create the repo private (an existing repo keeps "
-                                              "its visibility).")
-@click.option("--revision", metavar="BRANCH", default=None,
-              help="Commit to this branch (created from main if missing). Default: main.")
+@click.option(
+    "--private",
+    is_flag=True,
+    help="Create the repo private (an existing repo keeps its visibility).",
+)
+@click.option(
+    "--revision",
+    metavar="BRANCH",
+    default=None,
+    help="Commit to this branch (created from main if missing). Default: main.",
+)
 @click.option("--create-pr", is_flag=True, help="Open a pull request instead of committing.")
 @click.option("--commit-message", metavar="TEXT", default=None, help="Commit title.")
-@click.option("--token", metavar="TOKEN", default=None,
-              help="Hub token with write access. Default: HF_TOKEN or `hf auth login`.")
-@click.option("--base-repo", metavar="REPO", default=None,
-              help="For a trajectory trained from a local folder: the Hub repo holding the same "
-                   "base weights (downloaded and checked against the trajectory's fingerprint).")
-@click.option("--base-revision", metavar="SHA", default=None,
-              help="Commit of --base-repo (a branch is resolved to its commit and pinned).")
-@click.option("--license", "license_", metavar="ID", default=None,
-              help="Card license. Default: the base's where known (apache-2.0 for the embedded "
-                   "default base).")
-@click.option("--dataset", "datasets", metavar="ID", multiple=True,
-              help="Hub dataset id for the card metadata (repeatable).")
-@click.option("--dry-run", "dry_run", metavar="DIR", default=None,
-              type=click.Path(file_okay=False, path_type=Path),
-              help="Write the folder that would be uploaded to DIR; upload nothing.")
+@click.option(
+    "--token",
+    metavar="TOKEN",
+    default=None,
+    help="Hub token with write access. Default: HF_TOKEN or `hf auth login`.",
+)
+@click.option(
+    "--base-repo",
+    metavar="REPO",
+    default=None,
+    help="For a trajectory trained from a local folder: the Hub repo holding the same "
+    "base weights (downloaded and checked against the trajectory's fingerprint).",
+)
+@click.option(
+    "--base-revision",
+    metavar="SHA",
+    default=None,
+    help="Commit of --base-repo (a branch is resolved to its commit and pinned).",
+)
+@click.option(
+    "--license",
+    "license_",
+    metavar="ID",
+    default=None,
+    help="Card license. Default: the base's where known (apache-2.0 for the embedded "
+    "default base).",
+)
+@click.option(
+    "--dataset",
+    "datasets",
+    metavar="ID",
+    multiple=True,
+    help="Hub dataset id for the card metadata (repeatable).",
+)
+@click.option(
+    "--dry-run",
+    "dry_run",
+    metavar="DIR",
+    default=None,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write the folder that would be uploaded to DIR; upload nothing.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
-def push(trajectory: Path, repo_id: str, private: bool, revision: str | None, create_pr: bool,
-         commit_message: str | None, token: str | None, base_repo: str | None,
-         base_revision: str | None, license_: str | None, datasets: tuple[str, ...],
-         dry_run: Path | None, as_json: bool) -> None:
+def push(
+    trajectory: Path,
+    repo_id: str,
+    private: bool,
+    revision: str | None,
+    create_pr: bool,
+    commit_message: str | None,
+    token: str | None,
+    base_repo: str | None,
+    base_revision: str | None,
+    license_: str | None,
+    datasets: tuple[str, ...],
+    dry_run: Path | None,
+    as_json: bool,
+) -> None:
     """Publish TRAJECTORY to the Hub repo USER/REPO, with a model card.
 
     One commit uploads the trajectory (its name kept, a few KB), mezo_ckpt.json (the base
@@ -57,25 +102,47 @@ def push(trajectory: Path, repo_id: str, private: bool, revision: str | None, cr
     """
     from mezo_ckpt.hub import push as do_push
 
-    r = do_push(trajectory, repo_id, private=private, revision=revision, create_pr=create_pr,
-                commit_message=commit_message, token=token, base_repo=base_repo,
-                base_revision=base_revision, license=license_,
-                datasets=list(datasets) or None, dry_run=dry_run)
+    r = do_push(
+        trajectory,
+        repo_id,
+        private=private,
+        revision=revision,
+        create_pr=create_pr,
+        commit_message=commit_message,
+        token=token,
+        base_repo=base_repo,
+        base_revision=base_revision,
+        license=license_,
+        datasets=list(datasets) or None,
+        dry_run=dry_run,
+    )
     if as_json:
-        click.echo(json.dumps({"repo_id": r.repo_id, "commit": r.commit,
-                               "commit_url": r.commit_url, "pr_url": r.pr_url,
-                               "revision": r.revision, "files": r.files,
-                               "folder": str(r.folder) if r.folder else None,
-                               "notes": r.notes, "meta": r.meta}, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "repo_id": r.repo_id,
+                    "commit": r.commit,
+                    "commit_url": r.commit_url,
+                    "pr_url": r.pr_url,
+                    "revision": r.revision,
+                    "files": r.files,
+                    "folder": str(r.folder) if r.folder else None,
+                    "notes": r.notes,
+                    "meta": r.meta,
+                },
+                indent=2,
+            )
+        )
         return
     for note in r.notes:
         click.echo(f"Note: {note}", err=True)
     tb, wt = r.meta["trajectory"], r.meta["weights"]
-    sizes = (f"trajectory {tb['bytes']:,} bytes for {wt['bytes']:,} bytes of "
-             f"{wt['dtype']} weights")
+    sizes = f"trajectory {tb['bytes']:,} bytes for {wt['bytes']:,} bytes of {wt['dtype']} weights"
     if r.folder is not None:
-        click.echo(f"Dry run: wrote {', '.join(sorted(r.files))} to {r.folder} ({sizes}); "
-                   "nothing was uploaded.")
+        click.echo(
+            f"Dry run: wrote {', '.join(sorted(r.files))} to {r.folder} ({sizes}); "
+            "nothing was uploaded."
+        )
         return
     click.echo(f"Pushed {', '.join(sorted(r.files))} to {r.repo_id} ({sizes}).")
     click.echo(f"Commit {r.commit}: {r.commit_url}")
@@ -86,23 +153,54 @@ def push(trajectory: Path, repo_id: str, private: bool, revision: str | None, cr
 
 @click.command()
 @click.argument("source", metavar="USER/REPO|PATH")
-@click.option("--revision", metavar="REV", default=None,
-              help="Branch, tag or commit of the published repo. Default: main.")
-@click.option("--step", "step", metavar="N|best|last", default=None,
-              help="Rebuild the weights after step N (0 = the base), at the best evaluated step, "
-                   "or at the last recorded step (default).")
-@click.option("-o", "--output", "output", type=click.Path(file_okay=False, path_type=Path),
-              default=None, metavar="DIR",
-              help="Copy the from_pretrained-ready folder here (new or empty). "
-                                 "Default: only the cache, whose path is printed.")
-@click.option("--token", metavar="TOKEN", default=None,
-              help="Hub token for private repos. Default: HF_TOKEN or `hf auth login`.")
-@click.option("--base", "base_spec", metavar="PATH|REPO", default=None,
-              help="Base model folder or repo, for trajectories trained from an unpublished local "
-                   "folder (its identity is still checked).")
+@click.option(
+    "--revision",
+    metavar="REV",
+    default=None,
+    help="Branch, tag or commit of the published repo. Default: main.",
+)
+@click.option(
+    "--step",
+    "step",
+    metavar="N|best|last",
+    default=None,
+    help="Rebuild the weights after step N (0 = the base), at the best evaluated step, "
+    "or at the last recorded step (default).",
+)
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    metavar="DIR",
+    help="Copy the from_pretrained-ready folder here (new or empty). "
+    "Default: only the cache, whose path is printed.",
+)
+@click.option(
+    "--token",
+    metavar="TOKEN",
+    default=None,
+    help="Hub token for private repos. Default: HF_TOKEN or `hf auth login`.",
+)
+@click.option(
+    "--base",
+    "base_spec",
+    metavar="PATH|REPO",
+    default=None,
+    help="Base model folder or repo, for trajectories trained from an unpublished local "
+    "folder (its identity is still checked).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
-def pull(source: str, revision: str | None, step: str | None, output: Path | None,
-         token: str | None, base_spec: str | None, as_json: bool) -> None:
+def pull(
+    source: str,
+    revision: str | None,
+    step: str | None,
+    output: Path | None,
+    token: str | None,
+    base_spec: str | None,
+    as_json: bool,
+) -> None:
     """Rebuild a published fine-tune from USER/REPO (or a local trajectory / folder).
 
     Downloads the trajectory and mezo_ckpt.json at one commit and checks the trajectory's
@@ -125,13 +223,23 @@ def pull(source: str, revision: str | None, step: str | None, output: Path | Non
     """
     from mezo_ckpt.hub import pull as do_pull
 
-    r = do_pull(source, output, step=parse_step(step), revision=revision, token=token,
-                base=base_spec, progress=not as_json)
+    r = do_pull(
+        source,
+        output,
+        step=parse_step(step),
+        revision=revision,
+        token=token,
+        base=base_spec,
+        progress=not as_json,
+    )
     if as_json:
         click.echo(json.dumps(r.info(), indent=2))
         return
-    how = ("from the cache" if r.cache_hit else
-           "replayed" + (", verified against the trainer's fingerprint" if r.verified else ""))
+    how = (
+        "from the cache"
+        if r.cache_hit
+        else "replayed" + (", verified against the trainer's fingerprint" if r.verified else "")
+    )
     at = f"@{r.commit[:12]}" if r.commit else ""
     click.echo(f"Rebuilt {r.source}{at} at step {r.step}/{r.num_steps} ({how}).")
     click.echo(f"Weights: {r.folder}")

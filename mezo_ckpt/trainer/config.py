@@ -156,8 +156,14 @@ class TrainConfig:
 
     def lr_at(self, step: int) -> float:
         """The learning rate of 0-based ``step`` under this config's schedule."""
-        return learning_rate(step, lr=self.lr, total_steps=self.steps, schedule=self.schedule,
-                             warmup_steps=self.warmup_steps, min_lr_ratio=self.min_lr_ratio)
+        return learning_rate(
+            step,
+            lr=self.lr,
+            total_steps=self.steps,
+            schedule=self.schedule,
+            warmup_steps=self.warmup_steps,
+            min_lr_ratio=self.min_lr_ratio,
+        )
 
     def builtin(self) -> dict[str, Any]:
         return BUILTIN_TASKS.get(self.task, {})

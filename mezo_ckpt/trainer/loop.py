@@ -341,9 +341,16 @@ def train(
         start = 0
 
     perturber = Perturber(model, trainable, cfg.seed, cfg.z, cfg.eps)
-    stepper = MezoStep(model, params, perturber, spec, eps=cfg.eps,
-                       n_directions=cfg.n_directions, objective=cfg.objective,
-                       weight_decay=cfg.weight_decay)
+    stepper = MezoStep(
+        model,
+        params,
+        perturber,
+        spec,
+        eps=cfg.eps,
+        n_directions=cfg.n_directions,
+        objective=cfg.objective,
+        weight_decay=cfg.weight_decay,
+    )
     train_ex = splits["train"]
     log_f = open(log_path, "a", encoding="utf-8")  # noqa: SIM115
     t_start = time.perf_counter()

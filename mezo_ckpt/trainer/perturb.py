@@ -50,8 +50,9 @@ class Perturber:
         eps: perturbation scale.
     """
 
-    def __init__(self, model: torch.nn.Module, trainable: Sequence[str], seed: int, kind: str,
-                 eps: float) -> None:
+    def __init__(
+        self, model: torch.nn.Module, trainable: Sequence[str], seed: int, kind: str, eps: float
+    ) -> None:
         self.model = model
         self.kind = kind
         self.eps = float(eps)
@@ -65,15 +66,19 @@ class Perturber:
             if id(mod) in seen:
                 continue
             seen.add(id(mod))
-            own = [(attr, name_of[id(p)]) for attr, p in mod._parameters.items()
-                   if p is not None and name_of.get(id(p)) in wanted]
+            own = [
+                (attr, name_of[id(p)])
+                for attr, p in mod._parameters.items()
+                if p is not None and name_of.get(id(p)) in wanted
+            ]
             if own:
                 self._owned.append((mod, own))
         self._state: _State | None = None
 
     # ------------------------------------------------------------------ perturbed weights
-    def _perturbed(self, p: torch.Tensor, name: str, start: int = 0,
-                   count: int | None = None) -> torch.Tensor:
+    def _perturbed(
+        self, p: torch.Tensor, name: str, start: int = 0, count: int | None = None
+    ) -> torch.Tensor:
         """Elements [start, start + count) of ``p`` (flattened) plus scale * z, as a new
         tensor; ``p`` itself is only read."""
         st = self._state
@@ -88,9 +93,17 @@ class Perturber:
             out = w.clone()
             coefs = np.zeros((1, st.lane + 1), np.float32)
             coefs[0, st.lane] = -st.scale  # the kernel computes x - c * z
-            _kernels.replay_fp32(normal16_table_numpy(), out.numpy(), start, key[0], key[1],
-                                 np.array([st.step], np.int64), coefs,
-                                 np.ones(1, np.float32), KIND_CODES[self.kind])
+            _kernels.replay_fp32(
+                normal16_table_numpy(),
+                out.numpy(),
+                start,
+                key[0],
+                key[1],
+                np.array([st.step], np.int64),
+                coefs,
+                np.ones(1, np.float32),
+                KIND_CODES[self.kind],
+            )
             return out
         z = generate_z(key, st.step, st.lane, start, count, self.kind).to(w.device)
         return (w.float() + z.mul_(st.scale)).to(w.dtype)
@@ -127,13 +140,15 @@ class Perturber:
             out[..., r0:r1] = F.linear(x, wc, None if bias is None else bias[r0:r1])
         return out
 
-    def _embedding_rows(self, mod: torch.nn.Embedding, name: str, ids: torch.Tensor
-                        ) -> torch.Tensor:
+    def _embedding_rows(
+        self, mod: torch.nn.Embedding, name: str, ids: torch.Tensor
+    ) -> torch.Tensor:
         """Look up perturbed rows only: z for row r covers elements [r*D, (r+1)*D)."""
         dim = mod.weight.shape[1]
         uniq, inverse = torch.unique(ids, return_inverse=True)
-        rows = torch.stack([self._perturbed(mod.weight, name, int(r) * dim, dim)
-                            for r in uniq.tolist()])
+        rows = torch.stack(
+            [self._perturbed(mod.weight, name, int(r) * dim, dim) for r in uniq.tolist()]
+        )
         return F.embedding(inverse, rows)
 
     def _make_forward(self, mod: torch.nn.Module, own: list[tuple[str, str]]):

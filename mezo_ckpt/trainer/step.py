@@ -66,9 +66,18 @@ class MezoStep:
         eps, n_directions, objective, weight_decay: the MeZO settings.
     """
 
-    def __init__(self, model: torch.nn.Module, params: Mapping[str, torch.Tensor],
-                 perturber: Perturber, spec: UpdateSpec, *, eps: float, n_directions: int,
-                 objective: str, weight_decay: float) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        params: Mapping[str, torch.Tensor],
+        perturber: Perturber,
+        spec: UpdateSpec,
+        *,
+        eps: float,
+        n_directions: int,
+        objective: str,
+        weight_decay: float,
+    ) -> None:
         self.model = model
         self.params = params
         self.perturber = perturber
@@ -106,5 +115,6 @@ class MezoStep:
         if est.skipped:
             return
         with torch.no_grad():
-            apply_to_tensors(self.params, self.spec,
-                             UpdateBatch.single(est.step, est.coefs, est.decay))
+            apply_to_tensors(
+                self.params, self.spec, UpdateBatch.single(est.step, est.coefs, est.decay)
+            )

@@ -270,8 +270,7 @@ def cross_entropy(scores: torch.Tensor, enc: Encoded) -> torch.Tensor:
     return torch.stack(terms).mean()
 
 
-def losses_from_scores(scores: torch.Tensor, enc: Encoded, objective: str
-                       ) -> tuple[float, float]:
+def losses_from_scores(scores: torch.Tensor, enc: Encoded, objective: str) -> tuple[float, float]:
     """(loss, accuracy) of a batch from its candidate scores [rows].
 
     objective "ce": :func:`cross_entropy` (MeZO's loss); "accuracy": 1 - accuracy (the

@@ -1,41 +1,38 @@
 """Compiled CPU kernels (numba) for the perturbation stream and the update rule.
 
-They compute exactly what :mod:`mezo_ckpt.stream` and :mod:`mezo_ckpt.update` specify;
-tests compare them bit for bit with the eager torch reference. No fast-math flags are
-used, so LLVM never contracts a multiply and an add into a fused operation (and where
-the product is exact, as it always is for ``c * z``, fusion would not change the bits).
+They compute exactly what :mod:`mezo_ckpt.stream` and :mod:`mezo_ckpt.update` specify
+(the constants are imported from there, never restated); tests compare them bit for bit
+with the eager torch reference. No fast-math flags are used, so LLVM never contracts a
+multiply and an add into a fused operation (and where the product is exact, as it always
+is for ``c * z``, fusion would not change the bits anyway).
 
 Layout of the work, chosen so that LLVM vectorizes the arithmetic:
 
 1. :func:`_philox_words` runs Philox4x32-10 for a range of consecutive counter blocks.
    The 10 rounds are written out (round keys hoisted), all values are uint64 holding
    32-bit quantities, so the 32x32->64 products become ``vpmuludq`` and the loop over
-   blocks is vectorized (8 blocks per AVX-512 register). The four output words of block
-   ``b`` are stored at ``words[4(b - b0) + j]``: read as little-endian uint16, that
-   scratch array *is* the normal16 index of every element in order; read as a bit
-   string it is the rademacher sign of every element in order; read as uint32 it is the
-   stochastic-rounding word of every element in order. No per-element word selection.
-2. A simple per-element loop maps the scratch to z and applies it: normal16 is a
-   table lookup in the float32 table (256 KiB, L2-resident; measured as fast as or
-   faster than an int16 table, a half table using the symmetry, or AVX-512 gathers: the
-   scalar lookups are bound by L1 misses), rademacher selects ``+-c`` from one bit
-   (vectorized: 32 elements per word, no per-element branch).
+   blocks is vectorized. The four output words of block ``b`` are stored at
+   ``words[4(b - b0) + j]``: read as little-endian uint16, that scratch array *is* the
+   normal16 index of every element in order; read as a bit string it is the rademacher
+   sign of every element in order; read as uint32 it is the stochastic-rounding word of
+   every element in order. No per-element word selection.
+2. A simple per-element loop maps the scratch to z and applies it: normal16 is a table
+   lookup in the float32 table (256 KiB, L2-resident), rademacher selects ``+-c`` from one
+   bit (vectorized: 32 elements per word, no per-element branch).
 
-Replay is block-resident: each block of ``BLOCK`` elements (blocks aligned to global
-element indices, so only the first and last block of a slice are partial) receives
-every step while it is in L1/L2, so the weights stream through memory once whatever the
-number of steps. bf16 replay widens a block to an fp32 working copy once, rounds it to
-bf16 (nearest even, in a vectorized pass on the bit pattern) after every step, and
-narrows it back once at the end.
+One replay kernel serves every storage dtype (fp32, bf16, fp16) and rounding mode
+(nearest, stochastic). It is block-resident: each block of ``BLOCK`` elements (aligned to
+global element indices, so only the first and last block of a slice are partial) is
+widened once into an fp32 working copy, receives every step while it is in L1/L2 (for
+half precision: rounded to the dtype after every step, as the rule says), and is narrowed
+back once, so the weights stream through memory once whatever the number of steps.
+Tensors travel as their raw bit patterns (uint32 for fp32, uint16 for bf16/fp16).
 
 Threads: the compiled kernels are serial functions over a range of blocks that release
 the GIL (``nogil=True``); the public entry points are thin Python wrappers that split the
-blocks over ``numba.get_num_threads()`` threads (set it with ``numba.set_num_threads``;
-the default is ``numba.config.NUMBA_DEFAULT_NUM_THREADS``, the number of cores). Calls
-with little work (below ``MIN_PARALLEL_WORK`` element-operations) run on the calling
-thread alone. This is used instead of ``prange``
-because a ``parallel=True`` kernel takes about 4 s longer to compile, each, and the
-result is the same: every block is computed independently of the split.
+blocks over ``numba.get_num_threads()`` threads. Calls with little work (below
+``MIN_PARALLEL_WORK`` element-operations) run on the calling thread alone. Every block is
+computed independently of the split, so results do not depend on the thread count.
 
 All kernels are compiled with ``cache=True``: the first use in a fresh environment
 compiles them (several seconds in all), later processes load the machine code from
@@ -54,18 +51,35 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-M0 = np.uint64(0xD2511F53)
-M1 = np.uint64(0xCD9E8D57)
-W0 = np.uint64(0x9E3779B9)
-W1 = np.uint64(0xBB67AE85)
-MASK = np.uint64(0xFFFFFFFF)
+from mezo_ckpt import stream as _S
+
+M0 = np.uint64(_S.PHILOX_M0)
+M1 = np.uint64(_S.PHILOX_M1)
+W0 = np.uint64(_S.PHILOX_W0)
+W1 = np.uint64(_S.PHILOX_W1)
+MASK = np.uint64(_S.MASK32)
 SH32 = np.uint64(32)
+LANE_ROUNDING = _S.LANE_ROUNDING
 #: Elements per cache-resident block (32 KiB of fp32); a multiple of 128 so that blocks
 #: aligned to global element indices are also aligned to Philox blocks of either kind.
 BLOCK = 8192
 
-KIND_NORMAL16 = 0
-KIND_RADEMACHER = 1
+KIND_NORMAL16 = _S.KIND_CODES["normal16"]
+KIND_RADEMACHER = _S.KIND_CODES["rademacher"]
+SHIFT_NORMAL16 = _S.ELEMENT_SHIFT["normal16"]
+SHIFT_RADEMACHER = _S.ELEMENT_SHIFT["rademacher"]
+SHIFT_ROUNDING = 2  # log2(stream.ROUNDING_PER_BLOCK)
+ROUNDING_DROP = np.uint32(32 - _S.ROUNDING_BITS)
+assert 1 << SHIFT_ROUNDING == _S.ROUNDING_PER_BLOCK
+assert BLOCK % (1 << max(SHIFT_NORMAL16, SHIFT_RADEMACHER)) == 0
+
+#: Storage codes: how a tensor's elements are stored (its bit view's element type).
+DT_FP32, DT_BF16, DT_FP16 = 0, 1, 2
+#: Rounding codes.
+ROUND_NEAREST, ROUND_STOCHASTIC = 0, 1
+#: Canonical NaN bit patterns (update.CANONICAL_NAN).
+NAN_BF16 = np.uint16(0x7FC0)
+NAN_FP16 = np.uint16(0x7E00)
 
 _OPTS = dict(cache=True, fastmath=False, error_model="numpy", boundscheck=False, nogil=True)
 
@@ -135,10 +149,10 @@ def _span(e_lo, e_hi, shift):
 
 @njit(inline="always")
 def _shift(kind):
-    return 3 if kind == KIND_NORMAL16 else 7
+    return SHIFT_NORMAL16 if kind == KIND_NORMAL16 else SHIFT_RADEMACHER
 
 
-# ----------------------------------------------------------------- per-element mapping
+# ----------------------------------------------------------------------------- bit casts
 
 
 @intrinsic
@@ -165,25 +179,134 @@ def _f32_from_bits(typingctx, b):
     return types.float32(b), codegen
 
 
-@njit(inline="always")
-def _round_bf16(y):
-    """fp32 -> nearest-even bf16 (as fp32) exactly like torch's scalar conversion.
+# ----------------------------------------------------------------------------- dtypes
 
-    ``bits + 0x7FFF + ((bits >> 16) & 1)``, keep the high half; NaN becomes 0x7FC0.
+
+@njit(inline="always")
+def _widen(bits, dt):
+    """fp32 value of one stored element (exact for every storage dtype)."""
+    u = np.uint32(bits)
+    if dt == DT_FP32:
+        return _f32_from_bits(np.uint32(u))
+    if dt == DT_BF16:
+        return _f32_from_bits(np.uint32(u << np.uint32(16)))
+    # fp16 -> fp32
+    s = (u & np.uint32(0x8000)) << np.uint32(16)
+    e = (u >> np.uint32(10)) & np.uint32(0x1F)
+    m = u & np.uint32(0x3FF)
+    if e == 0:
+        if m == 0:
+            return _f32_from_bits(np.uint32(s))
+        v = np.float32(m) * np.float32(2.0**-24)  # exact: a normal fp32
+        return _f32_from_bits(np.uint32(s | _f32_bits(v)))
+    if e == 0x1F:
+        return _f32_from_bits(np.uint32(s | np.uint32(0x7F800000) | (m << np.uint32(13))))
+    return _f32_from_bits(
+        np.uint32(s | ((e + np.uint32(112)) << np.uint32(23)) | (m << np.uint32(13)))
+    )
+
+
+@njit(inline="always")
+def _bf16_nearest(y):
+    """fp32 -> bf16 bits, round to nearest even (torch's rule); NaN -> canonical."""
+    b = _f32_bits(y)
+    if (b & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
+        return NAN_BF16
+    r = (b + (np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1)))) >> np.uint32(16)
+    return np.uint16(r)
+
+
+@njit(inline="always")
+def _fp16_nearest(y):
+    """fp32 -> IEEE fp16 bits, round to nearest even; overflow -> inf; NaN -> canonical."""
+    b = _f32_bits(y)
+    s = np.uint16((b >> np.uint32(16)) & np.uint32(0x8000))
+    a = b & np.uint32(0x7FFFFFFF)
+    if a > np.uint32(0x7F800000):
+        return NAN_FP16
+    if a >= np.uint32(0x477FF000):  # |y| >= 65520: rounds to infinity
+        return s | np.uint16(0x7C00)
+    if a >= np.uint32(0x38800000):  # normal in fp16: drop 13 bits, ties to even
+        r = a + np.uint32(0xFFF) + ((a >> np.uint32(13)) & np.uint32(1))
+        return s | np.uint16((r - np.uint32(0x38000000)) >> np.uint32(13))
+    q = _f32_from_bits(np.uint32(a)) * np.float32(2.0**24)  # exact; units of the fp16 subnormal ulp
+    return s | np.uint16(np.rint(q))
+
+
+@njit(inline="always")
+def _bf16_stochastic(y, r):
+    """fp32 -> bf16 bits, rounded up (away from zero) iff r < frac * 2^24 (docs §10.3).
+
+    With the dropped 16 bits ``d`` the exact fraction is ``d / 2^16``, so the rule is
+    ``(r >> 8) < d``; the largest finite value never rounds up to infinity.
     """
     b = _f32_bits(y)
-    r = (
-        (b + (np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1)))) >> np.uint32(16)
-    ) << np.uint32(16)
-    nan = (b & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
-    return _f32_from_bits(np.uint32(0x7FC00000) if nan else np.uint32(r))
+    a = b & np.uint32(0x7FFFFFFF)
+    if a >= np.uint32(0x7F800000):  # inf or NaN: nearest
+        return _bf16_nearest(y)
+    s = np.uint16((b >> np.uint32(16)) & np.uint32(0x8000))
+    hi = np.uint16(a >> np.uint32(16))
+    if hi >= np.uint16(0x7F7F):  # the largest finite bf16 never rounds up to infinity
+        return s | np.uint16(0x7F7F)
+    d = a & np.uint32(0xFFFF)
+    up = (np.uint32(r) >> np.uint32(8)) < d
+    return s | (hi + np.uint16(1 if up else 0))
+
+
+@njit(inline="always")
+def _fp16_stochastic(y, r):
+    """fp32 -> fp16 bits, rounded up (away from zero) iff r < frac * 2^24 (docs §10.3)."""
+    b = _f32_bits(y)
+    a = b & np.uint32(0x7FFFFFFF)
+    if a >= np.uint32(0x7F800000):
+        return _fp16_nearest(y)
+    s = np.uint16((b >> np.uint32(16)) & np.uint32(0x8000))
+    if a >= np.uint32(0x477FE000):  # |y| >= 65504, the largest finite: toward zero
+        return s | np.uint16(0x7BFF)
+    if a >= np.uint32(0x38800000):  # normal: frac = d / 2^13 with d the dropped 13 bits
+        lo16 = np.uint16((a - np.uint32(0x38000000)) >> np.uint32(13))
+        d = a & np.uint32(0x1FFF)
+        up = (np.uint32(r) >> np.uint32(11)) < d
+        return s | (lo16 + np.uint16(1 if up else 0))
+    # subnormal in fp16: q = |y| / 2^-24, a = floor(q), frac = q - a (all exact)
+    q = _f32_from_bits(np.uint32(a)) * np.float32(2.0**24)
+    k = np.floor(q)
+    frac = np.float64(q - k) * 2.0**24
+    up = np.float64(r) < frac
+    return s | np.uint16(np.uint32(k) + np.uint32(1 if up else 0))
+
+
+@njit(inline="always")
+def _narrow(y, dt):
+    """Stored bits of an fp32 value already rounded to the dtype (NaN canonical)."""
+    if dt == DT_FP32:
+        return _f32_bits(y)
+    if dt == DT_BF16:
+        return np.uint32(_bf16_nearest(y))
+    return np.uint32(_fp16_nearest(y))
 
 
 @njit(**_OPTS)
-def _bf16_round(x, n):
-    """Round float32 values to bf16 in place (kept as fp32, low 16 bits zero)."""
-    for i in range(n):
-        x[i] = _round_bf16(x[i])
+def _round_block(x, n, dt, mode, rwords, roff):
+    """Round the fp32 working values to the dtype (kept as fp32) in place."""
+    if dt == DT_BF16:
+        if mode == ROUND_STOCHASTIC:
+            for i in range(n):
+                h = _bf16_stochastic(x[i], rwords[roff + i] >> ROUNDING_DROP)
+                x[i] = _f32_from_bits(np.uint32(np.uint32(h) << np.uint32(16)))
+        else:
+            for i in range(n):
+                x[i] = _f32_from_bits(np.uint32(np.uint32(_bf16_nearest(x[i])) << np.uint32(16)))
+    elif dt == DT_FP16:
+        if mode == ROUND_STOCHASTIC:
+            for i in range(n):
+                x[i] = _widen(_fp16_stochastic(x[i], rwords[roff + i] >> ROUNDING_DROP), DT_FP16)
+        else:
+            for i in range(n):
+                x[i] = _widen(_fp16_nearest(x[i]), DT_FP16)
+
+
+# ----------------------------------------------------------------- per-element mapping
 
 
 @njit(**_OPTS)
@@ -307,22 +430,18 @@ def _executor(size: int) -> ThreadPoolExecutor:
         return _pool
 
 
-def _run(range_kernel, start: int, n: int, work: int, args: tuple) -> None:
-    """Run ``range_kernel(start, g0, g_begin, g_end, *args)`` over the blocks of a slice.
+def _parallel(range_kernel, nb: int, work: int, args: tuple) -> None:
+    """Run ``range_kernel(g_begin, g_end, *args)`` over units ``[0, nb)`` on the threads.
 
-    Blocks are BLOCK elements aligned to global element indices; block ``g`` covers
-    global elements ``[(g0 + g) * BLOCK, (g0 + g + 1) * BLOCK)`` clipped to the slice.
-    The compiled kernels are serial and release the GIL, so blocks are handed out in
+    The compiled kernels are serial and release the GIL, so units are handed out in
     contiguous chunks to ``numba.get_num_threads()`` threads (the calling thread works
-    too). Every block's result is independent of the split, hence of the thread count.
+    too). Every unit's result is independent of the split, hence of the thread count.
     """
-    if n <= 0:
+    if nb <= 0:
         return
-    g0 = start // BLOCK
-    nb = (start + n + BLOCK - 1) // BLOCK - g0
     threads = min(numba.get_num_threads(), nb)
     if threads <= 1 or work < MIN_PARALLEL_WORK:
-        range_kernel(start, g0, 0, nb, *args)
+        range_kernel(0, nb, *args)
         return
     nchunks = min(nb, threads * CHUNKS_PER_THREAD)
     cuts = [nb * i // nchunks for i in range(nchunks + 1)]
@@ -335,7 +454,7 @@ def _run(range_kernel, start: int, n: int, work: int, args: tuple) -> None:
                 i = next(todo, None)
             if i is None:
                 return
-            range_kernel(start, g0, cuts[i], cuts[i + 1], *args)
+            range_kernel(cuts[i], cuts[i + 1], *args)
 
     pool = _executor(threads - 1)
     futures = [pool.submit(worker) for _ in range(threads - 1)]
@@ -344,6 +463,17 @@ def _run(range_kernel, start: int, n: int, work: int, args: tuple) -> None:
     finally:
         for f in futures:
             f.result()
+
+
+def _run(range_kernel, start: int, n: int, work: int, args: tuple) -> None:
+    """Run ``range_kernel(gb, ge, start, g0, *args)`` over the BLOCK-aligned blocks of the
+    slice of global elements ``[start, start + n)``; block ``g`` covers global elements
+    ``[(g0 + g) * BLOCK, (g0 + g + 1) * BLOCK)`` clipped to the slice."""
+    if n <= 0:
+        return
+    g0 = start // BLOCK
+    nb = (start + n + BLOCK - 1) // BLOCK - g0
+    _parallel(range_kernel, nb, work, (start, g0, *args))
 
 
 @njit(inline="always")
@@ -360,6 +490,16 @@ def _check_kind(kind) -> int:
     return kind
 
 
+def _check_storage(bits: np.ndarray, dt: int) -> int:
+    dt = int(dt)
+    want = {DT_FP32: np.uint32, DT_BF16: np.uint16, DT_FP16: np.uint16}.get(dt)
+    if want is None:
+        raise ValueError(f"unknown storage code {dt}")
+    if bits.dtype != want or bits.ndim != 1:
+        raise ValueError(f"storage {dt} needs a 1-D {np.dtype(want).name} bit view")
+    return dt
+
+
 def _check_schedule(steps, coefs, decay):
     if (
         steps.ndim != 1
@@ -374,7 +514,7 @@ def _check_schedule(steps, coefs, decay):
 
 
 @njit(**_OPTS)
-def _z_fill_range(start, g0, gb, ge, table, out, step, lane, k0, k1, kind):
+def _z_fill_range(gb, ge, start, g0, table, out, step, lane, k0, k1, kind):
     n = out.shape[0]
     sh = _shift(kind)
     words = np.empty(4 * (BLOCK // 8 + 1), dtype=np.uint32)
@@ -413,17 +553,17 @@ def z_fill(table, out, start, step, lane, k0, k1, kind):
 
 
 @njit(**_OPTS)
-def _rounding_range(start, g0, gb, ge, out, step, lane, k0, k1):
+def _rounding_range(gb, ge, start, g0, out, step, lane, k0, k1):
     n = out.shape[0]
     words = np.empty(4 * (BLOCK // 4 + 1), dtype=np.uint32)
     for g in range(gb, ge):
         lo, hi = _bounds(start, n, g0, g)
-        b_first, nblk, off = _span(start + lo, start + hi, 2)
+        b_first, nblk, off = _span(start + lo, start + hi, SHIFT_ROUNDING)
         _philox_words(words, b_first, nblk, step, lane, k0, k1)
         ws = words[off : off + hi - lo]
         o = out[lo:hi]
         for i in range(hi - lo):
-            o[i] = ws[i] >> np.uint32(8)
+            o[i] = ws[i] >> ROUNDING_DROP
 
 
 def rounding_bits_fill(out, start, step, lane, k0, k1):
@@ -432,72 +572,26 @@ def rounding_bits_fill(out, start, step, lane, k0, k1):
     _run(_rounding_range, int(start), n, n, (out, int(step), int(lane), int(k0), int(k1)))
 
 
-# ------------------------------------------------------------------------- replay_fp32
+# ------------------------------------------------------------------------------ replay
 
 
 @njit(**_OPTS)
-def _replay_fp32_range(start, g0, gb, ge, table, theta, k0, k1, steps, coefs, decay, kind):
+def _replay_range(gb, ge, start, g0, table, theta, k0, k1, steps, coefs, decay, kind, dt, mode):
     n_all = theta.shape[0]
     sh = _shift(kind)
     words = np.empty(4 * (BLOCK // 8 + 1), dtype=np.uint32)
-    for g in range(gb, ge):
-        lo, hi = _bounds(start, n_all, g0, g)
-        b_first, nblk, off = _span(start + lo, start + hi, sh)
-        x = theta[lo:hi]
-        n = hi - lo
-        for t in range(steps.shape[0]):
-            m = np.float32(decay[t])
-            if m != np.float32(1.0):
-                _scale(x, n, m)
-            for j in range(coefs.shape[1]):
-                c = np.float32(coefs[t, j])
-                if c == np.float32(0.0):
-                    continue
-                _philox_words(words, b_first, nblk, steps[t], j, k0, k1)
-                _sub_z(table, words, off, x, n, c, kind)
-
-
-def replay_fp32(table, theta, start, k0, k1, steps, coefs, decay, kind):
-    """Apply steps to an fp32 slice in place, block-resident.
-
-    Per element and step t: ``x = x * decay[t]`` (if decay[t] != 1), then for each
-    direction j with ``coefs[t, j] != 0``: ``x = x - coefs[t, j] * z_tj`` (exact product,
-    one rounding), z_tj from counter (step=steps[t], lane=j).
-
-    Args:
-        table: float32 [65536] normal16 table.
-        theta: float32 [n] elements [start, start + n) of one parameter, updated in place.
-        steps: int64 [T]; coefs: float32 [T, n_directions]; decay: float32 [T].
-        kind: 0 = normal16, 1 = rademacher.
-    """
-    _check_schedule(steps, coefs, decay)
-    n = theta.shape[0]
-    _run(
-        _replay_fp32_range,
-        int(start),
-        n,
-        n * max(1, coefs.size),
-        (table, theta, int(k0), int(k1), steps, coefs, decay, _check_kind(kind)),
-    )
-
-
-# ------------------------------------------------------------------------- replay_bf16
-
-
-@njit(**_OPTS)
-def _replay_bf16_range(start, g0, gb, ge, table, theta_u16, k0, k1, steps, coefs, decay, kind):
-    n_all = theta_u16.shape[0]
-    sh = _shift(kind)
-    words = np.empty(4 * (BLOCK // 8 + 1), dtype=np.uint32)
+    rwords = np.empty(4 * (BLOCK // 4 + 1), dtype=np.uint32)
     x = np.empty(BLOCK, dtype=np.float32)
     ndir = coefs.shape[1]
+    half = dt != DT_FP32
     for g in range(gb, ge):
         lo, hi = _bounds(start, n_all, g0, g)
         b_first, nblk, off = _span(start + lo, start + hi, sh)
+        rb_first, rnblk, roff = _span(start + lo, start + hi, SHIFT_ROUNDING)
         n = hi - lo
-        src = theta_u16[lo:hi]
+        src = theta[lo:hi]
         for i in range(n):
-            x[i] = _f32_from_bits(np.uint32(np.uint32(src[i]) << np.uint32(16)))
+            x[i] = _widen(src[i], dt)
         for t in range(steps.shape[0]):
             changed = False
             m = np.float32(decay[t])
@@ -511,27 +605,143 @@ def _replay_bf16_range(start, g0, gb, ge, table, theta_u16, k0, k1, steps, coefs
                 _philox_words(words, b_first, nblk, steps[t], j, k0, k1)
                 _sub_z(table, words, off, x, n, c, kind)
                 changed = True
-            if changed:  # the stored weight is bf16 after every step
-                _bf16_round(x, n)
+            if half and changed:  # the stored weight has the dtype after every step
+                if mode == ROUND_STOCHASTIC:
+                    _philox_words(rwords, rb_first, rnblk, steps[t], LANE_ROUNDING, k0, k1)
+                _round_block(x, n, dt, mode, rwords, roff)
         for i in range(n):
-            src[i] = np.uint16(_f32_bits(x[i]) >> np.uint32(16))
+            src[i] = _narrow(x[i], dt)
 
 
-def replay_bf16(table, theta_u16, start, k0, k1, steps, coefs, decay, kind):
-    """Like :func:`replay_fp32` for a bfloat16 slice given as its uint16 bit view.
+def replay(table, theta_bits, start, k0, k1, steps, coefs, decay, kind, dt, mode):
+    """Apply steps to a slice of one parameter in place, block-resident.
 
-    Per element and step: ``y = fp32(x)`` (exact), ``y = fl32(y * decay[t])`` if
-    decay[t] != 1, ``y = fl32(y - c_j * z_j)`` for each nonzero c_j, then
-    ``x = bf16(y)`` (round to nearest even, NaN -> 0x7FC0), once per step; a step that
-    changes nothing (decay 1 and all coefficients 0) leaves x untouched. Block-resident:
-    the fp32 working copy of a block lives in cache across all steps.
+    Per element and step t: ``y = fp32(x)`` (exact), ``y = fl32(y * decay[t])`` if
+    decay[t] != 1, then for each direction j with ``coefs[t, j] != 0``:
+    ``y = fl32(y - coefs[t, j] * z_tj)`` (exact product, one rounding), z_tj from counter
+    (step=steps[t], lane=j); for bf16/fp16 ``x = R(y)`` after every step that changed
+    something (nearest even, or stochastic with the rounding lane of steps[t]). NaN in a
+    half-precision result is stored canonical.
+
+    Args:
+        table: float32 [65536] normal16 table.
+        theta_bits: the slice's bit view, uint32 [n] (fp32) or uint16 [n] (bf16/fp16):
+            elements [start, start + n) of one parameter, updated in place.
+        steps: int64 [T]; coefs: float32 [T, n_directions]; decay: float32 [T].
+        kind: z kind code; dt: storage code (DT_FP32/DT_BF16/DT_FP16);
+        mode: ROUND_NEAREST or ROUND_STOCHASTIC.
     """
     _check_schedule(steps, coefs, decay)
-    n = theta_u16.shape[0]
+    dt = _check_storage(theta_bits, dt)
+    n = theta_bits.shape[0]
     _run(
-        _replay_bf16_range,
+        _replay_range,
         int(start),
         n,
         n * max(1, coefs.size),
-        (table, theta_u16, int(k0), int(k1), steps, coefs, decay, _check_kind(kind)),
+        (
+            table,
+            theta_bits,
+            int(k0),
+            int(k1),
+            steps,
+            coefs,
+            decay,
+            _check_kind(kind),
+            dt,
+            int(mode),
+        ),
     )
+
+
+# ----------------------------------------------------------------------------- perturb
+
+
+@njit(**_OPTS)
+def _perturb_span(table, src, out, e0, step, lane, k0, k1, c, kind, dt, words, x):
+    """out[:n] = round(src[:n] - c * z) for global elements [e0, e0 + n) of a parameter."""
+    n = src.shape[0]
+    sh = _shift(kind)
+    done = 0
+    while done < n:
+        m = min(BLOCK, n - done)
+        b_first, nblk, off = _span(e0 + done, e0 + done + m, sh)
+        for i in range(m):
+            x[i] = _widen(src[done + i], dt)
+        _philox_words(words, b_first, nblk, step, lane, k0, k1)
+        _sub_z(table, words, off, x, m, c, kind)
+        for i in range(m):
+            out[done + i] = _narrow(x[i], dt)
+        done += m
+
+
+@njit(**_OPTS)
+def _perturb_range(gb, ge, start, g0, table, src, out, step, lane, k0, k1, c, kind, dt):
+    n = src.shape[0]
+    words = np.empty(4 * (BLOCK // 8 + 2), dtype=np.uint32)
+    x = np.empty(BLOCK, dtype=np.float32)
+    for g in range(gb, ge):
+        lo, hi = _bounds(start, n, g0, g)
+        _perturb_span(
+            table, src[lo:hi], out[lo:hi], start + lo, step, lane, k0, k1, c, kind, dt, words, x
+        )
+
+
+def perturb(table, src_bits, out_bits, start, step, lane, k0, k1, scale, kind, dt):
+    """out = R(src + scale * z): the perturbed copy of a slice (src is only read).
+
+    ``scale * z`` is rounded to fp32, then added with one rounding, then rounded to the
+    dtype to nearest even (the reference is ``(w.float() + z * scale).to(dtype)``).
+    """
+    dt = _check_storage(src_bits, dt)
+    _check_storage(out_bits, dt)
+    n = src_bits.shape[0]
+    if out_bits.shape[0] != n:
+        raise ValueError("src and out must have the same length")
+    c = np.float32(-scale)  # the span kernel computes x - c * z
+    args = (table, src_bits, out_bits, int(step), int(lane), int(k0), int(k1), c)
+    _run(_perturb_range, int(start), n, n, (*args, _check_kind(kind), dt))
+
+
+@njit(**_OPTS)
+def _perturb_rows_range(rb, re, table, w, rows, dim, out, step, lane, k0, k1, c, kind, dt):
+    words = np.empty(4 * (BLOCK // 8 + 2), dtype=np.uint32)
+    x = np.empty(BLOCK, dtype=np.float32)
+    for i in range(rb, re):
+        r = rows[i]
+        e0 = r * dim
+        _perturb_span(
+            table,
+            w[e0 : e0 + dim],
+            out[i * dim : (i + 1) * dim],
+            e0,
+            step,
+            lane,
+            k0,
+            k1,
+            c,
+            kind,
+            dt,
+            words,
+            x,
+        )
+
+
+def perturb_rows(table, w_bits, rows, dim, out_bits, step, lane, k0, k1, scale, kind, dt):
+    """out[i] = R(W[rows[i]] + scale * z) for rows of a row-major [R, dim] parameter.
+
+    Args:
+        w_bits: the whole parameter's bit view, flat; rows: int64 row indices.
+        out_bits: flat [len(rows) * dim] destination (same storage).
+    """
+    dt = _check_storage(w_bits, dt)
+    _check_storage(out_bits, dt)
+    rows = np.ascontiguousarray(rows, np.int64)
+    if out_bits.shape[0] != rows.shape[0] * dim:
+        raise ValueError("out must hold len(rows) * dim elements")
+    if rows.size and (rows.min() < 0 or (rows.max() + 1) * dim > w_bits.shape[0]):
+        raise ValueError("row index out of range")
+    c = np.float32(-scale)
+    args = (table, w_bits, rows, int(dim), out_bits, int(step), int(lane), int(k0), int(k1))
+    work = rows.shape[0] * dim
+    _parallel(_perturb_rows_range, rows.shape[0], work, (*args, c, _check_kind(kind), dt))

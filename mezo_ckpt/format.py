@@ -1,4 +1,4 @@
-"""Trajectory file format v1: strict reader, crash-safe appending writer, compaction.
+"""Trajectory file format 1.x: strict reader, crash-safe appending writer, compaction.
 
 Layout (docs/FORMAT.md is the normative spec):
 
@@ -8,18 +8,20 @@ Layout (docs/FORMAT.md is the normative spec):
   ``STEP`` (a run of fixed-size step records), ``EVAL`` (an evaluation, JSON) or ``CKPT``
   (fingerprint of the trained tensors after a step, JSON).
 
-A killed writer leaves a prefix of complete frames; the reader either rejects the torn
-tail (strict) or reports where the valid prefix ends (for resume).
+Format 1.1 binds the records together: every ``EVAL`` and ``CKPT`` carries the *chain
+digest* of its step, a running sha256 over the header bytes and the records before it,
+so an edited, reordered or spliced record is detected, and a file whose last checkpoint
+is missing is reported as cut. A killed writer leaves a prefix of complete frames; the
+reader either rejects the torn tail (strict) or reports where the valid prefix ends.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
-import re
 import struct
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ import zstandard
 
 from mezo_ckpt.errors import (
     BadMagicError,
+    ChainMismatchError,
     CorruptFrameError,
     HeaderError,
     RecordError,
@@ -36,28 +39,34 @@ from mezo_ckpt.errors import (
     TruncatedError,
     UnsupportedError,
 )
-from mezo_ckpt.stream import GENERATOR, KEY_RULE, Z_KINDS
-from mezo_ckpt.update import ARITHMETIC, COEF_MAX, COEF_MIN, ROUNDING_MODES, UpdateBatch
+from mezo_ckpt.fsutil import atomic_write_bytes, os_errors, read_regular_file
+from mezo_ckpt.header import CHAIN_RULE, HEX64, MAX_STEPS, Header
+from mezo_ckpt.update import COEF_MAX, COEF_MIN, UpdateBatch
 
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 0
+#: Minor version written for files with a record chain (format 1.1); 1.0 files have none.
+FORMAT_MINOR = 1
 SKIPPABLE_MAGIC = 0x184D2A5E
+SKIPPABLE_PAYLOAD = 16
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 FILE_MAGIC = b"MEZOCKPT"
-PREAMBLE = (
-    struct.pack("<II", SKIPPABLE_MAGIC, 16)
-    + FILE_MAGIC
-    + struct.pack("<HHI", FORMAT_MAJOR, FORMAT_MINOR, 0)
-)
-PREAMBLE_SIZE = len(PREAMBLE)  # 24
+PREAMBLE_SIZE = 8 + SKIPPABLE_PAYLOAD  # 24
+
+
+def preamble(minor: int = FORMAT_MINOR) -> bytes:
+    """The 24-byte preamble of a format 1.``minor`` file."""
+    return (
+        struct.pack("<II", SKIPPABLE_MAGIC, SKIPPABLE_PAYLOAD)
+        + FILE_MAGIC
+        + struct.pack("<HHI", FORMAT_MAJOR, minor, 0)
+    )
+
 
 TAG_HEAD, TAG_STEP, TAG_EVAL, TAG_CKPT = b"HEAD", b"STEP", b"EVAL", b"CKPT"
 STEP_PREFIX = struct.Struct("<4sQI")  # tag, first step, record count
 
 FLAG_SKIPPED = 0x01
 KNOWN_FLAGS = FLAG_SKIPPED
-#: Features a reader must implement to read a file that lists them in ``requires``.
-KNOWN_FEATURES: frozenset[str] = frozenset()
 
 MAX_FILE_BYTES = 256 << 20
 MAX_HEADER_BYTES = 1 << 20
@@ -66,16 +75,14 @@ MAX_STEP_FRAME_BYTES = 16 << 20
 MAX_RECORD_BYTES = 1 << 30  # decompressed records in one file
 MAX_WINDOW = 8 << 20
 MAX_JSON_DEPTH = 32
-MAX_STEPS = 2**32 - 1
-MAX_DIRECTIONS = 64
+#: Longest integer literal (digits, sign not counted) and other number literal accepted.
+MAX_INT_DIGITS = 19
+MAX_NUMBER_CHARS = 40
+MAX_SPLIT_NAME = 64
 COMPACT_RECORDS_PER_FRAME = 1 << 16
 ZSTD_LEVEL = 19
-
-DTYPES = ("float32", "bfloat16", "float16")
-HEX64 = re.compile(r"^[0-9a-f]{64}$")
-HEX40 = re.compile(r"^[0-9a-f]{40}$")
-REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}(/[A-Za-z0-9][A-Za-z0-9_.\-]{0,95})?$")
-REPO_FILE = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
+#: Domain tag of the record chain (§7.3).
+CHAIN_TAG = b"mezo-ckpt/chain/v1\x00"
 
 
 # ----------------------------------------------------------------------------- records
@@ -234,12 +241,12 @@ def strict_json(data: bytes, what: str, cls: type[Exception] = HeaderError) -> A
         raise cls(f"{what} contains the non-standard literal {name}")
 
     def pint(s: str) -> int:
-        if len(s.lstrip("-")) > 19:
+        if len(s.lstrip("-")) > MAX_INT_DIGITS:
             raise cls(f"{what} contains an absurd integer ({s[:24]}...)")
         return int(s)
 
     def pfloat(s: str) -> float:
-        if len(s) > 40:
+        if len(s) > MAX_NUMBER_CHARS:
             raise cls(f"{what} contains an absurd number ({s[:24]}...)")
         v = float(s)
         if not math.isfinite(v):
@@ -292,130 +299,25 @@ def dump_json(obj: Any) -> bytes:
     ).encode("utf-8")
 
 
-def _need(obj: dict, key: str, types: type | tuple[type, ...], where: str) -> Any:
-    if not isinstance(obj, dict) or key not in obj:
-        raise HeaderError(f"header field {where}{key} is missing")
-    v = obj[key]
-    if isinstance(v, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
-        raise HeaderError(f"header field {where}{key} has the wrong type (bool)")
-    if not isinstance(v, types):
-        raise HeaderError(f"header field {where}{key} has the wrong type ({type(v).__name__})")
-    return v
+# ----------------------------------------------------------------------------- chain
 
 
-def _hex(obj: dict, key: str, where: str, pattern: re.Pattern = HEX64, optional: bool = False):
-    if optional and obj.get(key) is None:
-        return None
-    v = _need(obj, key, str, where)
-    if not pattern.fullmatch(v):
-        raise HeaderError(f"header field {where}{key} is not a lowercase hex digest: {v[:80]!r}")
-    return v
-
-
-def validate_header(h: Any) -> dict:
-    """Check a parsed header against the v1 schema. Returns it unchanged.
-
-    Raises:
-        HeaderError: wrong structure or values.
-        UnsupportedError: required features, generator, z kind or arithmetic unknown here.
-    """
-    if not isinstance(h, dict):
-        raise HeaderError("header is not a JSON object")
-    requires = _need(h, "requires", list, "")
-    unknown = [f for f in requires if not isinstance(f, str) or f not in KNOWN_FEATURES]
-    if unknown:
-        raise UnsupportedError(f"trajectory requires features this version lacks: {unknown}")
-    tool = _need(h, "tool", dict, "")
-    _need(tool, "name", str, "tool.")
-    _need(tool, "version", str, "tool.")
-
-    base = _need(h, "base", dict, "")
-    kind = _need(base, "kind", str, "base.")
-    if kind not in ("hub", "local", "embedded"):
-        raise HeaderError(f"base.kind must be hub, local or embedded, not {kind!r}")
-    repo = base.get("repo_id")
-    if repo is not None and (
-        not isinstance(repo, str) or not REPO_ID.fullmatch(repo) or ".." in repo or "--" in repo
-    ):
-        raise HeaderError(f"base.repo_id is not a Hub repo id: {str(repo)[:80]!r}")
-    if kind == "hub" and repo is None:
-        raise HeaderError("base.kind is hub but base.repo_id is missing")
-    _hex(base, "revision", "base.", HEX40, optional=True)
-    files = _need(base, "files", dict, "base.")
-    for name, digest in files.items():
-        if not REPO_FILE.fullmatch(name) or ".." in name.split("/"):
-            raise HeaderError(f"base.files has an unsafe file name {name[:80]!r}")
-        if not isinstance(digest, str) or not HEX64.fullmatch(digest):
-            raise HeaderError(f"base.files[{name!r}] is not a sha256 hex digest")
-    for k in ("architecture", "model_type"):
-        _need(base, k, str, "base.")
-    if _need(base, "dtype", str, "base.") not in DTYPES:
-        raise HeaderError(f"base.dtype must be one of {DTYPES}")
-    _need(base, "tie_word_embeddings", bool, "base.")
-    if _need(base, "num_parameters", int, "base.") < 0:
-        raise HeaderError("base.num_parameters is negative")
-    _hex(base, "manifest_sha256", "base.")
-    _hex(base, "trainable_sha256", "base.")
-    if "embedded" in base and base["embedded"] is not None:
-        emb = _need(base, "embedded", dict, "base.")
-        _need(emb, "gguf_file", str, "base.embedded.")
-        if "/" in emb["gguf_file"] or "\\" in emb["gguf_file"]:
-            raise HeaderError("base.embedded.gguf_file must be a bare file name")
-        _hex(emb, "gguf_sha256", "base.embedded.")
-
-    trainable = _need(h, "trainable", list, "")
-    if not trainable or not all(isinstance(n, str) and n for n in trainable):
-        raise HeaderError("trainable must be a non-empty list of parameter names")
-    if trainable != sorted(set(trainable)):
-        raise HeaderError("trainable must be sorted and free of duplicates")
-
-    pert = _need(h, "perturbation", dict, "")
-    if _need(pert, "generator", str, "perturbation.") != GENERATOR:
-        raise UnsupportedError(
-            f"unknown generator {pert['generator']!r} (this version: {GENERATOR})"
-        )
-    if _need(pert, "key_rule", str, "perturbation.") != KEY_RULE:
-        raise UnsupportedError(f"unknown key rule {pert['key_rule']!r} (this version: {KEY_RULE})")
-    if _need(pert, "z", str, "perturbation.") not in Z_KINDS:
-        raise UnsupportedError(f"unknown z kind {pert['z']!r} (known: {Z_KINDS})")
-    seed = _need(pert, "seed", int, "perturbation.")
-    if not 0 <= seed < 2**63:
-        raise HeaderError("perturbation.seed must be in [0, 2**63)")
-    eps = _need(pert, "eps", (int, float), "perturbation.")
-    if not (math.isfinite(eps) and eps > 0):
-        raise HeaderError("perturbation.eps must be a positive finite number")
-    nd = _need(pert, "n_directions", int, "perturbation.")
-    if not 1 <= nd <= MAX_DIRECTIONS:
-        raise HeaderError(f"perturbation.n_directions must be in [1, {MAX_DIRECTIONS}]")
-
-    upd = _need(h, "update", dict, "")
-    if _need(upd, "arithmetic", str, "update.") != ARITHMETIC:
-        raise UnsupportedError(
-            f"unknown update arithmetic {upd['arithmetic']!r} (this version: {ARITHMETIC})"
-        )
-    if _need(upd, "rounding", str, "update.") not in ROUNDING_MODES:
-        raise UnsupportedError(f"unknown rounding mode {upd['rounding']!r}")
-    wd = _need(upd, "weight_decay", (int, float), "update.")
-    if not (math.isfinite(wd) and wd >= 0):
-        raise HeaderError("update.weight_decay must be a finite number >= 0")
-    decay_params = _need(upd, "decay_params", list, "update.")
-    if not all(isinstance(n, str) for n in decay_params):
-        raise HeaderError("update.decay_params must be a list of parameter names")
-    if not set(decay_params) <= set(trainable) or decay_params != sorted(set(decay_params)):
-        raise HeaderError("update.decay_params must be a sorted subset of trainable")
-
-    rec = _need(h, "records", dict, "")
-    _need(rec, "decay", bool, "records.")
-    _need(rec, "losses", bool, "records.")
-    total = _need(h, "total_steps", int, "")
-    if not 0 <= total <= MAX_STEPS:
-        raise HeaderError(f"total_steps must be in [0, {MAX_STEPS}]")
-    for k in ("optimizer", "config"):
-        _need(h, k, dict, "")
+def chain_start(header_bytes: bytes) -> Any:
+    """The running hash of the record chain before any record (§7.3)."""
+    h = hashlib.sha256(CHAIN_TAG)
+    h.update(struct.pack("<Q", len(header_bytes)))
+    h.update(header_bytes)
     return h
 
 
-# ----------------------------------------------------------------------------- reading
+def chain_digest(header_bytes: bytes, record_bytes: bytes | memoryview, step: int, rs: int) -> str:
+    """Chain digest at ``step``: sha256 over the tag, the header and records ``0..step-1``."""
+    h = chain_start(header_bytes)
+    h.update(memoryview(record_bytes)[: step * rs])
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- model
 
 
 @dataclass
@@ -425,22 +327,49 @@ class Evaluation:
     step: int
     split: str
     metrics: dict[str, float]
+    chain_sha256: str | None = None  # format 1.1: the chain digest at ``step``
 
     def as_json(self) -> dict:
-        return {"step": self.step, "split": self.split, "metrics": self.metrics}
+        out: dict[str, Any] = {"step": self.step, "split": self.split, "metrics": self.metrics}
+        if self.chain_sha256 is not None:
+            out["chain_sha256"] = self.chain_sha256
+        return out
 
 
 @dataclass
 class Trajectory:
-    """A parsed trajectory: header, step records, evaluations and checkpoints."""
+    """A parsed trajectory: header, step records, evaluations and checkpoints.
 
-    header: dict
+    Attributes:
+        header: the typed header.
+        header_bytes: the header frame's JSON exactly as stored (the chain covers them).
+        records: the step records, in step order.
+        evaluations: evaluation records, in file order.
+        checkpoints: step -> fingerprint of the trainable tensors after that step.
+        chains: step -> chain digest, for the checkpoints of a bound (1.1) file.
+        record_bytes: the records as stored (concatenated), for the chain.
+        valid_length: bytes of the valid prefix (equals the file size unless truncated).
+        truncated_tail: a torn final frame was dropped (``allow_truncated_tail``).
+        version: (major, minor) from the preamble.
+    """
+
+    header: Header
     records: StepRecords
     evaluations: list[Evaluation] = field(default_factory=list)
-    checkpoints: dict[int, str] = field(default_factory=dict)  # step -> trainable sha256
-    valid_length: int = 0  # bytes of the valid prefix
-    truncated_tail: bool = False  # a torn final frame was dropped (allow_truncated_tail)
+    checkpoints: dict[int, str] = field(default_factory=dict)
+    chains: dict[int, str] = field(default_factory=dict)
+    header_bytes: bytes = b""
+    record_bytes: bytes = b""
+    valid_length: int = 0
+    truncated_tail: bool = False
     version: tuple[int, int] = (FORMAT_MAJOR, FORMAT_MINOR)
+
+    def __post_init__(self) -> None:
+        self.header = Header.coerce(self.header)
+        if not self.header_bytes:
+            self.header_bytes = dump_json(dict(self.header.raw) or self.header.to_json())
+        if not self.record_bytes and len(self.records):
+            self.record_bytes = encode_records(self.records, decay=self.header.records.decay)
 
     @property
     def num_steps(self) -> int:
@@ -448,15 +377,43 @@ class Trajectory:
 
     @property
     def total_steps(self) -> int:
-        return int(self.header["total_steps"])
+        return self.header.total_steps
+
+    @property
+    def bound(self) -> bool:
+        """Whether the records are bound by a chain (format 1.1)."""
+        return self.header.chain is not None
+
+    @property
+    def record_size(self) -> int:
+        r = self.header.records
+        return record_size(self.header.n_directions, decay=r.decay, losses=r.losses)
+
+    @property
+    def sealed_step(self) -> int | None:
+        """The last step a checkpoint covers (records up to it are bound), or None."""
+        if not self.checkpoints:
+            return None
+        return max(self.checkpoints)
+
+    @property
+    def sealed(self) -> bool:
+        """Whether a checkpoint covers the last recorded step (nothing was cut off)."""
+        return self.sealed_step == self.num_steps
 
     @property
     def complete(self) -> bool:
-        return self.num_steps == self.total_steps
+        """All configured steps are recorded and (for a bound file) sealed."""
+        return self.num_steps == self.total_steps and (self.sealed or not self.bound)
 
-    @property
-    def n_directions(self) -> int:
-        return int(self.header["perturbation"]["n_directions"])
+    def chain_at(self, step: int) -> str:
+        """The chain digest at ``step`` (``0 <= step <= num_steps``)."""
+        return chain_digest(self.header_bytes, self.record_bytes, step, self.record_size)
+
+    def covered_by(self, step: int) -> int | None:
+        """The first checkpoint step ``>= step`` (its chain binds records ``0..step-1``)."""
+        later = [s for s in self.checkpoints if s >= step]
+        return min(later) if later else None
 
     def update_batch(self, upto: int | None = None) -> UpdateBatch:
         """Updates of steps 0..upto-1 (all by default)."""
@@ -543,11 +500,12 @@ def _check_preamble(data: bytes) -> tuple[int, int]:
     if not data:
         raise BadMagicError("empty file: not a mezo-ckpt trajectory")
     if len(data) < PREAMBLE_SIZE:
-        if PREAMBLE[: len(data)] == data[:PREAMBLE_SIZE]:
+        # A short file that is a prefix of a valid preamble (any minor version) is cut.
+        if all(p is None or p == d for p, d in zip(_PREAMBLE_PATTERN, data)):
             raise TruncatedError("file ends inside the preamble")
         raise BadMagicError("not a mezo-ckpt trajectory (wrong magic)")
     magic, size = struct.unpack_from("<II", data, 0)
-    if magic != SKIPPABLE_MAGIC or size != 16 or data[8:16] != FILE_MAGIC:
+    if magic != SKIPPABLE_MAGIC or size != SKIPPABLE_PAYLOAD or data[8:16] != FILE_MAGIC:
         raise BadMagicError("not a mezo-ckpt trajectory (wrong magic)")
     major, minor, reserved = struct.unpack_from("<HHI", data, 16)
     if major != FORMAT_MAJOR:
@@ -560,6 +518,12 @@ def _check_preamble(data: bytes) -> tuple[int, int]:
     return major, minor
 
 
+#: Byte pattern of a valid preamble; None marks the minor-version bytes (any value).
+_PREAMBLE_PATTERN: tuple[int | None, ...] = tuple(
+    None if 18 <= i < 20 else b for i, b in enumerate(preamble(0))
+)
+
+
 def parse_trajectory(data: bytes, *, allow_truncated_tail: bool = False) -> Trajectory:
     """Parse trajectory bytes strictly.
 
@@ -569,8 +533,9 @@ def parse_trajectory(data: bytes, *, allow_truncated_tail: bool = False) -> Traj
             valid prefix in ``valid_length`` instead of raising TruncatedError.
 
     Raises:
-        TrajectoryFormatError subclasses for malformed input, UnsupportedError for files
-        this version cannot reproduce.
+        TrajectoryFormatError subclasses for malformed input (ChainMismatchError when the
+        records contradict a chain digest), UnsupportedError for files this version
+        cannot reproduce.
     """
     if len(data) > MAX_FILE_BYTES:
         raise CorruptFrameError(f"file is {len(data)} bytes; the limit is {MAX_FILE_BYTES}")
@@ -586,15 +551,17 @@ def parse_trajectory(data: bytes, *, allow_truncated_tail: bool = False) -> Traj
         raise TruncatedError("file ends inside the header frame") from None
     if content[:4] != TAG_HEAD:
         raise HeaderError("the first frame is not a header")
-    header = validate_header(strict_json(content[4:], "header"))
-    n = int(header["perturbation"]["n_directions"])
-    has_decay = bool(header["records"]["decay"])
-    has_losses = bool(header["records"]["losses"])
+    header_bytes = content[4:]
+    header = Header.from_json(strict_json(header_bytes, "header"))
+    n = header.n_directions
+    has_decay, has_losses = header.records.decay, header.records.losses
     rs = record_size(n, decay=has_decay, losses=has_losses)
     chunks: list[StepRecords] = []
+    bodies: list[bytes] = []
     count = 0
     evals: list[Evaluation] = []
     ckpts: dict[int, str] = {}
+    chains: dict[int, str] = {}
     truncated = False
     valid = pos
     while pos < len(data):
@@ -621,12 +588,14 @@ def parse_trajectory(data: bytes, *, allow_truncated_tail: bool = False) -> Traj
                     f"step frame at byte {pos}: {len(body)} record bytes for "
                     f"{cnt} records of {rs} bytes"
                 )
-            if count + cnt > header["total_steps"]:
-                raise RecordError(f"more step records than total_steps={header['total_steps']}")
+            if count + cnt > header.total_steps:
+                raise RecordError(f"more step records than total_steps={header.total_steps}")
             if (count + cnt) * rs > MAX_RECORD_BYTES:
                 raise CorruptFrameError(f"step records exceed {MAX_RECORD_BYTES} bytes in total")
-            rec = decode_records(body, n, decay=has_decay, losses=has_losses, first_step=first)
-            chunks.append(rec)
+            chunks.append(
+                decode_records(body, n, decay=has_decay, losses=has_losses, first_step=first)
+            )
+            bodies.append(body)
             count += cnt
         elif tag == TAG_EVAL:
             if len(content) > MAX_SMALL_FRAME_BYTES:
@@ -635,10 +604,13 @@ def parse_trajectory(data: bytes, *, allow_truncated_tail: bool = False) -> Traj
         elif tag == TAG_CKPT:
             if len(content) > MAX_SMALL_FRAME_BYTES:
                 raise CorruptFrameError(f"checkpoint frame at byte {pos} is too large")
-            step, digest = _parse_ckpt(strict_json(content[4:], "checkpoint record", RecordError))
-            if step in ckpts and ckpts[step] != digest:
+            obj = strict_json(content[4:], "checkpoint record", RecordError)
+            step, digest, chain = _parse_ckpt(obj)
+            if step in ckpts and (ckpts[step], chains.get(step)) != (digest, chain):
                 raise RecordError(f"two different checkpoints for step {step}")
             ckpts[step] = digest
+            if chain is not None:
+                chains[step] = chain
         elif tag == TAG_HEAD:
             raise HeaderError(f"second header frame at byte {pos}")
         else:
@@ -658,7 +630,54 @@ def parse_trajectory(data: bytes, *, allow_truncated_tail: bool = False) -> Traj
     for s in ckpts:
         if s > count:
             raise RecordError(f"checkpoint at step {s} is beyond the {count} recorded steps")
-    return Trajectory(header, records, evals, ckpts, valid, truncated, version)
+    traj = Trajectory(
+        header,
+        records,
+        evals,
+        ckpts,
+        chains,
+        header_bytes=header_bytes,
+        record_bytes=b"".join(bodies),
+        valid_length=valid,
+        truncated_tail=truncated,
+        version=version,
+    )
+    if header.chain is not None:
+        _check_chain(traj)
+    return traj
+
+
+def _check_chain(traj: Trajectory) -> None:
+    """Every checkpoint and evaluation of a bound file carries its step's chain digest."""
+    assert traj.header.chain == CHAIN_RULE
+    rs = traj.record_size
+    wanted = {s for s in traj.checkpoints} | {e.step for e in traj.evaluations}
+    running = chain_start(traj.header_bytes)
+    digests: dict[int, str] = {}
+    done = 0
+    for s in sorted(wanted):
+        running.update(memoryview(traj.record_bytes)[done * rs : s * rs])
+        done = s
+        digests[s] = running.copy().hexdigest()
+    for s in sorted(traj.checkpoints):
+        got = traj.chains.get(s)
+        if got is None:
+            raise RecordError(f"checkpoint at step {s} lacks the chain digest its header requires")
+        if got != digests[s]:
+            raise ChainMismatchError(
+                f"the records before step {s} do not match the chain digest of the checkpoint "
+                "at that step: a record was edited, reordered, or spliced in from another run"
+            )
+    for e in traj.evaluations:
+        if e.chain_sha256 is None:
+            raise RecordError(
+                f"evaluation at step {e.step} lacks the chain digest its header requires"
+            )
+        if e.chain_sha256 != digests[e.step]:
+            raise ChainMismatchError(
+                f"the evaluation at step {e.step} ({e.split}) belongs to other records: it "
+                "was edited or spliced in from another run"
+            )
 
 
 def _parse_eval(obj: Any) -> Evaluation:
@@ -667,17 +686,25 @@ def _parse_eval(obj: Any) -> Evaluation:
     step, split, metrics = obj.get("step"), obj.get("split"), obj.get("metrics")
     if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= MAX_STEPS:
         raise RecordError(f"evaluation record has an invalid step {step!r}")
-    if not isinstance(split, str) or not split or len(split) > 64:
+    if not isinstance(split, str) or not split or len(split) > MAX_SPLIT_NAME:
         raise RecordError("evaluation record has an invalid split name")
     if not isinstance(metrics, dict) or not all(
         isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
         for k, v in metrics.items()
     ):
         raise RecordError("evaluation metrics must map names to numbers")
-    return Evaluation(step, split, {k: float(v) for k, v in metrics.items()})
+    chain = _chain_field(obj, "evaluation")
+    return Evaluation(step, split, {k: float(v) for k, v in metrics.items()}, chain)
 
 
-def _parse_ckpt(obj: Any) -> tuple[int, str]:
+def _chain_field(obj: dict, what: str) -> str | None:
+    chain = obj.get("chain_sha256")
+    if chain is not None and (not isinstance(chain, str) or not HEX64.fullmatch(chain)):
+        raise RecordError(f"{what} record has an invalid chain_sha256")
+    return chain
+
+
+def _parse_ckpt(obj: Any) -> tuple[int, str, str | None]:
     if not isinstance(obj, dict):
         raise RecordError("checkpoint record is not a JSON object")
     step, digest = obj.get("step"), obj.get("trainable_sha256")
@@ -685,19 +712,21 @@ def _parse_ckpt(obj: Any) -> tuple[int, str]:
         raise RecordError(f"checkpoint record has an invalid step {step!r}")
     if not isinstance(digest, str) or not HEX64.fullmatch(digest):
         raise RecordError("checkpoint record has an invalid trainable_sha256")
-    return step, digest
+    return step, digest, _chain_field(obj, "checkpoint")
 
 
 def read_trajectory(path: str | os.PathLike, *, allow_truncated_tail: bool = False) -> Trajectory:
-    """Read and validate a trajectory file (see :func:`parse_trajectory`)."""
+    """Read and validate a trajectory file (see :func:`parse_trajectory`).
+
+    Only regular files are read, at most MAX_FILE_BYTES of them (a device or FIFO is
+    refused without reading or blocking).
+    """
     p = Path(path)
     try:
-        size = p.stat().st_size
+        data = read_regular_file(p, MAX_FILE_BYTES, "trajectory", CorruptFrameError)
     except FileNotFoundError:
         raise TrajectoryNotFoundError(f"no such trajectory file: {p}") from None
-    if size > MAX_FILE_BYTES:
-        raise CorruptFrameError(f"{p} is {size} bytes; the limit is {MAX_FILE_BYTES}")
-    return parse_trajectory(p.read_bytes(), allow_truncated_tail=allow_truncated_tail)
+    return parse_trajectory(data, allow_truncated_tail=allow_truncated_tail)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -722,69 +751,47 @@ def eval_frame(e: Evaluation) -> bytes:
     return encode_frame(TAG_EVAL + dump_json(e.as_json()))
 
 
-def ckpt_frame(step: int, digest: str) -> bytes:
-    return encode_frame(TAG_CKPT + dump_json({"step": step, "trainable_sha256": digest}))
+def ckpt_frame(step: int, digest: str, chain: str | None = None) -> bytes:
+    obj: dict[str, Any] = {"step": step, "trainable_sha256": digest}
+    if chain is not None:
+        obj["chain_sha256"] = chain
+    return encode_frame(TAG_CKPT + dump_json(obj))
 
 
-def header_frame(header: dict) -> bytes:
-    validate_header(header)
-    data = dump_json(header)
-    if len(data) > MAX_HEADER_BYTES:
-        raise HeaderError(f"header is {len(data)} bytes; the limit is {MAX_HEADER_BYTES}")
-    return encode_frame(TAG_HEAD + data)
+def header_frame(header_bytes: bytes) -> bytes:
+    """The HEAD frame of the given header JSON bytes (validated)."""
+    Header.from_json(strict_json(header_bytes, "header"))
+    if len(header_bytes) > MAX_HEADER_BYTES:
+        raise HeaderError(f"header is {len(header_bytes)} bytes; the limit is {MAX_HEADER_BYTES}")
+    return encode_frame(TAG_HEAD + header_bytes)
 
 
-def records_per_frame(header: dict) -> int:
+def records_per_frame(header: Header) -> int:
     """Most records one STEP frame may hold without exceeding the reader's frame cap."""
-    rs = record_size(
-        int(header["perturbation"]["n_directions"]),
-        decay=bool(header["records"]["decay"]),
-        losses=bool(header["records"]["losses"]),
-    )
+    r = header.records
+    rs = record_size(header.n_directions, decay=r.decay, losses=r.losses)
     return max(1, min(COMPACT_RECORDS_PER_FRAME, (MAX_STEP_FRAME_BYTES - STEP_PREFIX.size) // rs))
 
 
+def _minor(header: Header) -> int:
+    return FORMAT_MINOR if header.chain is not None else 0
+
+
 def serialize(traj: Trajectory) -> bytes:
-    """The compact form of a trajectory: header, big step frames, evaluations, checkpoints."""
+    """The compact form of a trajectory: header, big step frames, evaluations, checkpoints.
+
+    The header bytes are copied verbatim (the chain covers them).
+    """
     h = traj.header
-    parts = [PREAMBLE, header_frame(h)]
-    decay = bool(h["records"]["decay"])
+    parts = [preamble(_minor(h)), header_frame(traj.header_bytes)]
+    decay = h.records.decay
     per = records_per_frame(h)
     for lo in range(0, traj.num_steps, per):
         hi = min(traj.num_steps, lo + per)
         parts.append(step_frame(lo, traj.records.slice(lo, hi), decay=decay))
     parts.extend(eval_frame(e) for e in traj.evaluations)
-    parts.extend(ckpt_frame(s, d) for s, d in sorted(traj.checkpoints.items()))
+    parts.extend(ckpt_frame(s, d, traj.chains.get(s)) for s, d in sorted(traj.checkpoints.items()))
     return b"".join(parts)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write a file atomically: temp file in the same folder, fsync, rename, fsync folder."""
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(p.parent)
-
-
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 def write_trajectory(path: str | os.PathLike, traj: Trajectory) -> None:
@@ -796,32 +803,43 @@ class TrajectoryWriter:
     """Appends frames to a journal file, each write flushed (and fsynced) before returning.
 
     A process killed at any moment leaves a file whose complete frames form a valid
-    trajectory prefix; :meth:`open_for_resume` drops a torn tail and continues.
+    trajectory prefix; :meth:`open_for_resume` drops a torn tail and continues. For a
+    bound header (format 1.1) every evaluation and checkpoint gets its chain digest.
     """
 
-    def __init__(self, path: Path, header: dict, num_steps: int, *, fsync: bool = True) -> None:
+    def __init__(
+        self,
+        path: Path,
+        header: Header,
+        header_bytes: bytes,
+        record_bytes: bytes = b"",
+        *,
+        fsync: bool = True,
+    ) -> None:
         self.path = Path(path)
         self.header = header
-        self.num_steps = num_steps
+        self.header_bytes = header_bytes
         self.fsync = fsync
-        self._decay = bool(header["records"]["decay"])
-        self._n = int(header["perturbation"]["n_directions"])
-        self._losses = bool(header["records"]["losses"])
-        self._f = open(self.path, "ab")  # noqa: SIM115 - long-lived handle
+        r = header.records
+        self._rs = record_size(header.n_directions, decay=r.decay, losses=r.losses)
+        self._records = bytearray(record_bytes)
+        self.num_steps = len(record_bytes) // self._rs
+        with os_errors(self.path, "append to"):
+            self._f = open(self.path, "ab")  # noqa: SIM115 - long-lived handle
 
     @classmethod
-    def create(
-        cls, path: str | os.PathLike, header: dict, *, fsync: bool = True
-    ) -> TrajectoryWriter:
-        """Start a new journal (overwrites ``path``) holding the preamble and header."""
+    def create(cls, path: str | os.PathLike, header: Header | dict, *, fsync: bool = True):
+        """Start a new journal (replaces ``path``) holding the preamble and header."""
         p = Path(path)
-        frame = header_frame(header)
-        with open(p, "wb") as f:
-            f.write(PREAMBLE + frame)
+        header = Header.coerce(header)
+        header_bytes = dump_json(header.to_json())
+        frame = header_frame(header_bytes)
+        with os_errors(p, "write"), open(p, "wb") as f:
+            f.write(preamble(_minor(header)) + frame)
             f.flush()
             if fsync:
                 os.fsync(f.fileno())
-        return cls(p, header, 0, fsync=fsync)
+        return cls(p, header, header_bytes, fsync=fsync)
 
     @classmethod
     def open_for_resume(
@@ -831,44 +849,59 @@ class TrajectoryWriter:
         p = Path(path)
         traj = read_trajectory(p, allow_truncated_tail=True)
         if traj.truncated_tail:
-            with open(p, "r+b") as f:
+            with os_errors(p, "repair"), open(p, "r+b") as f:
                 f.truncate(traj.valid_length)
                 f.flush()
                 os.fsync(f.fileno())
-        return cls(p, traj.header, traj.num_steps, fsync=fsync), traj
+        w = cls(p, traj.header, traj.header_bytes, traj.record_bytes, fsync=fsync)
+        return w, traj
+
+    def chain_at(self, step: int) -> str | None:
+        """The chain digest at ``step`` (None for an unbound header)."""
+        if self.header.chain is None:
+            return None
+        return chain_digest(self.header_bytes, self._records, step, self._rs)
 
     def _write(self, frame: bytes) -> None:
-        self._f.write(frame)
-        self._f.flush()
-        if self.fsync:
-            os.fsync(self._f.fileno())
+        with os_errors(self.path, "append to"):
+            self._f.write(frame)
+            self._f.flush()
+            if self.fsync:
+                os.fsync(self._f.fileno())
 
     def append_steps(self, rec: StepRecords) -> None:
         """Append records for steps ``num_steps .. num_steps + len(rec) - 1``."""
         if len(rec) == 0:
             return
-        if rec.coefs.shape[1] != self._n or (rec.losses is not None) != self._losses:
+        if (
+            rec.coefs.shape[1] != self.header.n_directions
+            or (rec.losses is not None) != self.header.records.losses
+        ):
             raise ValueError("records do not match the header's record layout")
-        if self.num_steps + len(rec) > self.header["total_steps"]:
+        if self.num_steps + len(rec) > self.header.total_steps:
             raise ValueError("more steps than total_steps")
         validate_records(rec, self.num_steps)
         per = records_per_frame(self.header)
         for lo in range(0, len(rec), per):
             part = rec.slice(lo, min(len(rec), lo + per))
-            self._write(step_frame(self.num_steps, part, decay=self._decay))
+            self._write(step_frame(self.num_steps, part, decay=self.header.records.decay))
+            self._records += encode_records(part, decay=self.header.records.decay)
             self.num_steps += len(part)
 
-    def append_evaluation(self, e: Evaluation) -> None:
+    def append_evaluation(self, e: Evaluation) -> Evaluation:
+        """Append an evaluation (its chain digest filled in); returns what was written."""
         if not 0 <= e.step <= self.num_steps:
             raise ValueError(f"evaluation at step {e.step} but {self.num_steps} steps recorded")
         if not all(math.isfinite(v) for v in e.metrics.values()):
             raise ValueError(f"evaluation metrics must be finite: {e.metrics}")
+        e = Evaluation(e.step, e.split, dict(e.metrics), self.chain_at(e.step))
         self._write(eval_frame(e))
+        return e
 
     def append_checkpoint(self, step: int, digest: str) -> None:
         if not 0 <= step <= self.num_steps:
             raise ValueError(f"checkpoint at step {step} but {self.num_steps} steps recorded")
-        self._write(ckpt_frame(step, digest))
+        self._write(ckpt_frame(step, digest, self.chain_at(step)))
 
     def close(self) -> None:
         if not self._f.closed:
@@ -886,14 +919,3 @@ def compact(journal: str | os.PathLike, final: str | os.PathLike) -> Trajectory:
     traj = read_trajectory(journal)
     write_trajectory(final, traj)
     return traj
-
-
-def iter_frames(data: bytes) -> Iterable[tuple[int, int, bytes]]:
-    """(start, end, content) of each frame after the preamble; for tools and tests."""
-    mv = memoryview(data)
-    dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
-    pos = PREAMBLE_SIZE
-    while pos < len(data):
-        content, end = _read_frame(dctx, mv, pos, MAX_STEP_FRAME_BYTES)
-        yield pos, end, content
-        pos = end

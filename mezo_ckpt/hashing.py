@@ -101,3 +101,133 @@ def file_sha256(path, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- whole base
+
+#: Domain tag of ``base.tensors_sha256`` (docs/FORMAT.md §11.4).
+TENSORS_TAG = b"mezo-ckpt/tensors/v1\x00"
+#: Keys of config.json / generation_config.json that describe how a file was written,
+#: not the model (left out of the semantic fingerprint).
+VOLATILE_CONFIG_KEYS = frozenset(
+    {
+        "transformers_version",
+        "_name_or_path",
+        "_commit_hash",
+        "torch_dtype",
+        "dtype",
+        "_attn_implementation_autoset",
+        "_from_model_config",
+    }
+)
+#: Tokenizer files of a model folder (top level), by name prefix or suffix.
+TOKENIZER_PREFIXES = (
+    "tokenizer",
+    "special_tokens_map",
+    "added_tokens",
+    "vocab",
+    "merges",
+    "chat_template",
+)
+TOKENIZER_SUFFIXES = (".model", ".tiktoken", ".jinja")
+
+
+def tensor_digest(name: str, t: torch.Tensor) -> bytes:
+    """sha256 (32 bytes) of one tensor, encoded as in :func:`tensors_sha256`."""
+    h = hashlib.sha256()
+    t = t.detach()
+    h.update(name.encode("utf-8") + b"\x00")
+    h.update(dtype_name(t.dtype).encode() + b"\x00")
+    h.update(json.dumps(list(t.shape)).encode() + b"\x00")
+    flat = t.reshape(-1)
+    per = max(1, _HASH_CHUNK // max(1, t.element_size()))
+    for lo in range(0, flat.numel(), per):
+        chunk = flat[lo : lo + per].to("cpu").contiguous()
+        h.update(chunk.view(torch.uint8).numpy())
+    return h.digest()
+
+
+def tensors_root(digests: Mapping[str, bytes]) -> str:
+    """``base.tensors_sha256``: sha256 over the tag and, by sorted name, name NUL digest."""
+    h = hashlib.sha256(TENSORS_TAG)
+    for name in sorted(digests):
+        h.update(name.encode("utf-8") + b"\x00" + digests[name])
+    return h.hexdigest()
+
+
+def state_tensors(module: torch.nn.Module) -> dict[str, tuple[torch.Tensor, tuple[str, ...], bool]]:
+    """Every tensor of a model's state: canonical name -> (tensor, aliases, is_buffer).
+
+    Parameters under their canonical names (tied ones once), plus persistent buffers.
+    """
+    out: dict[str, tuple[torch.Tensor, tuple[str, ...], bool]] = {}
+    for names, p in _alias_groups(module):
+        out[names[0]] = (p, tuple(names[1:]), False)
+    persistent = set(module.state_dict(keep_vars=True))
+    groups: dict[int, list[str]] = {}
+    bufs: dict[int, torch.Tensor] = {}
+    for name, b in module.named_buffers(remove_duplicate=False):
+        if name in persistent:
+            groups.setdefault(id(b), []).append(name)
+            bufs[id(b)] = b
+    for bid, names in groups.items():
+        names.sort()
+        out[names[0]] = (bufs[bid], tuple(names[1:]), True)
+    return dict(sorted(out.items()))
+
+
+def fingerprint_tensors(
+    tensors: Mapping[str, torch.Tensor], *, threads: int | None = None
+) -> dict[str, bytes]:
+    """Full sha256 of every named tensor, hashed in parallel (hashlib releases the GIL)."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    items = sorted(tensors.items(), key=lambda kv: -kv[1].numel())
+    n = max(1, min(threads or os.cpu_count() or 1, len(items)))
+    if n == 1:
+        return {k: tensor_digest(k, t) for k, t in items}
+    with ThreadPoolExecutor(max_workers=n, thread_name_prefix="mezo-hash") as pool:
+        futures = {k: pool.submit(tensor_digest, k, t) for k, t in items}
+        return {k: f.result() for k, f in futures.items()}
+
+
+def semantic_json(obj: Mapping, drop: Iterable[str] = VOLATILE_CONFIG_KEYS) -> dict:
+    """A config object without the keys that only describe how it was written."""
+    skip = set(drop)
+    return {k: v for k, v in sorted(obj.items()) if k not in skip}
+
+
+def json_sha256(obj) -> str:
+    """sha256 of canonical JSON: sorted keys, ``,``/``:`` separators, ASCII escapes."""
+    data = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(data.encode("ascii")).hexdigest()
+
+
+def is_tokenizer_file(name: str) -> bool:
+    return name.startswith(TOKENIZER_PREFIXES) or name.endswith(TOKENIZER_SUFFIXES)
+
+
+def content_sha256(path) -> str:
+    """sha256 of a file's *content*: canonical JSON for ``.json`` files that parse (so a
+    re-serialised identical file matches), the raw bytes otherwise."""
+    from pathlib import Path
+
+    p = Path(path)
+    if p.suffix == ".json":
+        try:
+            return json_sha256(json.loads(p.read_text(encoding="utf-8")))
+        except (ValueError, UnicodeDecodeError):
+            pass
+    return file_sha256(p)
+
+
+def tokenizer_digests(folder) -> dict[str, str]:
+    """Content sha256 of every tokenizer file at the top of a model folder."""
+    from pathlib import Path
+
+    out = {}
+    for p in sorted(Path(folder).iterdir()):
+        if p.is_file() and is_tokenizer_file(p.name):
+            out[p.name] = content_sha256(p)
+    return out

@@ -3,30 +3,32 @@
 Replay needs no forward pass: each trainable tensor receives every stored step through
 the shared update rule (:mod:`mezo_ckpt.update`), block by block, so the work is
 element-parallel and the weights stream through memory once.
+
+What a replay to step N can claim (:attr:`ReplayReport.verified`):
+
+* ``"fingerprint"``: a checkpoint at N stores the trainer's fingerprint of the trained
+  tensors, and the replayed tensors have it;
+* ``"records"``: no checkpoint at N, but the records up to N are bound by the chain
+  digest of a later checkpoint (format 1.1), so they are the trainer's records;
+* ``None``: neither (a format 1.0 file without a checkpoint at N, or a step after the
+  last checkpoint, which replay refuses unless asked: :class:`UnverifiedStepError`).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from mezo_ckpt.errors import StepOutOfRangeError, VerificationError
+from mezo_ckpt.errors import StepOutOfRangeError, UnverifiedStepError, VerificationError
 from mezo_ckpt.format import Trajectory
 from mezo_ckpt.hashing import canonical_parameters, tensors_sha256
 from mezo_ckpt.update import UpdateSpec, apply_to_tensors
 
 ProgressFn = Callable[[int], None]
-OUTPUT_FORMATS = ("hf", "safetensors", "delta")
-#: Written next to exported weights: which trajectory and step they come from.
-PROVENANCE_FILE = "mezo_ckpt_provenance.json"
 
 
 @dataclass
@@ -38,12 +40,23 @@ class ReplayReport:
     element_steps: int
     seconds: float
     fingerprint: str | None  # sha256 of the trainable tensors after replay (if computed)
-    verified: bool  # matched a checkpoint fingerprint stored in the trajectory
+    verified: str | None  # "fingerprint", "records" or None (see the module docstring)
+    covered_by: int | None = None  # the checkpoint whose chain binds the records
 
     @property
     def rate(self) -> float:
         """Element-steps per second."""
         return self.element_steps / self.seconds if self.seconds > 0 else math.inf
+
+    def describe(self) -> str:
+        if self.verified == "fingerprint":
+            return "verified: the weights match the trainer's fingerprint at this step"
+        if self.verified == "records":
+            return (
+                f"records verified by the checkpoint at step {self.covered_by} (no weight "
+                "fingerprint was recorded at this step)"
+            )
+        return "NOT verified: nothing in the file binds these records"
 
 
 def best_step(traj: Trajectory, *, split: str | None = None, metric: str = "accuracy") -> int:
@@ -76,6 +89,8 @@ def resolve_step(traj: Trajectory, step: int | str | None) -> int:
         return traj.num_steps
     if step == "best":
         return best_step(traj)
+    if isinstance(step, bool):
+        raise StepOutOfRangeError(f"step must be an integer, 'best' or 'last', not {step!r}")
     try:
         n = int(step)
     except (TypeError, ValueError):
@@ -87,12 +102,32 @@ def resolve_step(traj: Trajectory, step: int | str | None) -> int:
     return n
 
 
+def check_verifiable(traj: Trajectory, step: int, *, allow_unverified: bool = False) -> None:
+    """Refuse a step of a bound (1.1) file that no checkpoint covers.
+
+    Raises:
+        UnverifiedStepError: ``step`` is after the last checkpoint and not allowed.
+    """
+    if step == 0 or not traj.bound or allow_unverified or traj.covered_by(step) is not None:
+        return
+    last = traj.sealed_step
+    raise UnverifiedStepError(
+        f"step {step} lies after the last checkpoint of this file "
+        f"({'none' if last is None else f'step {last}'}), so nothing binds its records: the "
+        "file was cut or its run was killed before sealing them. Resume the run to seal it, "
+        "replay a covered step"
+        + (f" (0..{last})" if last is not None else "")
+        + ", or pass --allow-unverified to replay it anyway"
+    )
+
+
 def replay_tensors(
     traj: Trajectory,
     tensors: dict[str, torch.Tensor],
     *,
     step: int | str | None = None,
     verify: bool = True,
+    allow_unverified: bool = False,
     progress: ProgressFn | None = None,
     backend: str = "auto",
 ) -> ReplayReport:
@@ -104,13 +139,16 @@ def replay_tensors(
             trajectory's base state (check it with :func:`mezo_ckpt.base.verify_base`).
         step: target step (see :func:`resolve_step`).
         verify: compare the result with the checkpoint fingerprint stored for that step.
+        allow_unverified: replay a step of a bound file that no checkpoint covers.
         progress: called with element-steps done after each tensor.
 
     Raises:
         VerificationError: the result does not match the stored fingerprint.
+        UnverifiedStepError: see :func:`check_verifiable`.
     """
     h = traj.header
     upto = resolve_step(traj, step)
+    check_verifiable(traj, upto, allow_unverified=allow_unverified)
     batch = traj.update_batch(upto)
     t0 = time.perf_counter()
     total = apply_to_tensors(
@@ -118,18 +156,21 @@ def replay_tensors(
     )
     seconds = time.perf_counter() - t0
     fingerprint = None
-    verified = False
+    verified: str | None = None
     expected = traj.checkpoints.get(upto)
     if verify and expected is not None:
-        fingerprint = tensors_sha256(tensors, h["trainable"])
+        fingerprint = tensors_sha256(tensors, h.trainable)
         if fingerprint != expected:
             raise VerificationError(
                 f"replayed weights at step {upto} have fingerprint {fingerprint[:16]}..., the "
                 f"trajectory recorded {expected[:16]}...: the base or the replay arithmetic "
                 "differs from training"
             )
-        verified = True
-    return ReplayReport(upto, len(batch), total, seconds, fingerprint, verified)
+        verified = "fingerprint"
+    covered = traj.covered_by(upto) if traj.bound else None
+    if verified is None and covered is not None:
+        verified = "records"
+    return ReplayReport(upto, len(batch), total, seconds, fingerprint, verified, covered)
 
 
 def replay_model(
@@ -139,6 +180,7 @@ def replay_model(
     step: int | str | None = None,
     verify: bool = True,
     check_base: bool = True,
+    allow_unverified: bool = False,
     progress: ProgressFn | None = None,
     backend: str = "auto",
 ) -> ReplayReport:
@@ -146,7 +188,7 @@ def replay_model(
 
     Raises:
         BaseMismatchError: the model is not the trajectory's base (nothing is modified).
-        VerificationError: see :func:`replay_tensors`.
+        VerificationError, UnverifiedStepError: see :func:`replay_tensors`.
     """
     if check_base:
         from mezo_ckpt.base import verify_base
@@ -155,102 +197,18 @@ def replay_model(
     params = canonical_parameters(model)
     with torch.no_grad():
         return replay_tensors(
-            traj, dict(params), step=step, verify=verify, progress=progress, backend=backend
+            traj,
+            dict(params),
+            step=step,
+            verify=verify,
+            allow_unverified=allow_unverified,
+            progress=progress,
+            backend=backend,
         )
 
 
 def element_steps(traj: Trajectory, model: torch.nn.Module, step: int) -> int:
     """How many element-steps a replay to ``step`` performs (for progress bars)."""
     params = canonical_parameters(model)
-    n = sum(params[name].numel() for name in traj.header["trainable"] if name in params)
+    n = sum(params[name].numel() for name in traj.header.trainable if name in params)
     return n * len(traj.update_batch(step))
-
-
-# ----------------------------------------------------------------------------- export
-
-
-def provenance(traj: Trajectory, step: int, trajectory_sha256: str | None) -> dict:
-    """Small JSON describing where exported weights came from."""
-    b = traj.header["base"]
-    return {
-        "tool": "mezo-ckpt",
-        "trajectory_sha256": trajectory_sha256,
-        "step": step,
-        "num_steps": traj.num_steps,
-        "base": {
-            k: b.get(k)
-            for k in ("kind", "repo_id", "revision", "architecture", "dtype", "trainable_sha256")
-        },
-    }
-
-
-def _tmp_sibling(out: Path) -> Path:
-    return out.with_name(f".{out.name}.tmp-{os.getpid()}")
-
-
-def export_hf(
-    model: torch.nn.Module, out: str | os.PathLike, *, tokenizer_from: Path | None, meta: dict
-) -> Path:
-    """Write a folder that ``AutoModelForCausalLM.from_pretrained`` loads (atomic rename)."""
-    out = Path(out)
-    tmp = _tmp_sibling(out)
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        if tokenizer_from is not None:
-            for p in Path(tokenizer_from).iterdir():
-                if p.is_file() and (
-                    p.name.startswith(
-                        (
-                            "tokenizer",
-                            "special_tokens",
-                            "vocab",
-                            "merges",
-                            "added_tokens",
-                            "chat_template",
-                        )
-                    )
-                ):
-                    shutil.copy2(p, tmp / p.name)
-        (tmp / PROVENANCE_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        if out.exists():
-            if not out.is_dir() or any(out.iterdir()):
-                raise FileExistsError(f"{out} exists and is not empty")
-            out.rmdir()
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return out
-
-
-def export_safetensors(
-    tensors: dict[str, torch.Tensor], out: str | os.PathLike, meta: dict
-) -> Path:
-    """Write tensors (canonical names) to one safetensors file, atomically."""
-    from safetensors.torch import save_file
-
-    out = Path(out)
-    tmp = _tmp_sibling(out)
-    try:
-        save_file(
-            {k: v.detach().contiguous().cpu() for k, v in tensors.items()},
-            str(tmp),
-            metadata={"format": "pt", "mezo_ckpt": json.dumps(meta, sort_keys=True)},
-        )
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return out
-
-
-def delta_tensors(
-    base: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], names: list[str]
-) -> dict[str, torch.Tensor]:
-    """tuned - base in float32 for the named (trainable) tensors."""
-    return {n: tuned[n].detach().float() - base[n].detach().float() for n in names}

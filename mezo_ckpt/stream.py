@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import warnings
 from functools import lru_cache
 from statistics import NormalDist
-from typing import Literal
+from types import ModuleType
 
 import torch
 
-ZKind = Literal["normal16", "rademacher"]
 Z_KINDS: tuple[str, ...] = ("normal16", "rademacher")
 GENERATOR = "philox4x32-10"
 KEY_RULE = "sha256-seed-name-v1"
@@ -43,8 +43,14 @@ MASK32 = 0xFFFFFFFF
 
 #: Lane offset for the stochastic-rounding bit stream (lane = LANE_ROUNDING + direction).
 LANE_ROUNDING = 0x80000000
-#: Elements produced per Philox call, by z kind.
+#: Elements produced per Philox call, by z kind (and log2 of it).
 ELEMENTS_PER_BLOCK = {"normal16": 8, "rademacher": 128}
+ELEMENT_SHIFT = {"normal16": 3, "rademacher": 7}
+#: Stochastic-rounding integers per Philox call (one 32-bit word each, top 24 bits).
+ROUNDING_PER_BLOCK = 4
+ROUNDING_BITS = 24
+#: Integer codes of the z kinds in the compiled kernels.
+KIND_CODES = {"normal16": 0, "rademacher": 1}
 #: z values are multiples of this (1/256): products with 13-bit coefficients are exact.
 Z_QUANTUM = 1.0 / 256.0
 #: sha256 of the normal16 table as 65536 little-endian int16 (units of 1/256).
@@ -186,13 +192,14 @@ def rounding_bits_reference(
     """
     if count == 0:
         return torch.empty(0, dtype=torch.int64, device=device)
-    first = start // 4
-    last = (start + count - 1) // 4
+    per = ROUNDING_PER_BLOCK
+    first = start // per
+    last = (start + count - 1) // per
     words = philox_blocks_torch(
         first, last - first + 1, step, LANE_ROUNDING + direction, key, device
     )
-    r = (words >> 8).reshape(-1)
-    off = start - first * 4
+    r = (words >> (32 - ROUNDING_BITS)).reshape(-1)
+    off = start - first * per
     return r[off : off + count].contiguous()
 
 
@@ -208,9 +215,6 @@ def z_statistics(kind: str) -> dict[str, float]:
     return {"mean": mean, "variance": var, "kurtosis": m4 / var**2, "max_abs": max(vals)}
 
 
-KIND_CODES = {"normal16": 0, "rademacher": 1}
-
-
 @lru_cache(maxsize=1)
 def normal16_table_numpy():  # -> np.ndarray (float32, 65536)
     import numpy as np
@@ -218,13 +222,43 @@ def normal16_table_numpy():  # -> np.ndarray (float32, 65536)
     return np.asarray(normal16_table_int(), dtype=np.float32) * np.float32(Z_QUANTUM)
 
 
+# ----------------------------------------------------------------------------- backends
+
+
+@lru_cache(maxsize=1)
+def compiled_kernels() -> ModuleType | None:
+    """The compiled CPU kernels (numba), or None where they cannot load.
+
+    Decided once per process; a fallback to the eager torch path (same bits, slower) is
+    announced once with a warning.
+    """
+    try:
+        from mezo_ckpt import _kernels
+    except Exception as e:  # numba missing or broken: fall back, say so once
+        warnings.warn(
+            f"mezo-ckpt: compiled CPU kernels unavailable ({type(e).__name__}: {e}); using "
+            "the eager torch path (same bits, slower). Install numba to speed it up.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
+    return _kernels
+
+
+def use_compiled(device: str | torch.device) -> bool:
+    """Whether work on ``device`` runs in the compiled CPU kernels."""
+    return torch.device(device).type == "cpu" and compiled_kernels() is not None
+
+
 def compiled_available() -> bool:
     """Whether the compiled CPU kernels (numba) can be used."""
-    try:
-        from mezo_ckpt import _kernels  # noqa: F401
-    except Exception:  # pragma: no cover - numba missing or broken
-        return False
-    return True
+    return compiled_kernels() is not None
+
+
+def _check_kind(kind: str) -> int:
+    if kind not in KIND_CODES:
+        raise ValueError(f"unknown z kind {kind!r}; known: {', '.join(Z_KINDS)}")
+    return KIND_CODES[kind]
 
 
 def generate_z(
@@ -241,19 +275,15 @@ def generate_z(
 
     Same bits as :func:`z_reference` on every backend.
     """
-    dev = torch.device(device)
-    if dev.type == "cpu" and compiled_available():
-        from mezo_ckpt import _kernels
-
+    code = _check_kind(kind)
+    if use_compiled(device):
         if out is None:
             out = torch.empty(count, dtype=torch.float32)
-        if kind not in KIND_CODES:
-            raise ValueError(f"unknown z kind {kind!r}; known: {', '.join(Z_KINDS)}")
-        _kernels.z_fill(
-            normal16_table_numpy(), out.numpy(), start, step, lane, key[0], key[1], KIND_CODES[kind]
-        )
+        kernels = compiled_kernels()
+        assert kernels is not None
+        kernels.z_fill(normal16_table_numpy(), out.numpy(), start, step, lane, *key, code)
         return out
-    z = z_reference(key, step, lane, start, count, kind, dev)
+    z = z_reference(key, step, lane, start, count, kind, device)
     if out is not None:
         out.copy_(z)
         return out
@@ -269,13 +299,10 @@ def generate_rounding_bits(
     device: str | torch.device = "cpu",
 ) -> torch.Tensor:
     """Stochastic-rounding integers (int64, 24 bits); same bits as the reference."""
-    dev = torch.device(device)
-    if dev.type == "cpu" and compiled_available():
-        from mezo_ckpt import _kernels
-
+    if use_compiled(device):
+        kernels = compiled_kernels()
+        assert kernels is not None
         out = torch.empty(count, dtype=torch.int64)
-        _kernels.rounding_bits_fill(
-            out.numpy(), start, step, LANE_ROUNDING + direction, key[0], key[1]
-        )
+        kernels.rounding_bits_fill(out.numpy(), start, step, LANE_ROUNDING + direction, *key)
         return out
-    return rounding_bits_reference(key, step, direction, start, count, str(dev))
+    return rounding_bits_reference(key, step, direction, start, count, str(device))

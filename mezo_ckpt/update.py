@@ -24,10 +24,13 @@ import numpy as np
 import torch
 
 from mezo_ckpt.stream import (
-    compiled_available,
+    KIND_CODES,
+    compiled_kernels,
     generate_rounding_bits,
     generate_z,
     normal16_table_numpy,
+    param_key,
+    use_compiled,
 )
 
 ARITHMETIC = "exact-v1"
@@ -184,6 +187,25 @@ def _apply_generic(
             _canonicalize_nan(flat[lo:hi])
 
 
+#: Storage codes of the compiled kernels by dtype, and the integer view of the bits.
+_STORAGE = {
+    torch.float32: (0, torch.int32, np.uint32),
+    torch.bfloat16: (1, torch.int16, np.uint16),
+    torch.float16: (2, torch.int16, np.uint16),
+}
+_ROUNDING_CODES = {"nearest": 0, "stochastic": 1}
+
+
+def _bits(t: torch.Tensor) -> np.ndarray:
+    """The raw bit pattern of a contiguous CPU float tensor as an unsigned numpy view."""
+    _, view, unsigned = _STORAGE[t.dtype]
+    return t.detach().view(view).numpy().view(unsigned)
+
+
+def _compiled_ok(t: torch.Tensor) -> bool:
+    return t.dtype in _STORAGE and use_compiled(t.device)
+
+
 def apply_updates(
     tensor: torch.Tensor,
     key: tuple[int, int],
@@ -213,26 +235,17 @@ def apply_updates(
     if len(batch) == 0:
         return
     flat = tensor.view(-1)
-    fused = (
-        backend != "reference"
-        and flat.device.type == "cpu"
-        and (
-            flat.dtype == torch.float32 or (flat.dtype == torch.bfloat16 and rounding == "nearest")
-        )
-        and compiled_available()
-    )
+    fused = backend != "reference" and _compiled_ok(flat)
     if backend == "compiled" and not fused:
-        raise ValueError(
-            "the compiled backend needs a CPU tensor in fp32 (or bf16 with "
-            "nearest rounding) and numba"
-        )
+        raise ValueError("the compiled backend needs a CPU fp32/bf16/fp16 tensor and numba")
     if not fused:
         _apply_generic(flat, key, start, batch, kind, rounding)
         return
-    from mezo_ckpt import _kernels
-    from mezo_ckpt.stream import KIND_CODES
-
-    args = (
+    kernels = compiled_kernels()
+    assert kernels is not None
+    kernels.replay(
+        normal16_table_numpy(),
+        _bits(flat),
         start,
         key[0],
         key[1],
@@ -240,13 +253,96 @@ def apply_updates(
         np.ascontiguousarray(batch.coefs, np.float32),
         np.ascontiguousarray(batch.decay, np.float32),
         KIND_CODES[kind],
+        _STORAGE[flat.dtype][0],
+        _ROUNDING_CODES[rounding],
     )
-    if flat.dtype == torch.float32:
-        _kernels.replay_fp32(normal16_table_numpy(), flat.detach().numpy(), *args)
-    else:
-        _kernels.replay_bf16(
-            normal16_table_numpy(), flat.detach().view(torch.int16).numpy().view(np.uint16), *args
+
+
+def perturbed_copy(
+    w: torch.Tensor,
+    key: tuple[int, int],
+    step: int,
+    lane: int,
+    scale: float,
+    *,
+    kind: str,
+    start: int = 0,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """``round(w + scale * z)`` as a new tensor: the perturbed weights of a forward pass.
+
+    ``w`` holds elements ``[start, start + numel)`` of one parameter and is only read;
+    z is direction ``lane`` of ``step``. Per element ``fl32(fl32(w) + fl32(scale * z))``
+    rounded to ``w``'s dtype (nearest even), on every backend.
+    """
+    src = w.detach().reshape(-1)
+    if backend != "reference" and _compiled_ok(src):
+        src = src.contiguous()
+        out = torch.empty_like(src)
+        kernels = compiled_kernels()
+        assert kernels is not None
+        kernels.perturb(
+            normal16_table_numpy(),
+            _bits(src),
+            _bits(out),
+            start,
+            step,
+            lane,
+            key[0],
+            key[1],
+            scale,
+            KIND_CODES[kind],
+            _STORAGE[src.dtype][0],
         )
+        return out.view(w.shape)
+    z = generate_z(key, step, lane, start, src.numel(), kind, src.device)
+    return (src.float() + z.mul_(scale)).to(w.dtype).view(w.shape)
+
+
+def perturbed_rows(
+    w: torch.Tensor,
+    rows: torch.Tensor,
+    key: tuple[int, int],
+    step: int,
+    lane: int,
+    scale: float,
+    *,
+    kind: str,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Rows ``rows`` of a 2-D parameter, perturbed as :func:`perturbed_copy` would: a new
+    ``[len(rows), dim]`` tensor (row ``r`` covers elements ``[r*dim, (r+1)*dim)``)."""
+    dim = w.shape[1]
+    src = w.detach()
+    if backend != "reference" and _compiled_ok(src) and src.is_contiguous():
+        out = torch.empty(len(rows), dim, dtype=src.dtype)
+        kernels = compiled_kernels()
+        assert kernels is not None
+        kernels.perturb_rows(
+            normal16_table_numpy(),
+            _bits(src.view(-1)),
+            rows.to(torch.int64).numpy(),
+            dim,
+            _bits(out.view(-1)),
+            step,
+            lane,
+            key[0],
+            key[1],
+            scale,
+            KIND_CODES[kind],
+            _STORAGE[src.dtype][0],
+        )
+        return out
+    return (
+        torch.stack(
+            [
+                perturbed_copy(src[r], key, step, lane, scale, kind=kind, start=r * dim)
+                for r in rows.tolist()
+            ]
+        )
+        if len(rows)
+        else src[:0].clone()
+    )
 
 
 @dataclass(frozen=True)
@@ -260,13 +356,14 @@ class UpdateSpec:
     decay_params: frozenset[str]
 
     @classmethod
-    def from_header(cls, header: dict) -> UpdateSpec:
+    def from_header(cls, header) -> UpdateSpec:
+        """From a :class:`mezo_ckpt.header.Header`."""
         return cls(
-            seed=int(header["perturbation"]["seed"]),
-            kind=str(header["perturbation"]["z"]),
-            rounding=str(header["update"]["rounding"]),
-            trainable=tuple(header["trainable"]),
-            decay_params=frozenset(header["update"]["decay_params"]),
+            seed=header.perturbation.seed,
+            kind=header.perturbation.z,
+            rounding=header.update.rounding,
+            trainable=tuple(header.trainable),
+            decay_params=frozenset(header.update.decay_params),
         )
 
 
@@ -287,8 +384,6 @@ def apply_to_tensors(
     Returns:
         element-steps performed.
     """
-    from mezo_ckpt.stream import param_key
-
     nodecay = UpdateBatch(batch.steps, batch.coefs, np.ones_like(batch.decay))
     total = 0
     for name in spec.trainable:

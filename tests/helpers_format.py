@@ -197,6 +197,7 @@ def make_trajectory(
 ):
     """A Trajectory object (not written anywhere)."""
     from mezo_ckpt.format import Evaluation, Trajectory
+    from mezo_ckpt.header import Header
 
     header_kw.setdefault("total_steps", max(n_steps, 1) + 4)
     h = make_header(**header_kw)
@@ -213,7 +214,7 @@ def make_trajectory(
         Evaluation(s, split, {k: float(v) for k, v in m.items()}) for s, split, m in evaluations
     ]
     ck = dict(checkpoints) if checkpoints is not None else {n_steps: HEX_C}
-    return Trajectory(h, rec, evals, ck)
+    return Trajectory(Header.from_json(h), rec, evals, ck)
 
 
 def trajectory_bytes(n_steps: int = 12, **kw: Any) -> bytes:

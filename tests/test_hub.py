@@ -8,6 +8,7 @@ deterministic) and pushes/loads with the real huggingface_hub client.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from mezo_ckpt.cli import main
 from mezo_ckpt.errors import BaseMismatchError, MezoCkptError
 from mezo_ckpt.format import Trajectory, read_trajectory, write_trajectory
 from mezo_ckpt.hashing import file_sha256
+from mezo_ckpt.header import Header
 
 try:
     from hubserver import FakeHub, patch_hf_client
@@ -107,7 +109,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
             )
         finally:
             _http.close_session()
-    assert read_trajectory(r1.output).header["base"]["revision"] == sha
+    assert read_trajectory(r1.output).header.base.revision == sha
     return Trained(
         base_dir,
         files,
@@ -187,7 +189,7 @@ def test_push_then_load_bit_exact_and_cached(
     fresh_caches(hub, monkeypatch, tmp_path / "consumer")
     model, tok = mezo_ckpt.load(REPO, progress=False)
     assert_same_weights(model, trained.hub_state)
-    assert model.mezo_ckpt["cache_hit"] is False and model.mezo_ckpt["verified"] is True
+    assert model.mezo_ckpt["cache_hit"] is False and model.mezo_ckpt["verified"] == "fingerprint"
     assert model.mezo_ckpt["step"] == 6 and model.mezo_ckpt["commit"] == hub.resolve(REPO)
     assert tok("good =")["input_ids"]
     cached = Path(model.mezo_ckpt["folder"])
@@ -419,10 +421,10 @@ def test_dry_run_card_and_local_folder(hub: FakeHub, trained: Trained, tmp_path:
     traj = read_trajectory(trained.hub_traj)
     assert meta["format"] == "mezo-ckpt/hub" and meta["version"] == 1
     assert meta["trajectory"]["sha256"] == file_sha256(trained.hub_traj)
-    assert meta["trajectory"]["num_steps"] == 6 and meta["trajectory"]["format_version"] == "1.0"
+    assert meta["trajectory"]["num_steps"] == 6 and meta["trajectory"]["format_version"] == "1.1"
     assert meta["base"]["revision"] == trained.base_sha
-    assert meta["base"]["trainable_sha256"] == traj.header["base"]["trainable_sha256"]
-    nbytes = traj.header["base"]["num_parameters"] * 4
+    assert meta["base"]["trainable_sha256"] == traj.header.base.trainable_sha256
+    nbytes = traj.header.base.num_parameters * 4
     assert meta["weights"]["bytes"] == nbytes and f"{nbytes:,}" in card.text
     assert meta["trajectory"]["bytes"] * 10 < nbytes
 
@@ -460,7 +462,7 @@ def test_embedded_base_card(trained: Trained, tmp_path: Path) -> None:
 
     traj = read_trajectory(trained.hub_traj)
     base = dict(
-        traj.header["base"],
+        traj.header.base.to_json(),
         kind="embedded",
         repo_id=None,
         revision=None,
@@ -477,7 +479,14 @@ def test_embedded_base_card(trained: Trained, tmp_path: Path) -> None:
     path = tmp_path / "trajectory.zst"
     write_trajectory(
         path,
-        Trajectory(dict(traj.header, base=base), traj.records, traj.evaluations, traj.checkpoints),
+        Trajectory(
+            Header.from_json(
+                {k: v for k, v in traj.header.raw.items() if k != "integrity"} | {"base": base}
+            ),
+            traj.records,
+            [dataclasses.replace(e, chain_sha256=None) for e in traj.evaluations],
+            traj.checkpoints,
+        ),
     )
     pub = mhub.build_publication(path, REPO)
     card = ModelCard(pub.card)

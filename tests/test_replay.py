@@ -157,10 +157,9 @@ def test_info_text_and_json(run):
 
 
 def test_best_step_without_evaluations():
-    from mezo_ckpt.format import Trajectory
+    from helpers_format import make_trajectory
 
-    traj = Trajectory({"total_steps": 0}, records=None)  # type: ignore[arg-type]
-    traj.evaluations = []
+    traj = make_trajectory(4, evaluations=())
     with pytest.raises(StepOutOfRangeError):
         best_step(traj)
 

@@ -1,7 +1,19 @@
-"""The `mezo-ckpt` command line: train, replay, info, push, pull."""
+"""The `mezo-ckpt` command line: train, replay, info, push, pull (and friends).
+
+Each command lives in its own module and imports only :mod:`mezo_ckpt.cli.common`; this
+package puts them into the group. A command that fails to import is a bug and fails
+loudly here, never silently vanishing from ``--help``.
+"""
 
 from __future__ import annotations
 
+from mezo_ckpt.cli import hub, info, replay, train
 from mezo_ckpt.cli.main import main
+
+main.add_command(train.train)
+main.add_command(replay.replay)
+main.add_command(info.info)
+main.add_command(hub.push)
+main.add_command(hub.pull)
 
 __all__ = ["main"]

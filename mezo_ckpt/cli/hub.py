@@ -7,10 +7,20 @@ from pathlib import Path
 
 import click
 
-from mezo_ckpt.cli.main import parse_step
+from mezo_ckpt.cli.common import STEP_HELP, parse_step
+from mezo_ckpt.text import clean
 
 
-@click.command()
+@click.command(
+    epilog="""\b
+Examples:
+  mezo-ckpt push trajectory.zst me/smollm2-sentiment-mezo
+  mezo-ckpt push run.zst me/tuned --private --commit-message "200 steps, lr 1e-5"
+  mezo-ckpt push run.zst me/tuned --create-pr
+  mezo-ckpt push run.zst me/tuned --base-repo me/my-base --base-revision main  # pins its commit
+  mezo-ckpt push run.zst me/tuned --dry-run preview/   # inspect, upload nothing
+"""
+)
 @click.argument("trajectory", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("repo_id", metavar="USER/REPO")
 @click.option(
@@ -37,7 +47,7 @@ from mezo_ckpt.cli.main import parse_step
     metavar="REPO",
     default=None,
     help="For a trajectory trained from a local folder: the Hub repo holding the same "
-    "base weights (downloaded and checked against the trajectory's fingerprint).",
+    "base weights (downloaded and checked against the trajectory's fingerprints).",
 )
 @click.option(
     "--base-revision",
@@ -58,7 +68,7 @@ from mezo_ckpt.cli.main import parse_step
     "datasets",
     metavar="ID",
     multiple=True,
-    help="Hub dataset id for the card metadata (repeatable).",
+    help="Hub dataset id the model was trained on, for the card metadata (repeatable).",
 )
 @click.option(
     "--dry-run",
@@ -88,17 +98,9 @@ def push(
 
     One commit uploads the trajectory (its name kept, a few KB), mezo_ckpt.json (the base
     repo pinned to a commit, per-file sha256, fingerprints, trajectory sha256) and a
-    README.md model card (base_model, eval results, training config, load instructions).
-    The repo is created if needed. A trajectory trained from a local base folder is refused
-    unless --base-repo/--base-revision name a Hub copy whose weights match it.
-
-    \b
-    Examples:
-      mezo-ckpt push trajectory.zst me/smollm2-sentiment-mezo
-      mezo-ckpt push run.zst me/tuned --private --commit-message "200 steps, lr 1e-5"
-      mezo-ckpt push run.zst me/tuned --create-pr
-      mezo-ckpt push run.zst me/tuned --base-repo me/my-base --base-revision main  # pins its commit
-      mezo-ckpt push run.zst me/tuned --dry-run preview/   # inspect, upload nothing
+    README.md model card (base_model, eval results, how to rebuild the model and run the
+    trained task). The repo is created if needed. A trajectory trained from a local base
+    folder is refused unless --base-repo/--base-revision name a Hub copy that matches it.
     """
     from mezo_ckpt.hub import push as do_push
 
@@ -117,25 +119,10 @@ def push(
         dry_run=dry_run,
     )
     if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "repo_id": r.repo_id,
-                    "commit": r.commit,
-                    "commit_url": r.commit_url,
-                    "pr_url": r.pr_url,
-                    "revision": r.revision,
-                    "files": r.files,
-                    "folder": str(r.folder) if r.folder else None,
-                    "notes": r.notes,
-                    "meta": r.meta,
-                },
-                indent=2,
-            )
-        )
+        click.echo(json.dumps(r.info(), indent=2))
         return
     for note in r.notes:
-        click.echo(f"Note: {note}", err=True)
+        click.echo(f"Note: {clean(note)}", err=True)
     tb, wt = r.meta["trajectory"], r.meta["weights"]
     sizes = f"trajectory {tb['bytes']:,} bytes for {wt['bytes']:,} bytes of {wt['dtype']} weights"
     if r.folder is not None:
@@ -151,7 +138,19 @@ def push(
     click.echo(f"Load it with: mezo-ckpt pull {r.repo_id} -o {r.repo_id.split('/')[-1]}")
 
 
-@click.command()
+@click.command(
+    epilog="""\b
+Examples:
+  mezo-ckpt pull me/smollm2-sentiment-mezo -o tuned/
+  mezo-ckpt pull me/smollm2-sentiment-mezo --step best -o best/
+  mezo-ckpt pull me/tuned --revision refs/pr/1 --step 50
+  HF_HUB_OFFLINE=1 mezo-ckpt pull me/tuned -o tuned-again/
+  mezo-ckpt pull ./run.zst --base ./my-local-base/ -o tuned/
+\b
+Python:
+  model, tok = mezo_ckpt.load("me/smollm2-sentiment-mezo", step="best")
+"""
+)
 @click.argument("source", metavar="USER/REPO|PATH")
 @click.option(
     "--revision",
@@ -159,14 +158,7 @@ def push(
     default=None,
     help="Branch, tag or commit of the published repo. Default: main.",
 )
-@click.option(
-    "--step",
-    "step",
-    metavar="N|best|last",
-    default=None,
-    help="Rebuild the weights after step N (0 = the base), at the best evaluated step, "
-    "or at the last recorded step (default).",
-)
+@click.option("--step", "step", metavar="N|best|last", default=None, help=STEP_HELP)
 @click.option(
     "-o",
     "--output",
@@ -191,7 +183,19 @@ def push(
     help="Base model folder or repo, for trajectories trained from an unpublished local "
     "folder (its identity is still checked).",
 )
+@click.option(
+    "--ignore-base-mismatch",
+    is_flag=True,
+    help="Replay even onto a base whose identity differs (loud; recorded in the output's "
+    "provenance; never cached). Needs -o.",
+)
+@click.option(
+    "--allow-unverified",
+    is_flag=True,
+    help="Allow a step after the file's last checkpoint (a cut or unsealed file).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars; only the result lines.")
 def pull(
     source: str,
     revision: str | None,
@@ -199,30 +203,26 @@ def pull(
     output: Path | None,
     token: str | None,
     base_spec: str | None,
+    ignore_base_mismatch: bool,
+    allow_unverified: bool,
     as_json: bool,
+    quiet: bool,
 ) -> None:
     """Rebuild a published fine-tune from USER/REPO (or a local trajectory / folder).
 
     Downloads the trajectory and mezo_ckpt.json at one commit and checks the trajectory's
     sha256; downloads the base at its pinned commit and checks every file's sha256 and the
-    weights' fingerprint; replays bit for bit; caches the result under
-    <cache>/replayed/<trajectory sha256>/step-<N>/ ($MEZO_CKPT_CACHE, default
+    base's fingerprints (every tensor, config, tokenizer); replays bit for bit; caches the
+    result under <cache>/replayed/<trajectory sha256>/step-<N>/ ($MEZO_CKPT_CACHE, default
     ~/.cache/mezo-ckpt), so the next pull or mezo_ckpt.load() is instant and works offline
-    (HF_HUB_OFFLINE=1).
-
-    \b
-    Examples:
-      mezo-ckpt pull me/smollm2-sentiment-mezo -o tuned/
-      mezo-ckpt pull me/smollm2-sentiment-mezo --step best -o best/
-      mezo-ckpt pull me/tuned --revision refs/pr/1 --step 50
-      HF_HUB_OFFLINE=1 mezo-ckpt pull me/tuned -o tuned-again/
-      mezo-ckpt pull ./run.zst --base ./my-local-base/ -o tuned/
-    \b
-    Python:
-      model, tok = mezo_ckpt.load("me/smollm2-sentiment-mezo", step="best")
+    (HF_HUB_OFFLINE=1). A cached entry is checked against the hashes recorded when it was
+    built, and rebuilt if anything changed.
     """
+    from mezo_ckpt.errors import OutputError
     from mezo_ckpt.hub import pull as do_pull
 
+    if ignore_base_mismatch and output is None:
+        raise OutputError("--ignore-base-mismatch needs -o DIR (such weights are never cached)")
     r = do_pull(
         source,
         output,
@@ -230,16 +230,21 @@ def pull(
         revision=revision,
         token=token,
         base=base_spec,
-        progress=not as_json,
+        progress=not (as_json or quiet),
+        allow_unverified=allow_unverified,
+        ignore_base_mismatch=ignore_base_mismatch,
     )
     if as_json:
         click.echo(json.dumps(r.info(), indent=2))
         return
-    how = (
-        "from the cache"
-        if r.cache_hit
-        else "replayed" + (", verified against the trainer's fingerprint" if r.verified else "")
-    )
+    for note in r.notes:
+        click.echo(f"Note: {clean(note)}", err=True)
+    how = "from the cache" if r.cache_hit else "replayed"
+    what = {
+        "fingerprint": "verified against the trainer's fingerprint",
+        "records": "records verified by a later checkpoint",
+    }.get(str(r.verified), "NOT verified")
     at = f"@{r.commit[:12]}" if r.commit else ""
-    click.echo(f"Rebuilt {r.source}{at} at step {r.step}/{r.num_steps} ({how}).")
+    click.echo(f"Rebuilt {clean(r.source)}{at} at step {r.step}/{r.num_steps} ({how}; {what}).")
+    click.echo(f"Checked: {clean('; '.join(r.checked))}.")
     click.echo(f"Weights: {r.folder}")

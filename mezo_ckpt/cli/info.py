@@ -7,42 +7,84 @@ from pathlib import Path
 
 import click
 
+from mezo_ckpt.text import clean
+
 
 def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.4g}"
 
 
-@click.command()
+def _state(s: dict) -> str:
+    if s["state"] == "cut":
+        last = s["last_verified_step"]
+        return (
+            f"CUT: {s['steps']} steps recorded but the last checkpoint covers only "
+            f"{'none' if last is None else f'steps 0..{last}'} (the file was cut or its run "
+            "killed; resume the run to seal it)"
+        )
+    if s["state"] == "incomplete":
+        return f"INCOMPLETE ({s['steps']}/{s['total_steps']} steps; resumable)"
+    return "complete" + (", sealed" if s["bound"] else " (format 1.0: records not bound)")
+
+
+@click.command(
+    epilog="""\b
+Examples:
+  mezo-ckpt info trajectory.zst
+  mezo-ckpt info trajectory.zst --json | jq .evaluations
+  mezo-ckpt info trajectory.zst --plot curve.png
+"""
+)
 @click.argument("trajectory", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
-def info(trajectory: Path, as_json: bool) -> None:
+@click.option(
+    "--plot",
+    "plot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also draw the evaluation curve and the training loss into this PNG (needs "
+    "matplotlib: pip install 'mezo-ckpt[plot]').",
+)
+def info(trajectory: Path, as_json: bool, plot: Path | None) -> None:
     """Summarize TRAJECTORY: base, settings, steps, statistics, evaluations, size.
 
-    The file is fully validated on the way (every frame, checksum and record).
-
-    \b
-    Examples:
-      mezo-ckpt info trajectory.zst
-      mezo-ckpt info trajectory.zst --json | jq .evaluations
+    The file is fully validated on the way (every frame, checksum and record, and the
+    chain that binds the records to their checkpoints). Strings from the file are shown
+    with control characters escaped.
     """
     from mezo_ckpt.api import summarize
 
     s = summarize(trajectory)
+    if plot is not None:
+        from mezo_ckpt.plot import plot_trajectory
+
+        plot_trajectory(trajectory, plot)
     if as_json:
         click.echo(json.dumps(s, indent=2))
         return
     b, p, u = s["base"], s["perturbation"], s["update"]
-    base = b.get("repo_id") or (b.get("embedded") or {}).get("gguf_file") or "local folder"
+    emb = b.get("embedded") or {}
+    base = b.get("repo_id") or emb.get("gguf_file") or "local folder"
     rev = f"@{b['revision'][:12]}" if b.get("revision") else ""
-    state = "complete" if s["complete"] else f"INCOMPLETE ({s['steps']}/{s['total_steps']})"
+    n_tr = s["trainable_tensors"]
+    el = s["trainable_elements"]
+    share = ""
+    if el is not None and b.get("num_parameters"):
+        share = f", {el:,} elements = {100 * el / b['num_parameters']:.1f}% of the model"
+    pinned = (
+        f"every tensor {b['tensors_sha256'][:16]}..., config {b['config_sha256'][:12]}..., "
+        f"{len(b.get('tokenizer') or {})} tokenizer file(s)"
+        if b.get("tensors_sha256")
+        else f"trainable tensors only {b['trainable_sha256'][:16]}... (format 1.0)"
+    )
     lines = [
         f"{trajectory}  ({s['bytes']:,} bytes, format {s['format_version']}, "
         f"written by {s['tool']['name']} {s['tool']['version']})",
         f"base        {b['kind']}: {base}{rev}  {b['architecture']} {b['dtype']}, "
         f"{b['num_parameters']:,} params, tied embeddings: {b['tie_word_embeddings']}",
-        f"            trainable fingerprint {b['trainable_sha256'][:16]}...  "
-        f"({s['trainable_tensors']} trainable tensors)",
-        f"steps       {s['steps']} recorded, {state}; {s['skipped_steps']} skipped; "
+        f"            pinned: {pinned}",
+        f"trainable   {n_tr} tensors{share}",
+        f"steps       {s['steps']} recorded, {_state(s)}; {s['skipped_steps']} skipped; "
         f"{_fmt(s['bytes_per_step'])} bytes/step",
         f"perturb     {p['generator']}, z={p['z']}, eps={p['eps']}, seed={p['seed']}, "
         f"directions={p['n_directions']}",
@@ -69,4 +111,6 @@ def info(trajectory: Path, as_json: bool) -> None:
             lines.append(f"  step {e['step']:>6}  {e['split']:<5} {m}{star}")
     if s["checkpoints"]:
         lines.append("fingerprints at steps " + ", ".join(s["checkpoints"]))
-    click.echo("\n".join(lines))
+    if plot is not None:
+        lines.append(f"plot        {plot}")
+    click.echo("\n".join(clean(line) for line in lines))

@@ -1,35 +1,11 @@
-"""Command group and shared helpers for the `mezo-ckpt` CLI."""
+"""The `mezo-ckpt` command group (the commands are added in :mod:`mezo_ckpt.cli`)."""
 
 from __future__ import annotations
-
-import sys
 
 import click
 
 from mezo_ckpt import __version__
-from mezo_ckpt.errors import MezoCkptError
-
-
-def parse_step(value: str | None) -> int | str | None:
-    """--step value: an integer, 'best', 'last', or None."""
-    if value is None or value in ("best", "last"):
-        return value
-    try:
-        return int(value)
-    except ValueError:
-        raise click.BadParameter("use an integer, 'best' or 'last'", param_hint="--step") from None
-
-
-class Group(click.Group):
-    """Turns our typed errors into one clear line and exit code 2, not a traceback."""
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except MezoCkptError as e:
-            name = type(e).__name__
-            click.echo(f"Error ({name}): {e}", err=True)
-            sys.exit(2)
+from mezo_ckpt.cli.common import Group
 
 
 @click.group(
@@ -41,7 +17,7 @@ def main() -> None:
 
     \b
     A MeZO fine-tune is fully determined by the base weights plus, per step, a seed
-    and one scalar. `train` writes those into a trajectory file of a few hundred KB;
+    and one scalar. `train` writes those into a trajectory file of a few KB;
     `replay` rebuilds the fine-tuned weights from it bit for bit.
 
     \b
@@ -50,26 +26,3 @@ def main() -> None:
       mezo-ckpt info trajectory.zst         # what is inside
       mezo-ckpt replay trajectory.zst -o tuned/   # from_pretrained-ready folder
     """
-
-
-def _register() -> None:
-    from mezo_ckpt.cli import info, replay
-
-    main.add_command(replay.replay)
-    main.add_command(info.info)
-    try:
-        from mezo_ckpt.cli import train
-    except ImportError:  # pragma: no cover - during development
-        pass
-    else:
-        main.add_command(train.train)
-    try:
-        from mezo_ckpt.cli import hub
-    except ImportError:  # pragma: no cover
-        pass
-    else:
-        main.add_command(hub.push)
-        main.add_command(hub.pull)
-
-
-_register()

@@ -7,10 +7,23 @@ from pathlib import Path
 
 import click
 
-from mezo_ckpt.cli.main import parse_step
+from mezo_ckpt.cli.common import STEP_HELP, parse_step
+from mezo_ckpt.text import clean
+
+FORMATS = ("hf", "safetensors", "delta")
 
 
-@click.command()
+@click.command(
+    epilog="""\b
+Examples:
+  mezo-ckpt replay trajectory.zst                     # -> trajectory-step100/
+  mezo-ckpt replay trajectory.zst --step best -o best/
+  mezo-ckpt replay trajectory.zst --step 50 --format safetensors -o s50.safetensors
+  mezo-ckpt replay trajectory.zst --format delta -o delta.safetensors
+  mezo-ckpt apply-delta delta.safetensors -o tuned/   # base + delta, bit for bit
+  mezo-ckpt replay run.zst --base ./my-local-base/    # base trained from a local folder
+"""
+)
 @click.argument("trajectory", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "--base",
@@ -19,14 +32,7 @@ from mezo_ckpt.cli.main import parse_step
     help="Base model: a local folder or a Hub repo id. Default: the base recorded in "
     "the trajectory (embedded default or Hub repo at its pinned commit).",
 )
-@click.option(
-    "--step",
-    "step",
-    metavar="N|best|last",
-    default=None,
-    help="Reconstruct the weights after step N (0 = the base), at the best evaluated "
-    "step, or at the last recorded step (default).",
-)
+@click.option("--step", "step", metavar="N|best|last", default=None, help=STEP_HELP)
 @click.option(
     "-o",
     "--output",
@@ -38,68 +44,80 @@ from mezo_ckpt.cli.main import parse_step
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["hf", "safetensors", "delta"]),
+    type=click.Choice(FORMATS),
     default="hf",
     show_default=True,
-    help="hf: a folder AutoModelForCausalLM.from_pretrained loads; safetensors: one "
-    "file of all weights; delta: trained minus base (fp32) for trained tensors.",
+    help="hf: a folder AutoModelForCausalLM.from_pretrained loads; safetensors: one file "
+    "under the model's state-dict names (model.load_state_dict(load_file(f)) works); "
+    "delta: an exact patch, trained minus base for the trained tensors.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@click.option(
+    "--ignore-base-mismatch",
+    is_flag=True,
+    help="Replay even onto a base whose identity differs (loud warning; recorded in the "
+    "output's provenance). The stored fingerprint is still checked.",
 )
 @click.option(
-    "--skip-base-check",
+    "--allow-unverified",
     is_flag=True,
-    help="Replay even if the base's identity differs (the final fingerprint is still "
-    "checked, so a wrong base fails there instead).",
+    help="Allow a step after the file's last checkpoint (a cut or unsealed file).",
 )
 @click.option("--no-verify", is_flag=True, help="Do not compare with the stored fingerprint.")
 @click.option("--threads", type=int, default=None, help="CPU threads (default: all cores).")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars; only the result lines.")
 def replay(
     trajectory: Path,
     base_spec: str | None,
     step: str | None,
     output: Path | None,
     fmt: str,
-    skip_base_check: bool,
+    overwrite: bool,
+    ignore_base_mismatch: bool,
+    allow_unverified: bool,
     no_verify: bool,
     threads: int | None,
     as_json: bool,
+    quiet: bool,
 ) -> None:
     """Rebuild the fine-tuned weights from TRAJECTORY, bit for bit.
 
-    Loads the base, checks its identity against the trajectory header before touching a
-    weight, re-applies the recorded steps (no forward pass: element-parallel, a few
-    seconds for a 135M model), verifies the fingerprint recorded by the trainer, and
-    writes the result.
-
-    \b
-    Examples:
-      mezo-ckpt replay trajectory.zst                     # -> trajectory-step200/
-      mezo-ckpt replay trajectory.zst --step best -o best/
-      mezo-ckpt replay trajectory.zst --step 50 --format safetensors -o s50.safetensors
-      mezo-ckpt replay trajectory.zst --format delta -o delta.safetensors
-      mezo-ckpt replay run.zst --base ./my-local-base/    # base trained from a local folder
+    Loads the base and checks its whole identity against the trajectory (every tensor,
+    trainable or frozen, the config and the tokenizer files) before touching a weight;
+    re-applies the recorded steps (no forward pass: element-parallel, seconds for a 135M
+    model); verifies the trainer's fingerprint; writes the result. The output is checked
+    before any work: an existing output is kept unless --overwrite, and the trajectory
+    and the base are never written over.
     """
     from mezo_ckpt.api import replay_to
 
-    result = replay_to(
+    r = replay_to(
         trajectory,
         base=base_spec,
         step=parse_step(step),
         output=output,
         fmt=fmt,
-        check_base=not skip_base_check,
+        overwrite=overwrite,
+        ignore_base_mismatch=ignore_base_mismatch,
+        allow_unverified=allow_unverified,
         verify=not no_verify,
         threads=threads,
-        progress=not as_json,
+        progress=not (as_json or quiet),
     )
     if as_json:
-        click.echo(json.dumps(result, indent=2))
-    else:
-        r = result
-        check = "verified against the trainer's fingerprint" if r["verified"] else "not verified"
+        click.echo(json.dumps(r, indent=2))
+        return
+    click.echo(
+        f"Replayed {r['applied_steps']} steps to step {r['step']} "
+        f"({r['element_steps'] / 1e9:.2f} G element-steps at {r['rate'] / 1e6:.0f} M/s); "
+        f"{r['verification']}."
+    )
+    click.echo(f"Base checked: {clean('; '.join(r['checked']))}.")
+    if r["base_mismatch"]:
         click.echo(
-            f"Replayed {r['applied_steps']} steps to step {r['step']} "
-            f"({r['element_steps'] / 1e9:.2f} G element-steps at "
-            f"{r['rate'] / 1e6:.0f} M/s); {check}."
+            "WARNING: the base differs from the trajectory's (--ignore-base-mismatch):", err=True
         )
-        click.echo(f"Wrote {r['format']} -> {r['output']}")
+        for d in r["base_mismatch"]:
+            click.echo(f"  - {clean(d)}", err=True)
+    click.echo(f"Wrote {r['format']} -> {clean(r['output'])}")

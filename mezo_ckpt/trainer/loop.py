@@ -28,7 +28,17 @@ from mezo_ckpt.format import (
     compact,
 )
 from mezo_ckpt.hashing import canonical_parameters, tensors_sha256
-from mezo_ckpt.stream import GENERATOR, KEY_RULE
+from mezo_ckpt.header import (
+    CHAIN_RULE,
+    BaseIdentity,
+    Header,
+    OptimizerInfo,
+    Perturbation,
+    RecordLayout,
+    Tool,
+    UpdateRule,
+)
+from mezo_ckpt.runtime import resolve_device, set_threads
 from mezo_ckpt.trainer.config import TrainConfig
 from mezo_ckpt.trainer.perturb import Perturber
 from mezo_ckpt.trainer.step import MezoStep
@@ -40,10 +50,7 @@ from mezo_ckpt.trainer.tasks import (
     losses_from_scores,
     score_candidates,
 )
-from mezo_ckpt.update import (
-    ARITHMETIC,
-    UpdateSpec,
-)
+from mezo_ckpt.update import UpdateSpec
 
 
 @dataclass
@@ -69,14 +76,6 @@ class TrainResult:
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but no CUDA device is available")
-    return device
 
 
 def select_trainable(
@@ -231,50 +230,45 @@ def evaluate(
 
 
 def build_header(
-    cfg: TrainConfig, base_identity: dict, trainable: list[str], decay: list[str], data_info: dict
-) -> dict:
-    return {
-        "requires": [],
-        "tool": {"name": "mezo-ckpt", "version": __version__},
-        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "base": base_identity,
-        "trainable": trainable,
-        "perturbation": {
-            "generator": GENERATOR,
-            "key_rule": KEY_RULE,
-            "z": cfg.z,
-            "seed": cfg.seed,
-            "eps": cfg.eps,
-            "n_directions": cfg.n_directions,
-        },
-        "update": {
-            "arithmetic": ARITHMETIC,
-            "rounding": cfg.rounding,
-            "weight_decay": cfg.weight_decay,
-            "decay_params": decay,
-        },
-        "optimizer": {
-            "lr": cfg.lr,
-            "schedule": cfg.schedule,
-            "warmup_steps": cfg.warmup_steps,
-            "min_lr_ratio": cfg.min_lr_ratio,
-            "weight_decay": cfg.weight_decay,
-            "objective": cfg.objective,
-            "batch_size": cfg.batch_size,
-        },
-        "records": {"decay": bool(decay), "losses": cfg.record_losses},
-        "total_steps": cfg.steps,
-        "config": {**cfg.to_dict(), "data": data_info},
-    }
+    cfg: TrainConfig,
+    base_identity: BaseIdentity,
+    trainable: list[str],
+    decay: list[str],
+    data_info: dict,
+) -> Header:
+    return Header.build(
+        tool=Tool("mezo-ckpt", __version__),
+        created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        base=base_identity,
+        trainable=tuple(trainable),
+        perturbation=Perturbation(
+            z=cfg.z, seed=cfg.seed, eps=cfg.eps, n_directions=cfg.n_directions
+        ),
+        update=UpdateRule(cfg.rounding, cfg.weight_decay, tuple(decay)),
+        optimizer=OptimizerInfo(
+            lr=cfg.lr,
+            schedule=cfg.schedule,
+            warmup_steps=cfg.warmup_steps,
+            min_lr_ratio=cfg.min_lr_ratio,
+            weight_decay=cfg.weight_decay,
+            objective=cfg.objective,
+            batch_size=cfg.batch_size,
+        ),
+        records=RecordLayout(decay=bool(decay), losses=cfg.record_losses),
+        total_steps=cfg.steps,
+        config={**cfg.to_dict(), "data": data_info},
+        chain=CHAIN_RULE,
+    )
 
 
 _VOLATILE = ("created", "tool")
 _VOLATILE_CONFIG = ("output", "log_file", "save_model", "fsync", "threads", "device")
 
 
-def _comparable(header: dict) -> dict:
-    h = {k: v for k, v in header.items() if k not in _VOLATILE}
-    h["config"] = {k: v for k, v in header["config"].items() if k not in _VOLATILE_CONFIG}
+def _comparable(header: Header) -> dict:
+    doc = header.to_json()
+    h = {k: v for k, v in doc.items() if k not in _VOLATILE}
+    h["config"] = {k: v for k, v in doc["config"].items() if k not in _VOLATILE_CONFIG}
     return h
 
 
@@ -301,7 +295,6 @@ def train(
     """
     from tqdm.auto import tqdm
 
-    from mezo_ckpt.api import set_threads
     from mezo_ckpt.base import load_base
 
     cfg.validate()
@@ -376,9 +369,8 @@ def train(
             if any(e.step == at and e.split == split for e in evaluations):
                 continue
             m = evaluate(model, tokenizer, task, splits[split], batch_size=cfg.eval_batch_size)
-            e = Evaluation(at, split, m)
+            e = writer.append_evaluation(Evaluation(at, split, m))
             evaluations.append(e)
-            writer.append_evaluation(e)
             log_f.write(json.dumps({"event": "eval", "step": at, "split": split, **m}) + "\n")
             log_f.flush()
             log(f"step {at:>5}  {split:<4} accuracy {m['accuracy']:.4f}  loss {m['loss']:.4f}")
@@ -446,7 +438,7 @@ def train(
     if interrupted:
         log(f"Stopped after step {step}/{cfg.steps}. Resume with: mezo-ckpt train --resume {out}")
     if cfg.save_model and not interrupted:
-        from mezo_ckpt.replay import export_hf
+        from mezo_ckpt.export import export_hf
 
         export_hf(
             model,
@@ -504,7 +496,9 @@ def _resume(
             f"{path} is already complete ({traj.num_steps}/{traj.total_steps} "
             "steps); nothing to resume"
         )
-    replay_model(traj, model, step=traj.num_steps, verify=True, check_base=True)
+    replay_model(
+        traj, model, step=traj.num_steps, verify=True, check_base=True, allow_unverified=True
+    )
     log(f"Resuming {path} at step {traj.num_steps}/{traj.total_steps}")
     return writer, traj
 
@@ -514,7 +508,7 @@ def config_from_trajectory(path: str | Path) -> TrainConfig:
     from mezo_ckpt.format import read_trajectory
 
     traj = read_trajectory(path, allow_truncated_tail=True)
-    cfg = {k: v for k, v in traj.header["config"].items() if k != "data"}
+    cfg = {k: v for k, v in traj.header.config.items() if k != "data"}
     try:
         return TrainConfig.from_dict(cfg, where=f"{path} header")
     except (ConfigError, TypeError) as e:

@@ -1,38 +1,42 @@
 """Forward passes at theta + eps*z or theta - eps*z that never write to theta.
 
 The official MeZO code perturbs weights in place (+eps, -2 eps, +eps), which does not
-restore them in floating point. Here every module that owns trainable parameters gets a
-temporary forward that builds its perturbed weights on the fly from the original
-(untouched) tensors, uses them, and drops them. Extra memory is one layer's weights at a
-time (large matrices in row chunks, embeddings by gathered rows): training stays at
-inference-level memory. Each sign is its own forward pass over the batch, so activations
-are those of an ordinary inference pass too.
+restore them in floating point. Here every module that owns trainable parameters builds
+its perturbed weights on the fly from the original (untouched) tensors, uses them and
+drops them: extra memory is one layer's weights at a time (large matrices in row chunks,
+embeddings by gathered rows), so training stays at inference-level memory. Each sign is
+its own forward pass over the batch, so activations are those of an inference pass too.
+
+How it hooks in: the perturbation wraps the *innermost* forward of each owning module,
+for the duration of a :meth:`Perturber.perturbed` block only. A module without hooks
+gets an instance-level ``forward`` that calls the previous one (any instance-level
+forward already there is kept and restored exactly). A module under an accelerate hook
+(``_hf_hook``, with the module's own forward in ``_old_forward``) gets the wrapper around
+``_old_forward``, so it runs after accelerate has brought the weights to the execution
+device and before they are offloaded again. torch forward hooks (pre and post) keep
+running outside, untouched.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from mezo_ckpt.hashing import canonical_parameters
-from mezo_ckpt.stream import (
-    KIND_CODES,
-    compiled_available,
-    generate_z,
-    normal16_table_numpy,
-    param_key,
-)
+from mezo_ckpt.stream import param_key
+from mezo_ckpt.update import perturbed_copy, perturbed_rows
 
 #: Parameters larger than this are perturbed in row chunks (Linear) or rows (Embedding).
 CHUNK_ELEMENTS = 1 << 20
+#: accelerate keeps the module's own forward here when it adds a hook.
+_ACCELERATE_INNER = "_old_forward"
 
 
-@dataclass
+@dataclass(frozen=True)
 class _State:
     step: int
     lane: int
@@ -40,7 +44,7 @@ class _State:
 
 
 class Perturber:
-    """Installs perturbed forwards on the modules that own trainable parameters.
+    """Perturbed forwards for the modules that own trainable parameters.
 
     Args:
         model: the model (its parameters are never modified by this class).
@@ -60,127 +64,137 @@ class Perturber:
         name_of = {id(p): n for n, p in params.items()}
         wanted = set(trainable)
         self.keys = {n: param_key(seed, n) for n in trainable}
-        self._owned: list[tuple[torch.nn.Module, list[tuple[str, str]]]] = []
+        self._owned: list[tuple[torch.nn.Module, dict[str, str]]] = []
         seen: set[int] = set()
         for mod in model.modules():
             if id(mod) in seen:
                 continue
             seen.add(id(mod))
-            own = [
-                (attr, name_of[id(p)])
+            own = {
+                attr: name_of[id(p)]
                 for attr, p in mod._parameters.items()
                 if p is not None and name_of.get(id(p)) in wanted
-            ]
+            }
             if own:
                 self._owned.append((mod, own))
         self._state: _State | None = None
 
+    @property
+    def active(self) -> bool:
+        return self._state is not None
+
     # ------------------------------------------------------------------ perturbed weights
-    def _perturbed(
-        self, p: torch.Tensor, name: str, start: int = 0, count: int | None = None
-    ) -> torch.Tensor:
-        """Elements [start, start + count) of ``p`` (flattened) plus scale * z, as a new
-        tensor; ``p`` itself is only read."""
+    def _copy(self, p: torch.Tensor, name: str, start: int = 0, count: int | None = None):
+        """Elements [start, start + count) of ``p`` (flattened) plus scale * z (new tensor)."""
         st = self._state
         assert st is not None
         flat = p.detach().reshape(-1)
-        count = flat.numel() - start if count is None else count
-        w = flat[start : start + count]
+        w = flat[start:] if count is None else flat[start : start + count]
         key = self.keys[name]
-        if w.dtype == torch.float32 and w.device.type == "cpu" and compiled_available():
-            from mezo_ckpt import _kernels
+        return perturbed_copy(w, key, st.step, st.lane, st.scale, kind=self.kind, start=start)
 
-            out = w.clone()
-            coefs = np.zeros((1, st.lane + 1), np.float32)
-            coefs[0, st.lane] = -st.scale  # the kernel computes x - c * z
-            _kernels.replay_fp32(
-                normal16_table_numpy(),
-                out.numpy(),
-                start,
-                key[0],
-                key[1],
-                np.array([st.step], np.int64),
-                coefs,
-                np.ones(1, np.float32),
-                KIND_CODES[self.kind],
-            )
-            return out
-        z = generate_z(key, st.step, st.lane, start, count, self.kind).to(w.device)
-        return (w.float() + z.mul_(st.scale)).to(w.dtype)
+    def rows(self, p: torch.Tensor, name: str | None, rows: torch.Tensor) -> torch.Tensor:
+        """Rows of a 2-D parameter as the current forward sees them: perturbed inside a
+        :meth:`perturbed` block when ``name`` is trainable, the stored rows otherwise."""
+        st = self._state
+        if st is None or name not in self.keys:
+            return p.detach()[rows.to(p.device)]
+        key = self.keys[name]
+        return perturbed_rows(p, rows.cpu(), key, st.step, st.lane, st.scale, kind=self.kind).to(
+            p.device
+        )
+
+    def name_of(self, module: torch.nn.Module, attr: str = "weight") -> str | None:
+        """Canonical name of ``module.<attr>`` if it is trainable."""
+        for mod, own in self._owned:
+            if mod is module:
+                return own.get(attr)
+        return None
 
     # ------------------------------------------------------------------ forwards
-    def _generic(self, mod, own, orig, args, kwargs):
+    def _generic(self, mod, own: dict[str, str], inner: Callable, args, kwargs):
         """Swap perturbed tensors into the module for one call, then restore."""
-        saved = {attr: mod._parameters[attr] for attr, _ in own}
+        saved = {attr: mod._parameters[attr] for attr in own}
         try:
-            for attr, name in own:
-                mod._parameters[attr] = self._perturbed(saved[attr], name).view_as(saved[attr])
-            return orig(mod, *args, **kwargs)
+            for attr, name in own.items():
+                mod._parameters[attr] = self._copy(saved[attr], name).view_as(saved[attr])
+            return inner(*args, **kwargs)
         finally:
             for attr, p in saved.items():
                 mod._parameters[attr] = p
 
-    def _linear_chunked(self, mod: torch.nn.Linear, own, x: torch.Tensor) -> torch.Tensor:
+    def _linear_chunked(self, mod: torch.nn.Linear, own: dict[str, str], x: torch.Tensor):
         """y = x W^T + b, perturbing W in row chunks (bounded extra memory)."""
-        names = dict(own)
         w = mod.weight
         n_out, n_in = w.shape
         out = torch.empty(*x.shape[:-1], n_out, dtype=x.dtype, device=x.device)
         bias = mod.bias
-        if bias is not None and "bias" in names:
-            bias = self._perturbed(bias, names["bias"])
+        if bias is not None and "bias" in own:
+            bias = self._copy(bias, own["bias"])
         rows = max(1, CHUNK_ELEMENTS // n_in)
         for r0 in range(0, n_out, rows):
             r1 = min(n_out, r0 + rows)
-            if "weight" in names:
-                wc = self._perturbed(w, names["weight"], r0 * n_in, (r1 - r0) * n_in)
+            if "weight" in own:
+                wc = self._copy(w, own["weight"], r0 * n_in, (r1 - r0) * n_in)
                 wc = wc.view(r1 - r0, n_in)
             else:
                 wc = w[r0:r1]
             out[..., r0:r1] = F.linear(x, wc, None if bias is None else bias[r0:r1])
         return out
 
-    def _embedding_rows(
-        self, mod: torch.nn.Embedding, name: str, ids: torch.Tensor
-    ) -> torch.Tensor:
+    def _embedding_rows(self, mod: torch.nn.Embedding, name: str, ids: torch.Tensor):
         """Look up perturbed rows only: z for row r covers elements [r*D, (r+1)*D)."""
-        dim = mod.weight.shape[1]
         uniq, inverse = torch.unique(ids, return_inverse=True)
-        rows = torch.stack(
-            [self._perturbed(mod.weight, name, int(r) * dim, dim) for r in uniq.tolist()]
-        )
-        return F.embedding(inverse, rows)
+        return F.embedding(inverse, self.rows(mod.weight, name, uniq))
 
-    def _make_forward(self, mod: torch.nn.Module, own: list[tuple[str, str]]):
-        orig = type(mod).forward
+    def _wrap(self, mod: torch.nn.Module, own: dict[str, str], inner: Callable) -> Callable:
         perturber = self
 
         def forward(*args, **kwargs):
             if perturber._state is None:
-                return orig(mod, *args, **kwargs)
-            attrs = dict(own)
-            big = mod._parameters[own[0][0]].numel() > CHUNK_ELEMENTS
+                return inner(*args, **kwargs)
+            first = mod._parameters[next(iter(own))]
+            big = first is not None and first.numel() > CHUNK_ELEMENTS
             simple = not kwargs and len(args) == 1
             if big and simple and type(mod) is torch.nn.Embedding:
-                return perturber._embedding_rows(mod, attrs["weight"], args[0])
-            if big and simple and type(mod) is torch.nn.Linear and "weight" in attrs:
+                return perturber._embedding_rows(mod, own["weight"], args[0])
+            if big and simple and type(mod) is torch.nn.Linear and "weight" in own:
                 return perturber._linear_chunked(mod, own, args[0])
-            return perturber._generic(mod, own, orig, args, kwargs)
+            return perturber._generic(mod, own, inner, args, kwargs)
 
         return forward
+
+    @contextlib.contextmanager
+    def _installed(self) -> Iterator[None]:
+        restore: list[tuple[torch.nn.Module, str, bool, object]] = []
+        try:
+            for mod, own in self._owned:
+                attr = "forward"
+                if hasattr(mod, "_hf_hook") and _ACCELERATE_INNER in mod.__dict__:
+                    attr = _ACCELERATE_INNER
+                had = attr in mod.__dict__
+                previous = mod.__dict__.get(attr)
+                inner = getattr(mod, attr)
+                restore.append((mod, attr, had, previous))
+                mod.__dict__[attr] = self._wrap(mod, own, inner)
+            yield
+        finally:
+            for mod, attr, had, previous in reversed(restore):
+                if had:
+                    mod.__dict__[attr] = previous
+                else:
+                    mod.__dict__.pop(attr, None)
 
     @contextlib.contextmanager
     def perturbed(self, step: int, lane: int, sign: int) -> Iterator[None]:
         """Within this block the model computes at theta + sign * eps * z(step, lane)."""
         if sign not in (1, -1):
             raise ValueError("sign must be +1 or -1")
-        for mod, own in self._owned:
-            mod.forward = self._make_forward(mod, own)
-        self._state = _State(step, lane, sign * self.eps)
-        try:
-            yield
-        finally:
-            self._state = None
-            for mod, _ in self._owned:
-                with contextlib.suppress(AttributeError):
-                    del mod.forward
+        if self._state is not None:
+            raise RuntimeError("perturbed() blocks do not nest")
+        with self._installed():
+            self._state = _State(step, lane, sign * self.eps)
+            try:
+                yield
+            finally:
+                self._state = None

@@ -1,143 +1,168 @@
-"""`mezo-ckpt train`: MeZO fine-tuning that writes a trajectory."""
+"""`mezo-ckpt train`: MeZO fine-tuning that writes a trajectory.
+
+The options are generated from :class:`mezo_ckpt.trainer.config.TrainConfig`, so flags,
+YAML recipes and ``--set`` accept the same settings with the same rules.
+"""
 
 from __future__ import annotations
 
-import json
+import dataclasses
+import typing
 from pathlib import Path
+from typing import Any
 
 import click
 
+from mezo_ckpt.text import clean
 from mezo_ckpt.trainer.config import TrainConfig
 
 _D = TrainConfig()
+RUN = "Config files and run control"
+SECTION_ORDER = (
+    "Base model",
+    "Task and data",
+    "MeZO",
+    "Evaluation",
+    "Output and run",
+    RUN,
+)
 
 
-def _csv(value: str | None) -> list[str] | None:
-    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+class SectionedCommand(click.Command):
+    """Lists the options in sections (base model, data, MeZO, ...) instead of one list."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        groups: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            rec = param.get_help_record(ctx)
+            if rec is not None:
+                groups.setdefault(getattr(param, "section", RUN), []).append(rec)
+        for section in sorted(
+            groups, key=lambda s: SECTION_ORDER.index(s) if s in SECTION_ORDER else 99
+        ):
+            with formatter.section(section):
+                formatter.write_dl(groups[section])
 
 
-def _verbalizer(value: str | None) -> dict[str, str] | None:
-    """'positive= great,negative= terrible' or a JSON object."""
-    if value is None:
-        return None
-    if value.strip().startswith("{"):
-        try:
-            obj = json.loads(value)
-        except json.JSONDecodeError as e:
-            raise click.BadParameter(f"not valid JSON: {e}") from None
-        if not isinstance(obj, dict):
-            raise click.BadParameter("must be a JSON object label -> word")
-        return {str(k): str(v) for k, v in obj.items()}
-    out = {}
-    for item in value.split(","):
-        if "=" not in item:
-            raise click.BadParameter("use label=word pairs separated by commas, or JSON")
-        k, _, v = item.partition("=")
-        out[k.strip()] = v
-    return out
+def _default_text(name: str) -> str:
+    v = getattr(_D, name)
+    if v is None or v == [] or v == {}:
+        return ""
+    if isinstance(v, list):
+        v = ",".join(repr(x) if x != x.strip() else x for x in v)
+    elif isinstance(v, dict):
+        v = ",".join(f"{k}={w}" for k, w in v.items())
+    elif isinstance(v, str) and v != v.strip():
+        v = repr(v)
+    return f"  [default: {v}]"
 
 
-@click.command(context_settings={"show_default": True})
-@click.option(
+def _schema_options(func):
+    """Add one option per TrainConfig field (in reverse, so --help keeps field order)."""
+    hints = typing.get_type_hints(TrainConfig)
+    for f in reversed(dataclasses.fields(TrainConfig)):
+        opt = f.metadata["opt"]
+        if not opt.cli:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        names = [flag] if opt.short is None else [opt.short, flag]
+        help_text = opt.help
+        if opt.choices:
+            help_text += f" One of: {', '.join(opt.choices)}."
+        help_text += _default_text(f.name)
+        if hints[f.name] is bool:
+            decl = f"{flag}/--no-{f.name.replace('_', '-')}"
+            option = click.option(decl, f.name, default=None, help=help_text)
+        else:
+            option = click.option(
+                *names,
+                f.name,
+                default=None,
+                metavar=opt.metavar or _metavar(hints[f.name]),
+                help=help_text,
+            )
+        func = option(func)
+        func.__click_params__[-1].section = opt.section
+    return func
+
+
+def _metavar(hint: Any) -> str:
+    text = str(hint)
+    if "float" in text:
+        return "NUMBER"
+    if "int" in text:
+        return "N"
+    if "list" in text:
+        return "A,B,..."
+    return "TEXT"
+
+
+def _run_option(*args: Any, **kw: Any):
+    def deco(func):
+        func = click.option(*args, **kw)(func)
+        func.__click_params__[-1].section = RUN
+        return func
+
+    return deco
+
+
+EXAMPLES = """\b
+Examples:
+  mezo-ckpt train                                  # embedded default, offline, CPU
+  mezo-ckpt train --steps 500 --lr 1e-5 -o sst.zst
+  mezo-ckpt train -c recipe.yaml --set lr=5e-7 --set seed=3
+  mezo-ckpt train --model ./my-model --train-file train.jsonl --dev-file dev.jsonl \\
+      --template "{text} It was" --verbalizer "positive= great,negative= terrible"
+  mezo-ckpt train --train-file data.csv --columns text=review,label=stars ...
+  mezo-ckpt train --dataset ./my_dataset/ --template "{question}" --target-field answer \\
+      --objective f1                               # a generation task, optimising F1
+  mezo-ckpt train --trainable 'model.layers.2*.*' --frozen '*norm*'
+  mezo-ckpt train --model HuggingFaceTB/SmolLM2-360M --device cuda --dtype bf16
+  mezo-ckpt train --resume trajectory.zst          # continue a killed or stopped run
+  mezo-ckpt train --resume trajectory.zst --steps 200   # extend a finished run
+\b
+Settings precedence: defaults < -c recipe.yaml < flags < --set key=value. Every
+setting can also go in the YAML recipe or --set (use the flag's name with _ or -).
+"""
+
+
+@click.command(cls=SectionedCommand, epilog=EXAMPLES)
+@_schema_options
+@_run_option(
     "-c",
     "--config",
     "config_file",
     type=click.Path(dir_okay=False, path_type=Path),
     help="YAML recipe; flags given on the command line win over it.",
 )
-@click.option(
+@_run_option(
     "--set",
     "sets",
     multiple=True,
     metavar="KEY=VALUE",
-    help="Override any config field (repeatable), e.g. --set eval_every=25.",
+    help="Override any setting (repeatable), e.g. --set eval_every=25.",
 )
-@click.option(
-    "--model",
-    help="Base model: local folder or Hub repo id. [default: embedded SmolLM2-135M-Instruct]",
-)
-@click.option("--revision", help="Hub branch/tag/commit of the base (recorded as a commit sha).")
-@click.option(
-    "--dtype",
-    type=click.Choice(["float32", "bfloat16", "float16"]),
-    default=None,
-    help=f"Parameter dtype.  [default: {_D.dtype}]",
-)
-@click.option("--device", default=None, help=f"auto, cpu or cuda[:N].  [default: {_D.device}]")
-@click.option(
-    "--task", default=None, help=f"Built-in task (sentiment) or custom.  [default: {_D.task}]"
-)
-@click.option("--train-file", type=click.Path(dir_okay=False), help="JSONL/JSON/CSV/TSV examples.")
-@click.option(
-    "--dev-file",
-    type=click.Path(dir_okay=False),
-    help="Dev split (evaluated every --eval-every steps).",
-)
-@click.option("--test-file", type=click.Path(dir_okay=False), help="Test split (step 0 and end).")
-@click.option("--template", help='Prompt template over example fields, e.g. "{text} It was".')
-@click.option("--verbalizer", help='Label words: "positive= great,negative= terrible" or JSON.')
-@click.option("--label-field", default=None, help=f"[default: {_D.label_field}]")
-@click.option("--options-field", default=None, help="Multiple choice: field with the options list.")
-@click.option(
-    "--objective",
-    type=click.Choice(["ce", "accuracy"]),
-    default=None,
-    help="ce: cross-entropy over label words (MeZO); accuracy: 1 - accuracy.",
-)
-@click.option("--steps", type=int, help=f"[default: {_D.steps}]")
-@click.option("--batch-size", type=int, help=f"[default: {_D.batch_size}]")
-@click.option("--lr", type=float, help=f"Learning rate.  [default: {_D.lr}]")
-@click.option("--eps", type=float, help=f"Perturbation scale.  [default: {_D.eps}]")
-@click.option(
-    "--schedule",
-    type=click.Choice(["constant", "linear", "cosine"]),
-    default=None,
-    help=f"[default: {_D.schedule}]",
-)
-@click.option("--warmup-steps", type=int, help=f"[default: {_D.warmup_steps}]")
-@click.option("--weight-decay", type=float, help=f"[default: {_D.weight_decay}]")
-@click.option(
-    "--n-directions", type=int, help=f"n-SPSA directions per step.  [default: {_D.n_directions}]"
-)
-@click.option(
-    "--z",
-    "z",
-    type=click.Choice(["normal16", "rademacher"]),
-    default=None,
-    help=f"Direction distribution.  [default: {_D.z}]",
-)
-@click.option(
-    "--rounding",
-    type=click.Choice(["nearest", "stochastic"]),
-    default=None,
-    help=f"Rounding of bf16/fp16 updates.  [default: {_D.rounding}]",
-)
-@click.option("--seed", type=int, help=f"[default: {_D.seed}]")
-@click.option("--trainable", help="Comma-separated globs of parameters to train. [default: *]")
-@click.option("--frozen", help="Comma-separated globs of parameters to keep frozen.")
-@click.option("--eval-every", type=int, help=f"0 disables.  [default: {_D.eval_every}]")
-@click.option(
-    "--eval-examples", type=int, help=f"Dev examples used.  [default: {_D.eval_examples}]"
-)
-@click.option("--no-test", is_flag=True, default=None, help="Skip the test-split evaluations.")
-@click.option("-o", "--output", help=f"Trajectory file.  [default: {_D.output}]")
-@click.option("--save-model", help="Also write the trained weights to this folder.")
-@click.option("--threads", type=int, help="CPU threads. [default: all cores]")
-@click.option(
+@_run_option(
     "--resume",
     "resume",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Continue an interrupted run from its trajectory (settings come from it).",
+    metavar="FILE",
+    help="Continue (or, with --steps, extend) the run of this trajectory or its .partial "
+    "journal; its settings come from the file.",
 )
-@click.option("--print-config", is_flag=True, help="Print the resolved config as YAML and exit.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@_run_option("--overwrite", is_flag=True, help="Replace an existing output, journal and log.")
+@_run_option("--print-config", is_flag=True, help="Print the resolved config as YAML and exit.")
+@_run_option(
+    "-q", "--quiet", is_flag=True, help="No progress bar or library chatter; results only."
+)
 def train(
     config_file: Path | None,
     sets: tuple[str, ...],
     resume: Path | None,
+    overwrite: bool,
     print_config: bool,
     quiet: bool,
-    **flags,
+    **flags: Any,
 ) -> None:
     """Fine-tune a causal LM with MeZO and write a trajectory file.
 
@@ -147,54 +172,61 @@ def train(
 
     Only forward passes run, in eval mode; perturbations never write to the weights, so
     the weights change only by the recorded update and `mezo-ckpt replay` rebuilds them
-    bit for bit. Ctrl-C stops after the current step with a valid, resumable file.
-
-    \b
-    Examples:
-      mezo-ckpt train
-      mezo-ckpt train --steps 500 --lr 1e-5 -o sst.zst
-      mezo-ckpt train -c recipe.yaml --set lr=5e-6 --set seed=3
-      mezo-ckpt train --model ./my-model --task custom --train-file train.jsonl \\
-          --dev-file dev.jsonl --template "{text} It was" \\
-          --verbalizer "positive= great,negative= terrible"
-      mezo-ckpt train --model HuggingFaceTB/SmolLM2-360M --device cuda --dtype bfloat16
-      mezo-ckpt train --resume trajectory.zst
+    bit for bit. Ctrl-C stops after the current step with a valid, resumable file; so
+    does a killed process (resume it with --resume). An existing output is never
+    replaced unless you pass --overwrite.
     """
     import yaml
 
     from mezo_ckpt.trainer.config import resolve_config
-    from mezo_ckpt.trainer.loop import config_from_trajectory
-    from mezo_ckpt.trainer.loop import train as run
+    from mezo_ckpt.trainer.recipe import train as run
 
     if resume is not None:
-        cfg = config_from_trajectory(resume)
-        name = resume.name.removesuffix(".partial")
-        cfg = cfg.replace(output=str(resume.with_name(name)))
+        from mezo_ckpt.errors import ConfigError
+        from mezo_ckpt.trainer.resume import resume_config
+
+        if overwrite:
+            raise ConfigError("--resume continues a run; --overwrite starts one over: pick one")
+        cfg, _, notes = resume_config(resume, flags, sets, config_file)
+        for note in notes:
+            click.echo(f"Note: {clean(note)}", err=True)
     else:
-        flags["trainable"] = _csv(flags.get("trainable"))
-        flags["frozen"] = _csv(flags.get("frozen"))
-        flags["verbalizer"] = _verbalizer(flags.get("verbalizer"))
-        no_test = flags.pop("no_test", None)
-        if no_test:
-            flags["eval_test"] = False
-        if flags.get("train_file") and not flags.get("task"):
+        if (flags.get("train_file") or flags.get("dataset")) and not flags.get("task"):
             flags["task"] = "custom"
         cfg = resolve_config(config_file, flags, list(sets))
     if print_config:
         click.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return
-    result = run(cfg, resume=resume, progress=not quiet, log=click.echo)
+    if resume is None:
+        result = run(cfg, overwrite=overwrite, progress=not quiet, log=click.echo)
+    else:
+        result = _resume(cfg, resume, quiet)
+    _summary(result, cfg)
+
+
+def _resume(cfg: TrainConfig, resume: Path, quiet: bool):
+    from mezo_ckpt.trainer.recipe import MezoRecipe
+
+    with MezoRecipe(cfg, resume=resume, progress=not quiet, log=click.echo) as recipe:
+        recipe.setup()
+        recipe.loop()
+        return recipe.finish()
+
+
+def _summary(result, cfg: TrainConfig) -> None:
     size = result.output.stat().st_size
+    ran = result.steps
     click.echo(
-        f"Wrote {result.output} ({size:,} bytes, {result.steps} steps, "
-        f"{result.seconds_per_step:.2f} s/step)"
+        f"Wrote {result.output} ({size:,} bytes, {ran} steps): {result.seconds_per_step:.2f} "
+        f"s/step, {result.train_seconds:.0f} s training, {result.seconds:.0f} s in all"
     )
+    metric = "f1" if cfg.generation else "accuracy"
     for split in ("dev", "test"):
-        first = result.metric(split, 0)
-        last = result.metric(split, result.steps)
+        first = result.metric(split, 0, metric)
+        last = result.metric(split, result.steps, metric)
         if first is not None and last is not None:
             click.echo(
-                f"{split} accuracy: {first:.4f} at step 0 -> {last:.4f} at step "
+                f"{split} {metric}: {first:.4f} at step 0 -> {last:.4f} at step "
                 f"{result.steps} ({100 * (last - first):+.1f} points)"
             )
     if not result.interrupted:

@@ -1,8 +1,12 @@
-"""The MeZO training engine: perturbed forwards, SPSA estimates, trajectory writing."""
+"""The MeZO training engine: perturbed forwards, SPSA estimates, trajectory writing.
+
+``train(...)`` runs a :class:`~mezo_ckpt.trainer.recipe.MezoRecipe` (setup, loop, finish)
+from a :class:`~mezo_ckpt.trainer.config.TrainConfig` or keyword settings.
+"""
 
 from __future__ import annotations
 
 from mezo_ckpt.trainer.config import TrainConfig
-from mezo_ckpt.trainer.loop import TrainResult, train
+from mezo_ckpt.trainer.recipe import MezoRecipe, TrainResult, train
 
-__all__ = ["TrainConfig", "TrainResult", "train"]
+__all__ = ["MezoRecipe", "TrainConfig", "TrainResult", "train"]

@@ -1,19 +1,26 @@
-"""One MeZO step, as in the paper's algorithm box (with stored coefficients):
+"""One MeZO step, as in the paper's algorithm box (with stored coefficients).
+
+Two-point SPSA (``estimator="spsa"``, MeZO)::
 
     for each direction j:
         L+_j, L-_j = loss(theta + eps z_tj), loss(theta - eps z_tj)   # two forwards
         g_j = (L+_j - L-_j) / (2 eps)
-        c_j = round13(lr_t * g_j / n_directions)                    # stored in the record
-    theta <- theta * m_t - sum_j c_j z_tj                            # the shared update rule
+    c_j = round13(lr_t * g_j / n)                                     # stored in the record
+    theta <- theta * m_t - sum_j c_j z_tj                             # the shared update rule
 
-`estimate` runs only forwards and never writes to theta; `apply` is the update rule that
-replay runs too, so replay == training bit for bit.
+One-sided (``estimator="one-sided"``): one forward at theta gives a shared baseline L0,
+then ``g_j = (L+_j - L0) / eps``: n + 1 forwards for n directions instead of 2n.
+
+:meth:`MezoStep.estimate` runs only forwards and never writes to theta; :meth:`apply`
+is the update rule that replay runs too, so replay == training bit for bit. Loss terms
+are sums with counts, reduced in one call per step (``reduce``), so data-parallel ranks
+that each see a shard of the batch compute the same coefficients.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +28,7 @@ import torch
 
 from mezo_ckpt.format import FLAG_SKIPPED, StepRecords
 from mezo_ckpt.trainer.perturb import Perturber
-from mezo_ckpt.trainer.tasks import Encoded, losses_from_scores, score_candidates
+from mezo_ckpt.trainer.tasks import Encoded, LossTerms
 from mezo_ckpt.update import (
     UpdateBatch,
     UpdateSpec,
@@ -30,17 +37,23 @@ from mezo_ckpt.update import (
     round_coefficient,
 )
 
+#: How a step measures the objective on a batch (under whatever perturbation is active).
+Measure = Callable[[Encoded], LossTerms]
+#: Sums loss terms over data-parallel ranks (identity in one process).
+Reduce = Callable[[Sequence[LossTerms]], list[LossTerms]]
+ESTIMATORS = ("spsa", "one-sided")
+
 
 @dataclass
 class StepEstimate:
     """What the forwards of one step decided."""
 
     step: int
-    lr: float
     coefs: list[float]  # one per direction, exactly as stored and applied
-    pair_losses: list[tuple[float, float]]  # (L+, L-) per direction
+    pair_losses: list[tuple[float, float]]  # per direction: (L+, L-) or (L+, L0)
     decay: float  # weight-decay multiplier (1.0: none)
     skipped: bool  # a non-finite loss or coefficient: the step applies nothing
+    forwards: int = 0
 
     @property
     def loss(self) -> float:
@@ -63,52 +76,101 @@ class MezoStep:
         params: canonical name -> parameter (the tensors the update rule writes).
         perturber: builds the perturbed forwards (never writes to the parameters).
         spec: the update spec (seed, z kind, rounding, trainable and decay sets).
-        eps, n_directions, objective, weight_decay: the MeZO settings.
+        measure: the objective's loss terms on a batch.
+        eps, n_directions, estimator, weight_decay: the MeZO settings.
+        reduce: sums loss terms across data-parallel ranks.
     """
 
     def __init__(
         self,
-        model: torch.nn.Module,
         params: Mapping[str, torch.Tensor],
         perturber: Perturber,
         spec: UpdateSpec,
+        measure: Measure,
         *,
         eps: float,
         n_directions: int,
-        objective: str,
-        weight_decay: float,
+        estimator: str = "spsa",
+        weight_decay: float = 0.0,
+        reduce: Reduce | None = None,
     ) -> None:
-        self.model = model
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {estimator!r}; use {', '.join(ESTIMATORS)}")
         self.params = params
         self.perturber = perturber
         self.spec = spec
+        self.measure = measure
         self.eps = eps
         self.n_directions = n_directions
-        self.objective = objective
+        self.estimator = estimator
         self.weight_decay = weight_decay if spec.decay_params else 0.0
+        self.reduce = reduce or (lambda terms: list(terms))
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg,
+        params: Mapping[str, torch.Tensor],
+        perturber: Perturber,
+        spec: UpdateSpec,
+        measure: Measure,
+        reduce: Reduce | None = None,
+    ) -> MezoStep:
+        """The step a :class:`~mezo_ckpt.trainer.config.TrainConfig` describes."""
+        return cls(
+            params,
+            perturber,
+            spec,
+            measure,
+            eps=cfg.eps,
+            n_directions=cfg.n_directions,
+            estimator=cfg.estimator,
+            weight_decay=cfg.weight_decay,
+            reduce=reduce,
+        )
+
+    @property
+    def forwards_per_step(self) -> int:
+        n = self.n_directions
+        return n + 1 if self.estimator == "one-sided" else 2 * n
+
+    def _measure(self, step: int, lane: int, sign: int, enc: Encoded) -> LossTerms:
+        with torch.inference_mode(), self.perturber.perturbed(step, lane, sign):
+            return self.measure(enc)
 
     def estimate(self, step: int, enc: Encoded, lr: float) -> StepEstimate:
-        """Two-sided SPSA along n directions: forwards only, weights untouched."""
+        """The step's coefficients from forwards only; the weights are untouched."""
+        n = self.n_directions
+        local: list[LossTerms] = []
+        if self.estimator == "one-sided":
+            with torch.inference_mode():
+                local.append(self.measure(enc))
+            for j in range(n):
+                local.append(self._measure(step, j, 1, enc))
+        else:
+            for j in range(n):
+                local.append(self._measure(step, j, 1, enc))
+                local.append(self._measure(step, j, -1, enc))
+        terms = self.reduce(local)
+        losses = [t.loss for t in terms]
+        if self.estimator == "one-sided":
+            base = losses[0]
+            pairs = [(losses[1 + j], base) for j in range(n)]
+            grads = [(lp - base) / self.eps for lp, _ in pairs]
+        else:
+            pairs = [(losses[2 * j], losses[2 * j + 1]) for j in range(n)]
+            grads = [(lp - lm) / (2.0 * self.eps) for lp, lm in pairs]
         coefs: list[float] = []
-        pair_losses: list[tuple[float, float]] = []
-        skipped = False
-        for j in range(self.n_directions):
-            pair = []
-            for sign in (1, -1):
-                with torch.inference_mode(), self.perturber.perturbed(step, j, sign):
-                    scores = score_candidates(self.model, enc)
-                pair.append(losses_from_scores(scores, enc, self.objective)[0])
-            lp, lm = pair
-            pair_losses.append((lp, lm))
-            g = (lp - lm) / (2.0 * self.eps)
+        skipped = not all(math.isfinite(v) for v in losses)
+        if not skipped:
             try:
-                coefs.append(round_coefficient(lr * g / self.n_directions))
+                coefs = [round_coefficient(lr * g / n) for g in grads]
             except ValueError:  # non-finite or absurd: skip the step
                 skipped = True
-        if skipped or not all(math.isfinite(v) for pair in pair_losses for v in pair):
-            return StepEstimate(step, lr, [0.0] * self.n_directions, pair_losses, 1.0, True)
+        if skipped:
+            return StepEstimate(step, [0.0] * n, pairs, 1.0, True, len(local))
         decay = decay_multiplier(lr, self.weight_decay)
-        return StepEstimate(step, lr, coefs, pair_losses, decay, False)
+        return StepEstimate(step, coefs, pairs, decay, False, len(local))
 
     def apply(self, est: StepEstimate) -> None:
         """The update rule (the same code replay runs)."""

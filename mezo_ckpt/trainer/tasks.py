@@ -1,89 +1,49 @@
-"""Prompted tasks: data loading, templates, candidate scoring and MeZO's losses.
+"""Prompted tasks: templates, encoding, candidate scoring, generation and their metrics.
 
-Classification: each example is rendered with a template and scored against every label
-word of a verbalizer by its (length-normalised) log-likelihood at the answer position;
-the loss is cross-entropy over those scores (MeZO's loss). Multiple choice: the same with
-per-example options. The non-differentiable "accuracy" objective uses 1 - accuracy.
+* Classification: each example is rendered with a template and scored against every
+  label word of a verbalizer by its (length-normalised) log-likelihood at the answer
+  position; the loss is cross-entropy over those scores (MeZO's loss).
+* Multiple choice: the same with per-example options.
+* Generation: a template plus a target field; the loss is the teacher-forced,
+  length-normalised cross-entropy of the target tokens (MeZO's loss for SQuAD/DROP), and
+  evaluation decodes greedily and reports exact match and token F1 with SQuAD's
+  normalisation (several reference answers allowed).
+
+Objectives (what a forward pass measures): ``ce`` for every task; ``accuracy`` for
+classification and multiple choice; ``f1`` / ``exact_match`` for generation (on greedy
+generations under the perturbation: non-differentiable); or a user function
+(:mod:`mezo_ckpt.trainer.objectives`).
+
+With single-token candidates, CE and accuracy depend on the candidates' logits only (the
+log-partition over the vocabulary cancels), so for the usual decoder-only models the
+scorer runs the transformer without its output layer and multiplies the last hidden
+state by the candidates' rows of the output matrix: the (tied) output embedding is never
+materialised, perturbed or multiplied in full.
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import json
+import re
 import string
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from mezo_ckpt.errors import ConfigError, DataError
+from mezo_ckpt.trainer.data import Example, Split
 
-Example = dict[str, Any]
-
-
-# ----------------------------------------------------------------------------- data
-
-
-def load_examples(path: str | Path, *, limit: int | None = None) -> list[Example]:
-    """Read examples from a .jsonl / .json (list) / .csv / .tsv file.
-
-    Raises:
-        DataError: missing file, unreadable rows, wrong structure.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"data file not found: {p}")
-    suffix = p.suffix.lower()
-    rows: list[Example] = []
-    try:
-        if suffix == ".jsonl":
-            with open(p, encoding="utf-8") as f:
-                for i, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        obj = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise DataError(f"{p}:{i}: not valid JSON ({e.msg})") from None
-                    if not isinstance(obj, dict):
-                        raise DataError(f"{p}:{i}: each line must be a JSON object")
-                    rows.append(obj)
-        elif suffix == ".json":
-            obj = json.loads(p.read_text(encoding="utf-8"))
-            if not isinstance(obj, list) or not all(isinstance(r, dict) for r in obj):
-                raise DataError(f"{p}: a .json data file must hold a list of objects")
-            rows = obj
-        elif suffix in (".csv", ".tsv"):
-            with open(p, encoding="utf-8", newline="") as f:
-                rows = list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
-        else:
-            raise DataError(
-                f"{p}: unsupported data format {suffix!r} (use .jsonl, .json, .csv, .tsv)"
-            )
-    except UnicodeDecodeError as e:
-        raise DataError(f"{p}: not UTF-8 text ({e})") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{p}: not valid JSON ({e.msg})") from None
-    if not rows:
-        raise DataError(f"{p}: no examples")
-    return rows[:limit] if limit else rows
+#: Model types whose logits are exactly ``lm_head(last hidden state)`` (no softcapping or
+#: scaling), so candidate-only scoring gives the same ranking and loss.
+HEAD_ROWS_MODEL_TYPES = frozenset(
+    {"llama", "mistral", "qwen2", "qwen3", "gpt2", "opt", "gpt_neox", "phi3", "olmo", "olmo2"}
+)
+RowsFn = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
 
 
-def data_fingerprint(examples: Sequence[Example]) -> str:
-    """sha256 of the canonical JSON of the examples (what the run actually saw)."""
-    h = hashlib.sha256()
-    for ex in examples:
-        h.update(json.dumps(ex, sort_keys=True, ensure_ascii=False).encode() + b"\n")
-    return h.hexdigest()
-
-
-# ----------------------------------------------------------------------------- tasks
-
-
-def _template_fields(template: str) -> list[str]:
+def template_fields(template: str) -> list[str]:
     try:
         return [f for _, f, _, _ in string.Formatter().parse(template) if f]
     except ValueError as e:
@@ -92,28 +52,56 @@ def _template_fields(template: str) -> list[str]:
 
 @dataclass
 class Encoded:
-    """A scoring batch: one row per (example, candidate)."""
+    """A scoring batch: one row per (example, candidate); for generation, one per example.
 
-    input_ids: torch.Tensor  # [R, S] left-padded
-    attention_mask: torch.Tensor  # [R, S]
-    cand_len: torch.Tensor  # [R] candidate token count (tokens at the end of the row)
-    n_cands: list[int]  # candidates per example
-    gold: torch.Tensor  # [E] index of the correct candidate
-    single_token: bool  # every candidate is one token: score from the last position
+    Attributes:
+        input_ids, attention_mask: [R, S], left-padded prompt + candidate (or target).
+        cand_len: [R] candidate (target) tokens at the end of each row.
+        cand_ids: [R] the candidate token of each row when every candidate is one token.
+        n_cands: candidates per example (1 for generation).
+        gold: [E] index of the correct candidate (0 for generation).
+        prompt_ids, prompt_mask: [E, P] left-padded prompts alone (generation).
+        references: per example, the accepted answers (generation).
+        labels: per example, the candidate names (label or option index).
+        examples: the examples themselves (for user objectives).
+        truncated: prompts cut from the left to fit ``max_length``.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    cand_len: torch.Tensor
+    n_cands: list[int]
+    gold: torch.Tensor
+    single_token: bool
+    kind: str = "classification"
+    cand_ids: torch.Tensor | None = None
+    prompt_ids: torch.Tensor | None = None
+    prompt_mask: torch.Tensor | None = None
+    references: list[list[str]] = field(default_factory=list)
+    labels: list[list[Any]] = field(default_factory=list)
+    examples: list[Example] = field(default_factory=list)
+    truncated: int = 0
+
+    @property
+    def n_examples(self) -> int:
+        return len(self.n_cands)
 
 
 @dataclass
 class PromptTask:
-    """A prompted classification or multiple-choice task.
+    """A prompted classification, multiple-choice or generation task.
 
     Attributes:
         template: Python format string over example fields, e.g. ``"{text} It was"``.
         verbalizer: label value -> continuation word (classification), e.g.
-            ``{"positive": " great", "negative": " terrible"}``. Empty for multiple choice.
+            ``{"positive": " great", "negative": " terrible"}``.
         label_field: field holding the label (classification) or the answer index / text
             (multiple choice).
-        options_field: field holding the list of options (multiple choice only).
+        options_field: field holding the list of options (multiple choice).
         option_template: how an option is rendered as the continuation (``" {option}"``).
+        target_field: field holding the answer (a string or a list of strings) of a
+            generation task.
+        chat_template: wrap the rendered prompt in the tokenizer's chat template.
     """
 
     template: str
@@ -121,41 +109,82 @@ class PromptTask:
     label_field: str = "label"
     options_field: str | None = None
     option_template: str = " {option}"
+    target_field: str | None = None
     max_length: int = 256
+    chat_template: bool = False
+    max_new_tokens: int = 16
+    stop: tuple[str, ...] = ("\n",)
 
     def __post_init__(self) -> None:
         if not self.template:
             raise ConfigError("the prompt template is empty")
-        _template_fields(self.template)
-        if self.options_field is None and len(self.verbalizer) < 2:
+        template_fields(self.template)
+        if self.kind == "classification" and len(self.verbalizer) < 2:
             raise ConfigError("classification needs a verbalizer with at least two labels")
+        if "{option}" not in self.option_template and self.kind == "multiple_choice":
+            raise ConfigError("option_template must contain {option}")
 
     @property
     def kind(self) -> str:
+        if self.target_field:
+            return "generation"
         return "multiple_choice" if self.options_field else "classification"
 
-    def validate(self, examples: Sequence[Example], where: str) -> None:
-        """Check that every example has the fields the task needs (clear error if not)."""
-        need = set(_template_fields(self.template)) | {self.label_field}
+    def resolved(self) -> dict[str, Any]:
+        """The task as recorded in the header (so cards and tools need no defaults)."""
+        out: dict[str, Any] = {"kind": self.kind, "template": self.template}
+        out["chat_template"] = self.chat_template
+        out["max_length"] = self.max_length
+        if self.kind == "classification":
+            out.update(verbalizer=dict(self.verbalizer), label_field=self.label_field)
+        elif self.kind == "multiple_choice":
+            out.update(
+                options_field=self.options_field,
+                option_template=self.option_template,
+                label_field=self.label_field,
+            )
+        else:
+            out.update(
+                target_field=self.target_field,
+                max_new_tokens=self.max_new_tokens,
+                stop=list(self.stop),
+            )
+        return out
+
+    # ------------------------------------------------------------------ validation
+    def validate(self, split: Split) -> None:
+        """Check that every example has what the task needs (naming file and line)."""
+        need = set(template_fields(self.template))
+        if self.kind == "generation":
+            need.add(str(self.target_field))
+        else:
+            need.add(self.label_field)
         if self.options_field:
             need.add(self.options_field)
-        for i, ex in enumerate(examples):
+        for i, ex in enumerate(split.examples):
             missing = sorted(need - set(ex))
             if missing:
                 raise DataError(
-                    f"{where}: example {i} lacks field(s) {missing}; it has "
-                    f"{sorted(ex)}. Set the field names in the config "
-                    "(template, label_field, options_field)."
+                    f"{split.where(i)}: lacks field(s) {missing}; it has {sorted(ex)}. Set "
+                    "the field names (--template, --label-field, --options-field, "
+                    "--target-field) or map columns with --columns NAME=COLUMN"
                 )
-            if not self.options_field and str(ex[self.label_field]) not in self.verbalizer:
-                raise DataError(
-                    f"{where}: example {i} has label {ex[self.label_field]!r}, "
-                    f"which the verbalizer does not map (labels: "
-                    f"{sorted(self.verbalizer)})"
-                )
+            try:
+                if self.kind == "classification":
+                    if str(ex[self.label_field]) not in self.verbalizer:
+                        raise DataError(
+                            f"label {ex[self.label_field]!r} is not mapped by the verbalizer "
+                            f"(labels: {sorted(self.verbalizer)})"
+                        )
+                elif self.kind == "multiple_choice":
+                    self.candidates(ex)
+                else:
+                    self.references(ex)
+            except DataError as e:
+                raise DataError(f"{split.where(i)}: {e}") from None
 
-    def candidates(self, ex: Example) -> tuple[list[str], int]:
-        """(continuation strings, index of the correct one) for one example."""
+    def candidates(self, ex: Example) -> tuple[list[str], int, list[Any]]:
+        """(continuation strings, index of the correct one, candidate labels)."""
         if self.options_field:
             opts = ex[self.options_field]
             if not isinstance(opts, list) or len(opts) < 2:
@@ -163,84 +192,207 @@ class PromptTask:
             ans = ex[self.label_field]
             if isinstance(ans, int) and not isinstance(ans, bool):
                 gold = ans
-            elif str(ans).isdigit():
-                gold = int(ans)
+            elif str(ans).strip().isdigit() and str(ans).strip() not in map(str, opts):
+                gold = int(str(ans).strip())
             elif ans in opts:
                 gold = opts.index(ans)
             else:
                 raise DataError(f"answer {ans!r} is neither an index nor one of the options")
             if not 0 <= gold < len(opts):
                 raise DataError(f"answer index {gold} is out of range for {len(opts)} options")
-            return [self.option_template.format(option=o) for o in opts], gold
+            return (
+                [self.option_template.format(option=o) for o in opts],
+                gold,
+                list(range(len(opts))),
+            )
         labels = list(self.verbalizer)
-        return [self.verbalizer[k] for k in labels], labels.index(str(ex[self.label_field]))
+        return (
+            [self.verbalizer[k] for k in labels],
+            labels.index(str(ex[self.label_field])),
+            labels,
+        )
 
-    def check_tokens(self, tokenizer) -> dict[str, list[int]]:
-        """Tokenize the verbalizer words; refuse words that tokenize to nothing or collide."""
-        out: dict[str, list[int]] = {}
+    def references(self, ex: Example) -> list[str]:
+        """Accepted answers of a generation example (a string or a list of strings)."""
+        v = ex[str(self.target_field)]
+        if isinstance(v, dict) and isinstance(v.get("text"), list):  # SQuAD's answers
+            v = v["text"]
+        refs = [v] if isinstance(v, str) else v
+        if (
+            not isinstance(refs, list)
+            or not refs
+            or not all(isinstance(r, str) and r.strip() for r in refs)
+        ):
+            raise DataError(
+                f"{self.target_field} must be a non-empty string or list of strings, not {v!r}"
+            )
+        return refs
+
+    def check_tokens(self, tokenizer) -> list[str]:
+        """Tokenize the label words; refuse words that tokenize to nothing or collide.
+
+        Returns:
+            warnings (label words of several tokens: slower, scored by their mean).
+        """
+        if self.kind != "classification":
+            return []
+        ids: dict[str, tuple[int, ...]] = {}
+        warn = []
         for label, word in self.verbalizer.items():
-            ids = tokenizer(word, add_special_tokens=False)["input_ids"]
-            if not ids:
+            t = tokenizer(word, add_special_tokens=False)["input_ids"]
+            if not t:
                 raise ConfigError(
                     f"verbalizer word {word!r} for label {label!r} is empty after tokenization"
                 )
-            out[label] = ids
-        firsts = [tuple(v) for v in out.values()]
-        if len(set(firsts)) != len(firsts):
-            raise ConfigError(f"verbalizer words tokenize identically: {out}")
-        return out
+            ids[label] = tuple(t)
+            if len(t) > 1:
+                pieces = [tokenizer.decode([x]) for x in t]
+                warn.append(
+                    f"label word {word!r} ({label}) is {len(t)} tokens {pieces}: it is scored "
+                    "by the mean log-likelihood of its tokens, which needs one forward row per "
+                    "label (single-token words such as ' great' are cheaper)"
+                )
+        if len(set(ids.values())) != len(ids):
+            raise ConfigError(f"verbalizer words tokenize identically: {ids}")
+        return warn
+
+    # ------------------------------------------------------------------ encoding
+    def render(self, tokenizer, ex: Example) -> list[int]:
+        """Token ids of the prompt of one example (chat-wrapped if asked)."""
+        text = self.template.format(**ex)
+        if self.chat_template:
+            if not getattr(tokenizer, "chat_template", None):
+                raise ConfigError("--chat-template: this tokenizer has no chat template")
+            text = tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+            )
+            return tokenizer(text, add_special_tokens=False)["input_ids"]
+        return tokenizer(text, add_special_tokens=True)["input_ids"]
 
     def encode(self, tokenizer, examples: Sequence[Example]) -> Encoded:
-        """Tokenize prompts and candidates into a left-padded scoring batch."""
+        """Tokenize prompts and candidates (or targets) into a left-padded batch."""
         rows: list[list[int]] = []
         cand_len: list[int] = []
+        cand_ids: list[int] = []
         n_cands: list[int] = []
         gold: list[int] = []
+        prompts: list[list[int]] = []
+        refs: list[list[str]] = []
+        labels: list[list[Any]] = []
         pad = tokenizer.pad_token_id
         if pad is None:
             pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-        single = True
+        single = self.kind != "generation"
+        truncated = 0
         for ex in examples:
-            prompt = self.template.format(**ex)
-            p_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-            cands, g = self.candidates(ex)
-            c_ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in cands]
+            p_ids = self.render(tokenizer, ex)
+            if self.kind == "generation":
+                r = self.references(ex)
+                refs.append(r)
+                conts, g, labs = [r[0]], 0, [0]
+            else:
+                conts, g, labs = self.candidates(ex)
+            c_ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in conts]
             if any(len(c) == 0 for c in c_ids):
-                raise ConfigError(f"a candidate tokenizes to nothing: {cands}")
+                raise ConfigError(f"a candidate tokenizes to nothing: {conts}")
+            if any(len(c) >= self.max_length for c in c_ids):
+                raise ConfigError(
+                    f"a candidate/answer is {max(map(len, c_ids))} tokens, not less than "
+                    f"max_length={self.max_length}: raise --max-length"
+                )
             single = single and all(len(c) == 1 for c in c_ids)
-            n_cands.append(len(cands))
+            n_cands.append(len(conts))
             gold.append(g)
+            labels.append(labs)
+            longest = max(len(c) for c in c_ids)
+            if len(p_ids) + longest > self.max_length:
+                truncated += 1
+            keep_prompt = self.max_length - longest
+            prompts.append(p_ids[-keep_prompt:])
             for c in c_ids:
-                keep = self.max_length - len(c)
-                rows.append(p_ids[-keep:] + c)
+                rows.append(p_ids[-keep_prompt:] + c)
                 cand_len.append(len(c))
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, width - len(r) :] = torch.tensor(r)
-            mask[i, width - len(r) :] = 1
-        return Encoded(ids, mask, torch.tensor(cand_len), n_cands, torch.tensor(gold), single)
+                cand_ids.append(c[-1])
+        ids, mask = _left_pad(rows, pad)
+        enc = Encoded(
+            ids,
+            mask,
+            torch.tensor(cand_len),
+            n_cands,
+            torch.tensor(gold),
+            single,
+            kind=self.kind,
+            cand_ids=torch.tensor(cand_ids) if single else None,
+            references=refs,
+            labels=labels,
+            examples=list(examples),
+            truncated=truncated,
+        )
+        if self.kind == "generation":
+            enc.prompt_ids, enc.prompt_mask = _left_pad(prompts, pad)
+        return enc
 
 
-def score_candidates(model, enc: Encoded) -> torch.Tensor:
-    """Length-normalised log-likelihood of each candidate: a float tensor [rows].
+def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :] = torch.tensor(r)
+        mask[i, width - len(r) :] = 1
+    return ids, mask
 
-    With single-token candidates each prompt runs once and every candidate is read from
-    the last position's logits; otherwise each (prompt + candidate) row runs and the
-    candidate's tokens are scored by teacher forcing.
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def head_rows_supported(model) -> bool:
+    """Whether candidate-only scoring is exact for this model (see the module docstring)."""
+    config = getattr(model, "config", None)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return (
+        getattr(config, "model_type", None) in HEAD_ROWS_MODEL_TYPES
+        and type(head) is torch.nn.Linear
+        and hasattr(model, "base_model")
+        and model.base_model is not model
+    )
+
+
+def score_candidates(model, enc: Encoded, rows: RowsFn | None = None) -> torch.Tensor:
+    """A score per row (float [R]); higher is better, comparable within an example.
+
+    Single-token candidates: with ``rows`` (a function giving the output layer's rows for
+    token ids, perturbed or not) and a supported model, the candidates' logits;
+    otherwise their log-probabilities from the last position. Several tokens: the
+    length-normalised log-likelihood of each candidate by teacher forcing.
     """
     ids, mask = enc.input_ids, enc.attention_mask
     dev = next(model.parameters()).device
     if enc.single_token:
         # One row per candidate; keep the first row of each example, read all candidates.
         starts = torch.tensor([0] + enc.n_cands[:-1]).cumsum(0)
-        p_ids = ids[starts][:, :-1]
-        p_mask = mask[starts][:, :-1]
-        logits = _forward(model, p_ids.to(dev), p_mask.to(dev), keep=1)[:, -1].float()
-        logp = torch.log_softmax(logits, dim=-1)
+        p_ids = ids[starts][:, :-1].to(dev)
+        p_mask = mask[starts][:, :-1].to(dev)
         ex_of_row = torch.repeat_interleave(torch.arange(len(starts)), torch.tensor(enc.n_cands))
-        return logp[ex_of_row.to(dev), ids[:, -1].to(dev)].cpu()
+        assert enc.cand_ids is not None
+        if rows is not None and head_rows_supported(model):
+            head = model.get_output_embeddings()
+            out = model.base_model(
+                input_ids=p_ids,
+                attention_mask=p_mask,
+                position_ids=_positions(p_mask),
+                use_cache=False,
+            )
+            h = out.last_hidden_state[:, -1]  # [E, H]
+            uniq, inv = torch.unique(enc.cand_ids, return_inverse=True)
+            w = rows(head, uniq)  # [U, H]
+            logits = h.to(w.dtype) @ w.t()
+            if head.bias is not None:
+                logits = logits + head.bias[uniq.to(dev)]
+            return logits.float()[ex_of_row.to(dev), inv.to(dev)].cpu()
+        logits = _forward(model, p_ids, p_mask, keep=1)[:, -1].float()
+        logp = torch.log_softmax(logits, dim=-1)
+        return logp[ex_of_row.to(dev), enc.cand_ids.to(dev)].cpu()
     lmax = int(enc.cand_len.max())
     logits = _forward(model, ids.to(dev), mask.to(dev), keep=lmax + 1).float()
     # logits[:, j] predicts the token at position S - lmax - 1 + j + 1
@@ -251,35 +403,154 @@ def score_candidates(model, enc: Encoded) -> torch.Tensor:
     return ((tok_lp * valid).sum(-1) / clen).cpu()
 
 
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
 def _forward(model, ids: torch.Tensor, mask: torch.Tensor, keep: int) -> torch.Tensor:
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
     out = model(
-        input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=keep, use_cache=False
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=_positions(mask),
+        logits_to_keep=keep,
+        use_cache=False,
     )
     return out.logits
 
 
-def cross_entropy(scores: torch.Tensor, enc: Encoded) -> torch.Tensor:
-    """Mean cross-entropy over each example's candidate scores (MeZO's loss); a
-    differentiable tensor when ``scores`` is."""
+@dataclass
+class LossTerms:
+    """Sums over a batch, so shards of a batch (data parallelism) add up exactly."""
+
+    loss_sum: float  # sum over examples of the objective's per-example loss
+    count: int  # examples
+    correct: float  # correct predictions (classification), or summed F1 (generation)
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(1, self.count)
+
+    def __add__(self, other: LossTerms) -> LossTerms:
+        return LossTerms(
+            self.loss_sum + other.loss_sum, self.count + other.count, self.correct + other.correct
+        )
+
+
+def cross_entropy_terms(scores: torch.Tensor, enc: Encoded) -> torch.Tensor:
+    """Per-example cross-entropy over each example's candidate scores (MeZO's loss); for
+    generation, the negative mean log-likelihood of the target. Differentiable when
+    ``scores`` is (the backprop baseline uses it)."""
+    if enc.kind == "generation":
+        return -scores.double()
     lo = 0
     terms = []
     for n, g in zip(enc.n_cands, enc.gold.tolist()):
         terms.append(-torch.log_softmax(scores[lo : lo + n].double(), 0)[g])
         lo += n
-    return torch.stack(terms).mean()
+    return torch.stack(terms)
 
 
-def losses_from_scores(scores: torch.Tensor, enc: Encoded, objective: str) -> tuple[float, float]:
-    """(loss, accuracy) of a batch from its candidate scores [rows].
+def cross_entropy(scores: torch.Tensor, enc: Encoded) -> torch.Tensor:
+    """Mean of :func:`cross_entropy_terms`."""
+    return cross_entropy_terms(scores, enc).mean()
 
-    objective "ce": :func:`cross_entropy` (MeZO's loss); "accuracy": 1 - accuracy (the
-    non-differentiable objective).
-    """
+
+def predictions(scores: torch.Tensor, enc: Encoded) -> list[Any]:
+    """The predicted label (classification) or option index (multiple choice) per example."""
+    out = []
+    lo = 0
+    for n, labs in zip(enc.n_cands, enc.labels):
+        out.append(labs[int(torch.argmax(scores[lo : lo + n]))])
+        lo += n
+    return out
+
+
+def n_correct(scores: torch.Tensor, enc: Encoded) -> int:
     lo = 0
     correct = 0
     for n, g in zip(enc.n_cands, enc.gold.tolist()):
         correct += int(torch.argmax(scores[lo : lo + n])) == g
         lo += n
-    acc = correct / len(enc.n_cands)
-    return (float(cross_entropy(scores, enc)) if objective == "ce" else 1.0 - acc), acc
+    return correct
+
+
+def loss_terms(scores: torch.Tensor, enc: Encoded, objective: str) -> LossTerms:
+    """The batch's loss terms under ``ce`` or ``accuracy`` from candidate scores."""
+    e = enc.n_examples
+    if enc.kind == "generation":
+        ce = cross_entropy_terms(scores, enc)
+        return LossTerms(float(ce.sum()), e, 0.0)
+    correct = n_correct(scores, enc)
+    if objective == "accuracy":
+        return LossTerms(float(e - correct), e, float(correct))
+    return LossTerms(float(cross_entropy_terms(scores, enc).sum()), e, float(correct))
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def generate(model, tokenizer, enc: Encoded, *, max_new_tokens: int, stop: Sequence[str]):
+    """Greedy answers of a generation batch (stop strings and EOS end an answer)."""
+    assert enc.prompt_ids is not None and enc.prompt_mask is not None
+    dev = next(model.parameters()).device
+    pad = tokenizer.pad_token_id
+    if pad is None:
+        pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=enc.prompt_ids.to(dev),
+            attention_mask=enc.prompt_mask.to(dev),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=pad,
+            eos_token_id=tokenizer.eos_token_id,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+        )
+    new = out[:, enc.prompt_ids.shape[1] :]
+    texts = tokenizer.batch_decode(new, skip_special_tokens=True)
+    return [cut_at_stop(t, stop) for t in texts]
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    cut = len(text)
+    for s in stop:
+        if s and s in text:
+            cut = min(cut, text.index(s))
+    return text[:cut]
+
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
+_PUNCT = set(string.punctuation)
+
+
+def normalize_answer(s: str) -> str:
+    """SQuAD's normalisation: lower case, no punctuation, no articles, single spaces."""
+    s = "".join(ch for ch in s.lower() if ch not in _PUNCT)
+    s = _ARTICLES.sub(" ", s)
+    return " ".join(s.split())
+
+
+def exact_match(prediction: str, references: Sequence[str]) -> float:
+    p = normalize_answer(prediction)
+    return float(any(p == normalize_answer(r) for r in references))
+
+
+def token_f1(prediction: str, references: Sequence[str]) -> float:
+    """SQuAD token F1, the best over the references."""
+    pred = normalize_answer(prediction).split()
+    best = 0.0
+    for r in references:
+        ref = normalize_answer(r).split()
+        if not pred or not ref:
+            best = max(best, float(pred == ref))
+            continue
+        common = Counter(pred) & Counter(ref)
+        same = sum(common.values())
+        if same == 0:
+            continue
+        precision, recall = same / len(pred), same / len(ref)
+        best = max(best, 2 * precision * recall / (precision + recall))
+    return best

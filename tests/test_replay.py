@@ -16,8 +16,8 @@ from transformers import AutoModelForCausalLM
 from mezo_ckpt.base import load_base
 from mezo_ckpt.cli import main
 from mezo_ckpt.errors import BaseMismatchError, StepOutOfRangeError, TruncatedError
-from mezo_ckpt.format import read_trajectory
 from mezo_ckpt.export import apply_delta
+from mezo_ckpt.format import read_trajectory
 from mezo_ckpt.replay import best_step, replay_model
 from mezo_ckpt.trainer import train
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -150,8 +151,16 @@ def replay_to(
         export_safetensors(state_dict_tensors(model), out, {**meta, "kind": "weights"})
     else:
         assert before is not None
+        from mezo_ckpt.hashing import tensors_sha256
+
         delta, fixes = delta_tensors(before, dict(params), trainable)
-        meta.update(kind="delta", rule=DELTA_RULE, exact=True, fixed_elements=fixes)
+        meta.update(
+            kind="delta",
+            rule=DELTA_RULE,
+            exact=True,
+            fixed_elements=fixes,
+            tuned_sha256=tensors_sha256(params, trainable),
+        )
         export_safetensors(delta, out, meta)
     return {
         "trajectory": str(path),
@@ -234,4 +243,180 @@ def summarize(path: str | os.PathLike) -> dict[str, Any]:
         "best_step": best,
         "checkpoints": {str(k): v for k, v in sorted(traj.checkpoints.items())},
         "config": dict(h.config),
+    }
+
+
+# ----------------------------------------------------------------------------- deltas
+
+
+def apply_delta_file(
+    delta: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    base: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Base + an exact delta (``replay --format delta``) -> a from_pretrained folder.
+
+    The result is checked against the trained fingerprint the delta records.
+    """
+    from mezo_ckpt.base import load_base
+    from mezo_ckpt.errors import BaseMismatchError
+    from mezo_ckpt.export import apply_delta, export_hf, load_delta
+    from mezo_ckpt.hashing import tensors_sha256
+
+    path = Path(delta)
+    tensors, prov = load_delta(path)
+    inputs: list[Path] = [path]
+    if base is not None and Path(os.path.expanduser(base)).exists():
+        inputs.append(Path(os.path.expanduser(base)))
+    check_output(output, kind="folder", overwrite=overwrite, inputs=inputs)
+    b = prov.get("base") or {}
+    if base is None:
+        if b.get("kind") == "embedded":
+            spec, revision = None, None
+        elif b.get("kind") == "hub" and b.get("repo_id"):
+            spec, revision = b["repo_id"], b.get("revision")
+        else:
+            raise ModelLoadError(
+                "this delta was made from a local base folder: pass it with --base PATH"
+            )
+    else:
+        spec, revision = base, None
+    with quiet_progress(progress):
+        loaded = load_base(spec, dtype=b.get("dtype", "float32"), revision=revision)
+    model = loaded.model
+    params = canonical_parameters(model)
+    names = sorted(k for k in tensors if "::" not in k)
+    if b.get("trainable_sha256") and tensors_sha256(params, names) != b.get("trainable_sha256"):
+        raise BaseMismatchError(
+            "the base is not the one this delta was made from (the fingerprint of its "
+            "trained tensors differs); refusing to patch it"
+        )
+    apply_delta(model, tensors, expected=prov.get("tuned_sha256"))
+    meta = {**prov, "kind": "weights", "from_delta": str(path), "verified": "fingerprint"}
+    export_hf(model, output, tokenizer_from=loaded.folder, meta=meta, replace=overwrite)
+    return {
+        "delta": str(path),
+        "output": str(output),
+        "tensors": len(names),
+        "step": prov.get("step"),
+    }
+
+
+# ----------------------------------------------------------------------------- diff
+
+_LAYER = re.compile(r"^(.*?\.(?:layers|h|layer|blocks|decoder\.layers)\.\d+)\.")
+
+
+def layer_of(name: str) -> str:
+    """The layer a parameter belongs to (``model.layers.3``), else its module path."""
+    m = _LAYER.match(name)
+    if m:
+        return m.group(1)
+    return name.rsplit(".", 1)[0] if "." in name else name
+
+
+def diff_trajectories(
+    a: str | os.PathLike,
+    b: str | os.PathLike | None = None,
+    *,
+    step_a: int | str | None = None,
+    step_b: int | str | None = None,
+    base: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Per-tensor and per-layer change between two steps of a trajectory, or between two
+    trajectories on the same base. Streams tensor by tensor: one base model in memory
+    plus two copies of the tensor being compared.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from mezo_ckpt.base import verify_base
+    from mezo_ckpt.errors import BaseMismatchError
+    from mezo_ckpt.replay import check_verifiable, resolve_step
+    from mezo_ckpt.stream import param_key
+    from mezo_ckpt.update import UpdateSpec, apply_updates
+
+    ta = read_trajectory(a)
+    tb = read_trajectory(b) if b is not None else ta
+    if b is None:
+        sa = resolve_step(ta, 0 if step_a is None else step_a)
+        sb = resolve_step(tb, step_b)
+    else:
+        sa, sb = resolve_step(ta, step_a), resolve_step(tb, step_b)
+    check_verifiable(ta, sa)
+    check_verifiable(tb, sb)
+    if b is not None:
+        ba, bb = ta.header.base, tb.header.base
+        same = (ba.tensors_sha256 or ba.manifest_sha256) == (
+            bb.tensors_sha256 or bb.manifest_sha256
+        )
+        if not same or ba.dtype != bb.dtype:
+            raise BaseMismatchError("the two trajectories were not trained from the same base")
+    with quiet_progress(progress):
+        loaded = load_base_for(ta, base)
+    verify_base(ta.header, loaded.model, offered=loaded)
+    params = canonical_parameters(loaded.model)
+    names = sorted(set(ta.header.trainable) | set(tb.header.trainable))
+    per: dict[str, dict[str, float]] = {}
+    layers: dict[str, dict[str, float]] = {}
+
+    def replayed(traj: Trajectory, step: int, name: str, x: torch.Tensor) -> torch.Tensor:
+        if name not in traj.header.trainable:
+            return x
+        spec = UpdateSpec.from_header(traj.header)
+        batch = traj.update_batch(step)
+        if name not in spec.decay_params:
+            batch = type(batch)(batch.steps, batch.coefs, np.ones_like(batch.decay))
+        apply_updates(x, param_key(spec.seed, name), batch, kind=spec.kind, rounding=spec.rounding)
+        return x
+
+    with torch.no_grad():
+        for name in tqdm(names, desc="diff", unit="tensor", disable=not progress, leave=False):
+            p = params[name].detach()
+            xa = replayed(ta, sa, name, p.clone().contiguous())
+            xb = replayed(tb, sb, name, p.clone().contiguous())
+            d = xb.double() - xa.double()
+            sq, ref = float((d * d).sum()), float((xa.double() ** 2).sum())
+            row = {
+                "elements": float(p.numel()),
+                "norm": math.sqrt(sq),
+                "relative": math.sqrt(sq) / math.sqrt(ref) if ref > 0 else math.inf,
+                "max_abs": float(d.abs().max()) if p.numel() else 0.0,
+                "changed": float((xa != xb).sum()),
+            }
+            per[name] = row
+            agg = layers.setdefault(
+                layer_of(name), {"sq": 0.0, "ref": 0.0, "max_abs": 0.0, "elements": 0.0}
+            )
+            agg["sq"] += sq
+            agg["ref"] += ref
+            agg["max_abs"] = max(agg["max_abs"], row["max_abs"])
+            agg["elements"] += row["elements"]
+            del xa, xb, d
+    layer_rows = {
+        k: {
+            "elements": v["elements"],
+            "norm": math.sqrt(v["sq"]),
+            "relative": math.sqrt(v["sq"] / v["ref"]) if v["ref"] > 0 else math.inf,
+            "max_abs": v["max_abs"],
+        }
+        for k, v in layers.items()
+    }
+    total_sq = sum(v["sq"] for v in layers.values())
+    total_ref = sum(v["ref"] for v in layers.values())
+    return {
+        "a": {"trajectory": str(a), "step": sa},
+        "b": {"trajectory": str(b if b is not None else a), "step": sb},
+        "total": {
+            "norm": math.sqrt(total_sq),
+            "relative": math.sqrt(total_sq / total_ref) if total_ref > 0 else math.inf,
+            "max_abs": max((v["max_abs"] for v in per.values()), default=0.0),
+            "tensors": len(per),
+        },
+        "layers": layer_rows,
+        "tensors": per,
     }

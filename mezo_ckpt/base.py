@@ -132,13 +132,19 @@ def describe_base(
     embedded: dict | None = None,
     folder: Path | None = None,
     tokenizer: Any = None,
+    trainable_digest: bool = True,
 ) -> BaseIdentity:
     """Identity of ``model`` as recorded in a trajectory header (``base``).
 
     Args:
         folder: where the model was loaded from (its config and tokenizer files are
             fingerprinted); without one, the model's config and ``tokenizer`` are.
+        trainable_digest: also compute ``trainable_sha256`` (one more sequential pass over
+            the trainable tensors, overlapped with the others; a check against a 1.1
+            header does not need it: the fingerprint of every tensor covers them).
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     params = canonical_parameters(model)
     dtypes = {p.dtype for p in params.values()}
     if len(dtypes) != 1:
@@ -149,7 +155,12 @@ def describe_base(
     if config is not None and hasattr(config, "get_text_config"):
         tie = bool(getattr(config.get_text_config(), "tie_word_embeddings", tie))
     state = state_tensors(model)
-    digests = fingerprint_tensors({n: t for n, (t, _, _) in state.items()})
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mezo-hash-tr") as pool:
+        running = (
+            pool.submit(tensors_sha256, params, sorted(trainable)) if trainable_digest else None
+        )
+        digests = fingerprint_tensors({n: t for n, (t, _, _) in state.items()})
+        trainable_sha = running.result() if running is not None else "0" * 64
     entries = tuple(
         TensorEntry(
             name,
@@ -178,7 +189,7 @@ def describe_base(
         tie_word_embeddings=tie,
         num_parameters=sum(p.numel() for p in params.values()),
         manifest_sha256=manifest_sha256(parameter_manifest(model)),
-        trainable_sha256=tensors_sha256(params, sorted(trainable)),
+        trainable_sha256=trainable_sha,
         embedded=emb,
         tensors=entries,
         tensors_sha256=tensors_root(digests),
@@ -229,7 +240,13 @@ def compare_identity(
     missing = [n for n in trainable if n not in params]
     if missing:
         diffs.append(f"trainable parameters missing from the offered model: {_short(missing)}")
-    got = describe_base(model, [n for n in trainable if n in params], folder=folder, kind=want.kind)
+    got = describe_base(
+        model,
+        [n for n in trainable if n in params],
+        folder=folder,
+        kind=want.kind,
+        trainable_digest=want.tensors_sha256 is None,
+    )
     for attr, label in (
         ("architecture", "architecture"),
         ("model_type", "model type"),
@@ -244,7 +261,11 @@ def compare_identity(
                 f"offered base has {getattr(got, attr)!r}"
             )
     checked = ["architecture, dtype, parameter manifest"]
-    if not missing and got.trainable_sha256 != want.trainable_sha256:
+    if (
+        not missing
+        and want.tensors_sha256 is None
+        and got.trainable_sha256 != want.trainable_sha256
+    ):
         diffs.append(
             "content of the trainable tensors differs (fingerprint "
             f"{got.trainable_sha256[:12]} != {want.trainable_sha256[:12]})"

@@ -86,11 +86,7 @@ def tensors_sha256(tensors: Mapping[str, torch.Tensor], names: Iterable[str] | N
         h.update(name.encode("utf-8") + b"\x00")
         h.update(dtype_name(t.dtype).encode() + b"\x00")
         h.update(json.dumps(list(t.shape)).encode() + b"\x00")
-        flat = t.reshape(-1)
-        per = max(1, _HASH_CHUNK // max(1, t.element_size()))
-        for lo in range(0, flat.numel(), per):
-            chunk = flat[lo : lo + per].to("cpu").contiguous()
-            h.update(chunk.view(torch.uint8).numpy())
+        _feed(h, t)
     return h.hexdigest()
 
 
@@ -132,18 +128,27 @@ TOKENIZER_PREFIXES = (
 TOKENIZER_SUFFIXES = (".model", ".tiktoken", ".jinja")
 
 
-def tensor_digest(name: str, t: torch.Tensor) -> bytes:
-    """sha256 (32 bytes) of one tensor, encoded as in :func:`tensors_sha256`."""
-    h = hashlib.sha256()
-    t = t.detach()
-    h.update(name.encode("utf-8") + b"\x00")
-    h.update(dtype_name(t.dtype).encode() + b"\x00")
-    h.update(json.dumps(list(t.shape)).encode() + b"\x00")
-    flat = t.reshape(-1)
+def _feed(h, t: torch.Tensor) -> None:
+    """Feed a tensor's raw little-endian bytes (row-major) to a hash, without copies when
+    it is a contiguous CPU tensor (hashlib releases the GIL on large buffers)."""
+    flat = t.detach().reshape(-1)
+    if flat.device.type == "cpu" and flat.is_contiguous():
+        if flat.numel():
+            h.update(flat.view(torch.uint8).numpy())
+        return
     per = max(1, _HASH_CHUNK // max(1, t.element_size()))
     for lo in range(0, flat.numel(), per):
         chunk = flat[lo : lo + per].to("cpu").contiguous()
         h.update(chunk.view(torch.uint8).numpy())
+
+
+def tensor_digest(name: str, t: torch.Tensor) -> bytes:
+    """sha256 (32 bytes) of one tensor, encoded as in :func:`tensors_sha256`."""
+    h = hashlib.sha256()
+    h.update(name.encode("utf-8") + b"\x00")
+    h.update(dtype_name(t.dtype).encode() + b"\x00")
+    h.update(json.dumps(list(t.shape)).encode() + b"\x00")
+    _feed(h, t)
     return h.digest()
 
 
@@ -223,11 +228,12 @@ def content_sha256(path) -> str:
 
 
 def tokenizer_digests(folder) -> dict[str, str]:
-    """Content sha256 of every tokenizer file at the top of a model folder."""
+    """sha256 of every tokenizer file at the top of a model folder (its bytes: tokenizer
+    files are data, read as they are; configs are compared by content instead)."""
     from pathlib import Path
 
     out = {}
     for p in sorted(Path(folder).iterdir()):
         if p.is_file() and is_tokenizer_file(p.name):
-            out[p.name] = content_sha256(p)
+            out[p.name] = file_sha256(p)
     return out

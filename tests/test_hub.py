@@ -531,6 +531,6 @@ def test_embedded_default_roundtrip(tmp_path: Path) -> None:
     card = ModelCard.load(tmp_path / "pub" / "README.md")
     assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
     model, tok = mezo_ckpt.load(tmp_path / "pub", progress=False)
-    assert model.mezo_ckpt["verified"] is True
+    assert model.mezo_ckpt["verified"] == "fingerprint"
     assert_same_weights(model, r.model.state_dict())
     assert tok("The capital of France is")["input_ids"]

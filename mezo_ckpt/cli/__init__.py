@@ -7,7 +7,7 @@ loudly here, never silently vanishing from ``--help``.
 
 from __future__ import annotations
 
-from mezo_ckpt.cli import hub, info, replay, train
+from mezo_ckpt.cli import delta, hub, info, replay, train
 from mezo_ckpt.cli.main import main
 
 main.add_command(train.train)
@@ -15,5 +15,7 @@ main.add_command(replay.replay)
 main.add_command(info.info)
 main.add_command(hub.push)
 main.add_command(hub.pull)
+main.add_command(delta.diff)
+main.add_command(delta.apply_delta)
 
 __all__ = ["main"]

@@ -18,7 +18,7 @@ from mezo_ckpt.hashing import canonical_parameters, file_sha256
 from mezo_ckpt.runtime import quiet_progress, set_threads
 
 #: Output formats of `replay` and the kind of path each writes.
-OUTPUT_KINDS = {"hf": "folder", "safetensors": "file", "delta": "file"}
+OUTPUT_KINDS = {"hf": "folder", "safetensors": "file", "delta": "file", "peft": "folder"}
 
 
 def base_spec_from_header(traj: Trajectory) -> tuple[str | None, str | None]:
@@ -52,7 +52,12 @@ def load_base_for(traj: Trajectory, base: str | None = None, *, device: str = "c
 
 def default_output(trajectory: Path, step: int, fmt: str) -> Path:
     stem = trajectory.name.removesuffix(".zst").removesuffix(".partial")
-    suffix = {"hf": "", "safetensors": ".safetensors", "delta": "-delta.safetensors"}[fmt]
+    suffix = {
+        "hf": "",
+        "safetensors": ".safetensors",
+        "delta": "-delta.safetensors",
+        "peft": "-adapter",
+    }[fmt]
     return trajectory.with_name(f"{stem}-step{step}{suffix}")
 
 
@@ -95,6 +100,15 @@ def replay_to(
     set_threads(threads)
     path = Path(trajectory)
     traj = read_trajectory(path)
+    if traj.header.peft is not None and fmt in ("safetensors", "delta"):
+        raise OutputError(
+            f"this is a parameter-efficient ({traj.header.peft.type}) run: use --format peft "
+            "(the adapter folder) or --format hf (the base with the adapter merged)"
+        )
+    if traj.header.peft is None and fmt == "peft":
+        raise OutputError(
+            "--format peft is for parameter-efficient runs; this run trains the model"
+        )
     target = resolve_step(traj, step)
     check_verifiable(traj, target, allow_unverified=allow_unverified)
     out = Path(output) if output is not None else default_output(path, target, fmt)
@@ -109,7 +123,10 @@ def replay_to(
     ):
         raise OutputError(f"-o {out} would write into the base model folder {loaded.folder}")
     model = loaded.model
+    from mezo_ckpt.adapters import prepare
+
     check = verify_base(traj.header, model, offered=loaded, allow_mismatch=ignore_base_mismatch)
+    model = prepare(traj.header, model)
     if check.overridden:
         warnings.warn(
             "replaying onto a base that differs from the trajectory's (--ignore-base-mismatch):\n"
@@ -145,7 +162,21 @@ def replay_to(
         checked=check.checked,
         base_mismatch=check.overridden or None,
     )
-    if fmt == "hf":
+    if fmt == "peft":
+        from mezo_ckpt.export import export_adapter_folder
+
+        export_adapter_folder(
+            model, out, header=traj.header, folder=loaded.folder, meta=meta, replace=overwrite
+        )
+    elif fmt == "hf":
+        if traj.header.peft is not None:
+            from mezo_ckpt.adapters import merged
+
+            model = merged(model)
+            meta["merged"] = (
+                "the adapter was merged by peft (a matrix product in the parameters' dtype: "
+                "not bit-stable across machines; the adapter itself is)"
+            )
         export_hf(model, out, tokenizer_from=loaded.folder, meta=meta, replace=overwrite)
     elif fmt == "safetensors":
         export_safetensors(state_dict_tensors(model), out, {**meta, "kind": "weights"})

@@ -351,7 +351,10 @@ def verify_base(
     """
     want: BaseIdentity = header.base
     folder = offered.folder if offered is not None and folder is None else folder
-    diffs, checked = compare_identity(want, model, header.trainable, folder)
+    # A parameter-efficient run trains adapter tensors the plain base does not have: the
+    # base is checked whole, the adapter afterwards (mezo_ckpt.adapters.prepare).
+    trainable = () if getattr(header, "peft", None) is not None else header.trainable
+    diffs, checked = compare_identity(want, model, trainable, folder)
     if offered is not None and offered.kind == "hub" and want.kind == "hub":
         checked.append("repo and commit")
         if offered.repo_id != want.repo_id:

@@ -113,6 +113,40 @@ def export_hf(
     return out
 
 
+def adapter_base_name(header, folder: Path | None) -> tuple[str | None, str | None]:
+    """(base_model_name_or_path, revision) for an exported adapter: the Hub repo and
+    commit of a Hub base, else the local base folder (so loading it works here)."""
+    b = header.base
+    if b.kind == "hub" and b.repo_id:
+        return b.repo_id, b.revision
+    return (str(Path(folder).resolve()) if folder is not None else None), None
+
+
+def export_adapter_folder(
+    model: torch.nn.Module,
+    out: str | os.PathLike,
+    *,
+    header,
+    folder: Path | None,
+    meta: dict,
+    replace: bool = False,
+    base_name: str | None = None,
+) -> Path:
+    """Write the PEFT adapter folder (``adapter_config.json``, ``adapter_model.safetensors``)
+    that ``PeftModel.from_pretrained(base, out)`` and ``AutoPeftModelForCausalLM`` load,
+    with the base's tokenizer and the provenance."""
+    from mezo_ckpt.adapters import export_adapter
+
+    out = Path(out)
+    name, revision = adapter_base_name(header, folder)
+    with staged_folder(out, replace=replace) as tmp:
+        export_adapter(model, tmp, base_name or name, revision)
+        _copy_tokenizer(folder, tmp)
+        files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        (tmp / PROVENANCE_FILE).write_text(json.dumps({**meta, "files": files}, indent=2) + "\n")
+    return out
+
+
 def read_provenance(folder: Path) -> dict | None:
     try:
         doc = json.loads((folder / PROVENANCE_FILE).read_text())

@@ -21,8 +21,14 @@ from mezo_ckpt.update import ARITHMETIC, ROUNDING_MODES
 #: Parameter dtypes a base may have.
 DTYPES = ("float32", "bfloat16", "float16")
 BASE_KINDS = ("hub", "local", "embedded")
+#: Feature of a parameter-efficient run: the trained tensors are adapter weights that a
+#: reader builds on top of the base (docs/FORMAT.md §5.7); old readers must refuse it.
+PEFT_FEATURE = "peft-v1"
+PEFT_TYPES = ("lora", "prefix")
+#: How adapter weights start (docs/FORMAT.md §5.7).
+ADAPTER_INIT_RULE = "normal16-fanin-v1"
 #: Features a reader must implement to read a file that lists them in ``requires``.
-KNOWN_FEATURES: frozenset[str] = frozenset()
+KNOWN_FEATURES: frozenset[str] = frozenset({PEFT_FEATURE})
 #: The record-binding rule of format 1.1 (§7.3): a running sha256 over header and records.
 CHAIN_RULE = "sha256-records-v1"
 MAX_STEPS = 2**32 - 1
@@ -484,6 +490,39 @@ class OptimizerInfo:
 
 
 @dataclass(frozen=True)
+class AdapterInfo:
+    """A parameter-efficient run's adapter (§5.7): its type, peft config, init rule and
+    the fingerprint of its initial weights."""
+
+    type: str
+    config: Mapping[str, Any]
+    init: str
+    init_sha256: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "config": dict(self.config),
+            "init": self.init,
+            "init_sha256": self.init_sha256,
+        }
+
+    @classmethod
+    def from_json(cls, f: _Fields) -> AdapterInfo:
+        kind = f.text("type")
+        if kind not in PEFT_TYPES:
+            raise UnsupportedError(
+                f"unknown adapter type {kind!r} (known: {', '.join(PEFT_TYPES)})"
+            )
+        init = f.text("init")
+        if init != ADAPTER_INIT_RULE:
+            raise UnsupportedError(
+                f"unknown adapter init rule {init!r} (known: {ADAPTER_INIT_RULE})"
+            )
+        return cls(kind, f.get("config", dict), init, f.hexdigest("init_sha256"))
+
+
+@dataclass(frozen=True)
 class Tool:
     """The program that wrote the file (§5.1; informational but required)."""
 
@@ -517,6 +556,7 @@ class Header:
     requires: tuple[str, ...] = ()
     created: str | None = None
     chain: str | None = None
+    peft: AdapterInfo | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -550,6 +590,10 @@ class Header:
             out["created"] = self.created
         if self.chain is not None:
             out["integrity"] = {"chain": self.chain}
+        if self.peft is not None:
+            out["peft"] = self.peft.to_json()
+            if PEFT_FEATURE not in out["requires"]:
+                out["requires"] = [*out["requires"], PEFT_FEATURE]
         return out
 
     def with_(self, **changes: Any) -> Header:
@@ -597,6 +641,9 @@ class Header:
             if chain is not None and chain != CHAIN_RULE:
                 raise UnsupportedError(f"unknown record chain rule {chain!r} (known: {CHAIN_RULE})")
         created = obj.get("created")
+        peft_obj = f.obj_of("peft", optional=True)
+        if (peft_obj is not None) != (PEFT_FEATURE in requires):
+            raise HeaderError(f"a header has peft exactly when requires lists {PEFT_FEATURE!r}")
         return cls(
             tool=Tool(tool.text("name"), tool.text("version")),
             base=BaseIdentity.from_json(f.obj_of("base")),  # type: ignore[arg-type]
@@ -610,5 +657,6 @@ class Header:
             requires=tuple(requires),
             created=created if isinstance(created, str) else None,
             chain=chain,
+            peft=AdapterInfo.from_json(peft_obj) if peft_obj is not None else None,
             raw=obj,
         )

@@ -658,3 +658,97 @@ def test_fuzz_helpers_sanity():
         t = parse_trajectory(data)
         assert walk_frames(data)[-1][1] == len(data) == t.valid_length
     assert _apply(b"abc", ("cut", 1)) == b"a"
+
+
+def test_chain_vectors_documented():
+    """docs/FORMAT.md §7.3 and §16, recomputed with hashlib from the text."""
+    import hashlib
+
+    from mezo_ckpt.format import chain_digest
+
+    h = b'{"x":1}'
+    recs = bytes([0, 0x00, 0x80, 0x3C]) + bytes([1, 0, 0, 0])
+    head = b"mezo-ckpt/chain/v1\x00" + struct.pack("<Q", len(h)) + h
+    want = [
+        "2d248d3f58c51bedd92bcbcdb990d92d45765d03eb84a9850ad690164e48e2d3",
+        "a6fe6d4c355c4f82e0af613833e1d8a32fb7320f341daac9b18b4cbcd6800564",
+        "2b05ef134d5c621984b68d693b44d6ef77353ee9723923bd84a29812acddf92c",
+    ]
+    for n in range(3):
+        assert hashlib.sha256(head + recs[: 4 * n]).hexdigest() == want[n]
+        assert chain_digest(h, recs, n, 4) == want[n]
+
+
+def _bound_journal(tmp_path, n_steps=20, seed=0, **kw):
+    h = make_header(total_steps=n_steps, **kw)
+    h["integrity"] = {"chain": "sha256-records-v1"}
+    rec = make_records(n_steps, seed=seed)
+    path = tmp_path / f"bound{seed}.partial"
+    with TrajectoryWriter.create(path, h, fsync=False) as w:
+        w.append_evaluation(Evaluation(0, "dev", {"accuracy": 0.5}))
+        for t in range(n_steps):
+            w.append_steps(rec.slice(t, t + 1))
+            if (t + 1) % 10 == 0:
+                w.append_evaluation(Evaluation(t + 1, "dev", {"accuracy": 0.6}))
+                w.append_checkpoint(t + 1, HEX_A)
+    return path, rec
+
+
+def test_bound_file_round_trip_and_seal(tmp_path):
+    path, rec = _bound_journal(tmp_path)
+    traj = read_trajectory(path)
+    assert traj.bound and traj.version == (1, 1) and traj.sealed and traj.complete
+    assert sorted(traj.chains) == [10, 20] and all(e.chain_sha256 for e in traj.evaluations)
+    final = compact(path, tmp_path / "c.zst")
+    again = read_trajectory(tmp_path / "c.zst")
+    assert again.header_bytes == traj.header_bytes and again.chains == traj.chains
+    assert final.chain_at(20) == traj.chains[20]
+    _records_equal(again.records, rec)
+
+
+def test_bound_file_detects_edits_splices_and_cuts(tmp_path):
+    path, rec = _bound_journal(tmp_path)
+    data = path.read_bytes()
+    frames = walk_frames(data)
+    dctx = zstandard.ZstdDecompressor()
+    contents = [dctx.decompress(data[a:b]) for a, b in frames]
+    # an edited coefficient in step 3, re-framed with a valid checksum: the chain breaks
+    i = next(
+        k for k, c in enumerate(contents) if c[:4] == b"STEP" and c[4:12] == struct.pack("<Q", 3)
+    )
+    body = bytearray(contents[i])
+    body[16 + 1] ^= 0x08  # after the 16-byte prefix and the flags: a low mantissa bit
+    edited = data[: frames[i][0]] + zstd_frame(bytes(body)) + data[frames[i][1] :]
+    with pytest.raises(E.ChainMismatchError):
+        parse_trajectory(edited)
+    # a step frame spliced in from another run (same layout, other coefficients)
+    other, _ = _bound_journal(tmp_path, seed=5)
+    odata = other.read_bytes()
+    oframes = walk_frames(odata)
+    spliced = data[: frames[i][0]] + odata[oframes[i][0] : oframes[i][1]] + data[frames[i][1] :]
+    with pytest.raises(E.ChainMismatchError):
+        parse_trajectory(spliced)
+    # an edited seed in the header (re-framed): every digest breaks
+    head = json.loads(contents[0][4:])
+    head["perturbation"]["seed"] = 8
+    reheaded = data[: frames[0][0]] + zstd_frame(b"HEAD" + json_bytes(head)) + data[frames[0][1] :]
+    with pytest.raises(E.ChainMismatchError):
+        parse_trajectory(reheaded)
+    # a cut exactly on a frame boundary before the last checkpoint: readable, not sealed
+    last_ckpt = max(k for k, c in enumerate(contents) if c[:4] == b"CKPT")
+    cut = parse_trajectory(data[: frames[last_ckpt][0]])
+    assert cut.num_steps == 20 and not cut.sealed and not cut.complete and cut.sealed_step == 10
+    # a checkpoint without its chain digest in a bound file
+    obj = json.loads(contents[last_ckpt][4:])
+    del obj["chain_sha256"]
+    unchained = data[: frames[last_ckpt][0]] + zstd_frame(b"CKPT" + json_bytes(obj))
+    with pytest.raises(E.RecordError, match="chain"):
+        parse_trajectory(unchained)
+
+
+def test_unbound_v10_files_still_read_and_replay_unchanged(tmp_path):
+    traj = make_trajectory(6, total_steps=6)
+    data = serialize(traj)
+    assert data[18:20] == b"\x00\x00"  # written as 1.0: no chain
+    back = parse_trajectory(data)
+    assert not back.bound and back.complete and back.version == (1, 0)

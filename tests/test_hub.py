@@ -182,7 +182,13 @@ def test_push_then_load_bit_exact_and_cached(
     res = cli("push", traj, REPO)
     assert res.exit_code == 0, res.output
     assert "Pushed" in res.output and "mezo-ckpt pull tester/my-finetune" in res.output
-    assert hub.list_files(REPO) == [".gitattributes", "README.md", "hub-run.zst", "mezo_ckpt.json"]
+    assert hub.list_files(REPO) == [
+        ".gitattributes",
+        "README.md",
+        "hub-run.zst",
+        "mezo_ckpt.json",
+        "training_curve.png",
+    ]
     assert len(HfApi().list_repo_commits(REPO)) == 2  # the Hub's initial commit + ours
     assert hub.file_entry(REPO, "hub-run.zst").lfs  # *.zst goes to LFS
 
@@ -404,7 +410,12 @@ def test_dry_run_card_and_local_folder(hub: FakeHub, trained: Trained, tmp_path:
     assert res.exit_code == 0, res.output and "nothing was uploaded" in res.output
     assert not hub.has_repo(REPO)
     assert not [r for r in hub.requests if r[0] == "POST"]
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "hub-run.zst", "mezo_ckpt.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md",
+        "hub-run.zst",
+        "mezo_ckpt.json",
+        "training_curve.png",
+    ]
 
     card = ModelCard.load(out / "README.md")
     d = card.data

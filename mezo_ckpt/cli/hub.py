@@ -19,6 +19,7 @@ Examples:
   mezo-ckpt push run.zst me/tuned --create-pr
   mezo-ckpt push run.zst me/tuned --base-repo me/my-base --base-revision main  # pins its commit
   mezo-ckpt push run.zst me/tuned --dry-run preview/   # inspect, upload nothing
+  mezo-ckpt push lora.zst me/tuned-lora --with-adapter  # also a PEFT adapter repo
 """
 )
 @click.argument("trajectory", type=click.Path(exists=True, dir_okay=False, path_type=Path))
@@ -78,6 +79,19 @@ Examples:
     type=click.Path(file_okay=False, path_type=Path),
     help="Write the folder that would be uploaded to DIR; upload nothing.",
 )
+@click.option(
+    "--with-adapter",
+    is_flag=True,
+    help="For a LoRA/prefix run: also upload the replayed PEFT adapter (a few MB), so the "
+    "repo is a PEFT repo that AutoPeftModelForCausalLM loads directly.",
+)
+@click.option(
+    "--base",
+    "base_spec",
+    metavar="PATH|REPO",
+    default=None,
+    help="Base to replay the adapter on (--with-adapter), for a local-folder base.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
 def push(
     trajectory: Path,
@@ -92,6 +106,8 @@ def push(
     license_: str | None,
     datasets: tuple[str, ...],
     dry_run: Path | None,
+    with_adapter: bool,
+    base_spec: str | None,
     as_json: bool,
 ) -> None:
     """Publish TRAJECTORY to the Hub repo USER/REPO, with a model card.
@@ -117,6 +133,8 @@ def push(
         license=license_,
         datasets=list(datasets) or None,
         dry_run=dry_run,
+        with_adapter=with_adapter,
+        base=base_spec,
     )
     if as_json:
         click.echo(json.dumps(r.info(), indent=2))

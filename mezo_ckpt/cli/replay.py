@@ -10,7 +10,7 @@ import click
 from mezo_ckpt.cli.common import STEP_HELP, parse_step
 from mezo_ckpt.text import clean
 
-FORMATS = ("hf", "safetensors", "delta")
+FORMATS = ("hf", "safetensors", "delta", "peft")
 
 
 @click.command(
@@ -47,9 +47,11 @@ Examples:
     type=click.Choice(FORMATS),
     default="hf",
     show_default=True,
-    help="hf: a folder AutoModelForCausalLM.from_pretrained loads; safetensors: one file "
-    "under the model's state-dict names (model.load_state_dict(load_file(f)) works); "
-    "delta: an exact patch, trained minus base for the trained tensors.",
+    help="hf: a folder AutoModelForCausalLM.from_pretrained loads (for a LoRA/prefix run: "
+    "the adapter merged into the base); safetensors: one file under the model's state-dict "
+    "names (model.load_state_dict(load_file(f)) works); delta: an exact patch, trained "
+    "minus base for the trained tensors; peft: the adapter folder of a LoRA/prefix run "
+    "(PeftModel.from_pretrained loads it).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @click.option(

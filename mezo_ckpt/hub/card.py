@@ -345,6 +345,7 @@ def render_card(
         steps=steps,
         incomplete=incomplete,
         has_adapter=has_adapter,
+        peft_type=md(h.peft.type) if h.peft is not None else None,
         repo_id=md_code(repo_id),
         folder_name=md_code(name),
         task_sentence=sentence,

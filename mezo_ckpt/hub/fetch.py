@@ -417,11 +417,23 @@ def _fetch(
     def hit() -> Rebuilt:
         prov = read_provenance(out) or {}
         v = prov.get("verified")
+        checked = [str(c) for c in prov.get("checked") or []] + [
+            "cached files against the sha256 recorded when the entry was built"
+        ]
+        if traj.header.peft is None:
+            return rebuilt(True, verified=v if isinstance(v, str) else None, checked=checked)
+        # an adapter is cached, not the base: load the (checked) base and put it on top
+        from peft import PeftModel
+
+        folder, plain, check = _load_base_for(traj, meta, base, token, device, False)
+        model = PeftModel.from_pretrained(plain, str(out), is_trainable=False)
+        model.eval()
         return rebuilt(
             True,
             verified=v if isinstance(v, str) else None,
-            checked=[str(c) for c in prov.get("checked") or []]
-            + ["cached files against the sha256 recorded when the entry was built"],
+            checked=check.checked + checked[-1:],
+            base_folder=folder,
+            model=model,
         )
 
     cacheable = not ignore_base_mismatch  # weights from another base never enter the cache
@@ -436,9 +448,12 @@ def _fetch(
         if state == "corrupt":
             notes.append(f"the cached entry {out} had changed since it was built; rebuilt it")
             warnings.warn(notes[-1], stacklevel=3)
+        from mezo_ckpt.adapters import prepare
+
         loaded_folder, model, check = _load_base_for(
             traj, meta, base, token, device, ignore_base_mismatch
         )
+        model = prepare(traj.header, model)
         report = _replay(traj, model, target, progress, allow_unverified)
         if cacheable:
             _write_cache(
@@ -541,8 +556,9 @@ def _write_cache(
     report: Any,
     check: Any,
 ) -> None:
-    """Export into place under the lock (a stale or changed entry is replaced)."""
-    from mezo_ckpt.export import export_hf, provenance
+    """Export into place under the lock (a stale or changed entry is replaced): the
+    from_pretrained folder, or for a parameter-efficient run the adapter folder."""
+    from mezo_ckpt.export import export_adapter_folder, export_hf, provenance
 
     meta = provenance(
         traj,
@@ -554,7 +570,12 @@ def _write_cache(
         checked=check.checked,
         base_mismatch=check.overridden,
     )
-    export_hf(model, out, tokenizer_from=base_folder, meta=meta, replace=True)
+    if traj.header.peft is not None:
+        export_adapter_folder(
+            model, out, header=traj.header, folder=base_folder, meta=meta, replace=True
+        )
+    else:
+        export_hf(model, out, tokenizer_from=base_folder, meta=meta, replace=True)
 
 
 def _tokenizer(folder: Path | None) -> Any:
@@ -580,6 +601,7 @@ def load(
     base: str | None = None,
     progress: bool = True,
     allow_unverified: bool = False,
+    merge: bool = False,
 ) -> tuple[Any, Any]:
     """Load a fine-tune (Hub repo id, trajectory file or folder) as (model, tokenizer).
 
@@ -599,9 +621,12 @@ def load(
         base: base folder / repo for trajectories trained from an unpublished local folder.
         progress: show progress bars.
         allow_unverified: allow a step that no checkpoint covers.
+        merge: for a LoRA/prefix fine-tune, merge the adapter into the base (peft's
+            merge; not bit-stable across machines) instead of returning a PeftModel.
 
     Returns:
-        (model, tokenizer); the tokenizer comes from the base (None if it has none).
+        (model, tokenizer); the tokenizer comes from the base (None if it has none). A
+        LoRA/prefix fine-tune comes back as a ``peft.PeftModel`` (bit-exact adapter).
 
     Raises:
         See :func:`fetch`.
@@ -622,6 +647,8 @@ def load(
     if r.model is not None:
         model = r.model
         tokenizer = _tokenizer(r.base_folder)
+        if merge and hasattr(model, "merge_and_unload"):
+            model = model.merge_and_unload()
     else:
         with quiet_hub(progress):
             model = load_folder(r.folder, dtype or r.dtype, device)

@@ -16,6 +16,7 @@ from typing import Any
 from mezo_ckpt import __version__
 from mezo_ckpt.errors import (
     BaseMismatchError,
+    ConfigError,
     HubError,
     MezoCkptError,
     OutputExistsError,
@@ -34,6 +35,7 @@ DEFAULT_TRAJECTORY_NAME = "trajectory.zst"
 SCHEMA = "mezo-ckpt/hub"
 SCHEMA_VERSION = 1
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+PLOT_FILE = "training_curve.png"
 
 
 @dataclass
@@ -259,6 +261,9 @@ def build_publication(
     token: str | bool | None = None,
     license: str | None = None,
     datasets: list[str] | None = None,
+    with_adapter: bool = False,
+    base: str | None = None,
+    plot: bool = True,
 ) -> Publication:
     """Read, check and describe a trajectory for publishing (no upload).
 
@@ -270,6 +275,10 @@ def build_publication(
         token: Hub token (default: the logged-in one / ``HF_TOKEN``).
         license: card license (default: the base's where known).
         datasets: Hub dataset ids for the card metadata.
+        with_adapter: for a LoRA/prefix run, also upload the replayed PEFT adapter, so that
+            standard tools (``AutoPeftModelForCausalLM.from_pretrained(repo)``) load it.
+        base: the base folder / repo to replay the adapter on (a local-folder base).
+        plot: add the evaluation-curve picture (if matplotlib is installed).
 
     Raises:
         TrajectoryError subclasses for a bad file; PushRefusedError, BaseMismatchError,
@@ -304,13 +313,57 @@ def build_publication(
                     f"the base {base['repo_id']} is private: only people who can read "
                     "it can load this fine-tune"
                 )
-    card = render_card(traj, meta, repo_id, license=license, datasets=datasets)
-    files = {
-        name: data,
-        META_FILE: (json.dumps(meta, indent=2) + "\n").encode(),
-        CARD_FILE: card.encode(),
-    }
+    files: dict[str, bytes] = {name: data}
+    if with_adapter:
+        files.update(_adapter_files(path, traj, base, meta, notes))
+    plot_file = None
+    if plot and traj.evaluations:
+        try:
+            from mezo_ckpt.plot import render_png
+
+            files[PLOT_FILE] = render_png(traj, title=repo_id)
+            plot_file = PLOT_FILE
+        except ConfigError:  # matplotlib is optional
+            notes.append("no evaluation plot in the card (pip install 'mezo-ckpt[plot]')")
+    card = render_card(
+        traj,
+        meta,
+        repo_id,
+        license=license,
+        datasets=datasets,
+        has_adapter=with_adapter,
+        plot_file=plot_file,
+    )
+    files[META_FILE] = (json.dumps(meta, indent=2) + "\n").encode()
+    files[CARD_FILE] = card.encode()
     return Publication(repo_id, files, meta, card, name, notes)
+
+
+def _adapter_files(
+    path: Path, traj: Trajectory, base: str | None, meta: dict, notes: list[str]
+) -> dict[str, bytes]:
+    """The replayed PEFT adapter of a LoRA/prefix run, pointing at the card's base."""
+    from mezo_ckpt.hub.fetch import fetch
+
+    if traj.header.peft is None:
+        raise PushRefusedError(
+            "--with-adapter is for LoRA/prefix runs (--peft); this run trains the model itself"
+        )
+    r = fetch(path, base=base, progress=False)
+    cfg = json.loads((r.folder / "adapter_config.json").read_text())
+    b = meta["base"]
+    cfg["base_model_name_or_path"] = card_base_model(b)
+    cfg["revision"] = b.get("revision") if b.get("kind") == "hub" else None
+    if b.get("kind") == "embedded":
+        notes.append(
+            "the adapter was trained on the embedded Q4_1-dequantized SmolLM2; on the original "
+            "Hub weights it gives close but not identical outputs (mezo_ckpt.load rebuilds the "
+            "exact base)"
+        )
+    return {
+        "adapter_config.json": (json.dumps(cfg, indent=2) + "\n").encode(),
+        "adapter_model.safetensors": (r.folder / "adapter_model.safetensors").read_bytes(),
+    }
 
 
 def push(
@@ -327,6 +380,8 @@ def push(
     license: str | None = None,
     datasets: list[str] | None = None,
     dry_run: str | os.PathLike | None = None,
+    with_adapter: bool = False,
+    base: str | None = None,
 ) -> PushResult:
     """Publish a trajectory, its ``mezo_ckpt.json`` and a model card in one commit.
 
@@ -342,6 +397,7 @@ def push(
             the Hub repo and commit holding the same weights (verified before upload).
         license / datasets: card metadata overrides.
         dry_run: write the folder that would be uploaded here and upload nothing.
+        with_adapter / base: see :func:`build_publication`.
 
     Raises:
         PushRefusedError: local base without a matching --base-repo/--base-revision, or a
@@ -365,6 +421,8 @@ def push(
         token=token,
         license=license,
         datasets=datasets,
+        with_adapter=with_adapter,
+        base=base,
     )
     sizes = {k: len(v) for k, v in pub.files.items()}
     if dry_run is not None:

@@ -50,15 +50,23 @@ def _matching(pattern: str, names: dict[str, list[str]]) -> set[str]:
 
 
 def select_trainable(
-    module: torch.nn.Module, include: Sequence[str], exclude: Sequence[str]
+    module: torch.nn.Module,
+    include: Sequence[str],
+    exclude: Sequence[str],
+    *,
+    within: Sequence[str] | None = None,
 ) -> Selection:
     """Canonical names of the parameters matching any ``include`` glob and no ``exclude``.
+
+    Args:
+        within: choose only among these canonical names (an adapter's parameters).
 
     Raises:
         ConfigError: a pattern matches no parameter (with the closest names), or nothing
             is left to train.
     """
-    names = parameter_names(module)
+    all_params = parameter_names(module)
+    names = all_params if within is None else {c: all_params[c] for c in within}
     every = sorted({n for all_names in names.values() for n in all_names})
     chosen: set[str] = set()
     dropped: set[str] = set()
@@ -79,10 +87,10 @@ def select_trainable(
             f"--trainable {list(include)} minus --frozen {list(exclude)} leaves nothing to train"
         )
     params = dict(module.named_parameters(remove_duplicate=False))
-    sizes = {c: params[all_names[0]].numel() for c, all_names in names.items()}
+    sizes = {c: params[all_names[0]].numel() for c, all_names in all_params.items()}
     return Selection(
         tuple(trainable),
-        len(names),
+        len(all_params),
         sum(sizes[n] for n in trainable),
         sum(sizes.values()),
     )

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -34,6 +35,7 @@ import numpy as np
 import torch
 
 from mezo_ckpt import __version__
+from mezo_ckpt.adapters import adapter_names
 from mezo_ckpt.errors import (
     ConfigError,
     DataError,
@@ -368,6 +370,9 @@ class MezoRecipe:
         self.interrupted = False
         self.train_seconds = 0.0
         self._bad_losses = 0
+        self.peft_kind: str | None = None
+        self.adapter_info = None
+        self.base_identity: BaseIdentity | None = None
 
     # ------------------------------------------------------------------ context
     def __enter__(self) -> MezoRecipe:
@@ -424,8 +429,6 @@ class MezoRecipe:
     def setup(self) -> None:
         cfg = self.cfg
         cfg.validate()
-        if cfg.peft != "none":
-            raise ConfigError("--peft is not available in this build")
         set_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
         self._stack.enter_context(exclusive_lock(self.out, "training into"))
@@ -441,13 +444,23 @@ class MezoRecipe:
         for warning in self.task.check_tokens(self.tokenizer):
             self.notes.append(warning)
             self._log(f"Note: {warning}")
+        if self.resume is not None:
+            self._open_resumed()  # checks the plain base, then attaches the run's adapter
+        elif cfg.peft != "none":
+            self._attach_adapter()
         model = self.model
-        self.selection = select_trainable(model, cfg.trainable, cfg.frozen)
+        adapter = adapter_names(model) if self.peft_kind else None
+        self.selection = select_trainable(model, cfg.trainable, cfg.frozen, within=adapter)
         self.params = canonical_parameters(model)
         trainable = list(self.selection.trainable)
         decay = decay_params(self.params, trainable, cfg.weight_decay, cfg.no_decay)
         if self.resume is not None:
-            self._open_resumed(trainable, decay)
+            h = self.header
+            if list(h.trainable) != trainable or list(h.update.decay_params) != decay:
+                raise ConfigError(
+                    f"cannot resume {self.out}: the trainable set of this model differs from "
+                    "the run's (same --trainable/--frozen, same base?)"
+                )
         else:
             self.header = self.build_header(trainable, decay)
             if self.overwrite:
@@ -521,7 +534,7 @@ class MezoRecipe:
         from mezo_ckpt.base import describe_base
 
         cfg = self.cfg
-        ident: BaseIdentity = describe_base(
+        ident: BaseIdentity = self.base_identity or describe_base(
             self.model,
             trainable,
             kind=self.loaded.kind,
@@ -562,10 +575,39 @@ class MezoRecipe:
             total_steps=cfg.steps,
             config=config,
             chain=CHAIN_RULE,
+            peft=self.adapter_info,
         )
 
     # ------------------------------------------------------------------ resume
-    def _open_resumed(self, trainable: list[str], decay: list[str]) -> None:
+    def _attach_adapter(self) -> None:
+        """Describe the plain base, then wrap it with the configured adapter (portable init)."""
+        from mezo_ckpt.adapters import adapter_config, attach, info_for
+        from mezo_ckpt.base import describe_base
+
+        cfg = self.cfg
+        self.base_identity = describe_base(
+            self.model,
+            [],
+            kind=self.loaded.kind,
+            repo_id=self.loaded.repo_id,
+            revision=self.loaded.revision,
+            files=self.loaded.files,
+            embedded=self.loaded.embedded,
+            folder=self.loaded.folder,
+            tokenizer=self.tokenizer if self.loaded.folder is None else None,
+        )
+        if cfg.peft == "lora":
+            conf = adapter_config(
+                "lora", r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=cfg.lora_targets
+            )
+        else:
+            conf = adapter_config("prefix", num_virtual_tokens=cfg.prefix_tokens)
+        self.model = attach(self.model, cfg.peft, conf, cfg.seed)
+        self.peft_kind = cfg.peft
+        self.adapter_info = info_for(self.model, cfg.peft, conf)
+
+    def _open_resumed(self) -> None:
+        from mezo_ckpt.adapters import prepare
         from mezo_ckpt.base import verify_base
 
         cfg = self.cfg
@@ -576,11 +618,6 @@ class MezoRecipe:
         writer, traj = TrajectoryWriter.open_for_resume(self.journal, fsync=cfg.fsync)
         h = traj.header
         try:
-            if list(h.trainable) != trainable or list(h.update.decay_params) != decay:
-                raise ConfigError(
-                    f"cannot resume {src}: the trainable set of this model differs from the "
-                    "run's (same --trainable/--frozen, same base?)"
-                )
             stored = h.config.get("data") or {}
             now = self.data_info()
             for key in sorted(set(stored) | set(now)):
@@ -592,6 +629,8 @@ class MezoRecipe:
                     )
             check = verify_base(h, self.model, offered=self.loaded)
             self.notes.append("base checked: " + check.summary())
+            self.model = prepare(h, self.model)
+            self.peft_kind = h.peft.type if h.peft is not None else None
         except BaseException:
             writer.close()
             raise
@@ -797,15 +836,26 @@ class MezoRecipe:
                 f"mezo-ckpt train --resume {self.out}"
             )
         if cfg.save_model and not self.interrupted:
-            from mezo_ckpt.export import export_hf
+            from mezo_ckpt.export import export_adapter_folder, export_hf
 
-            export_hf(
-                self.model,
-                cfg.save_model,
-                tokenizer_from=self.loaded.folder,
-                meta={"tool": "mezo-ckpt", "trajectory": str(self.out), "step": step},
-                replace=self.overwrite,
-            )
+            meta = {"tool": "mezo-ckpt", "trajectory": str(self.out), "step": step}
+            if self.peft_kind:
+                export_adapter_folder(
+                    self.model,
+                    cfg.save_model,
+                    header=self.header,
+                    folder=self.loaded.folder,
+                    meta=meta,
+                    replace=self.overwrite,
+                )
+            else:
+                export_hf(
+                    self.model,
+                    cfg.save_model,
+                    tokenizer_from=self.loaded.folder,
+                    meta=meta,
+                    replace=self.overwrite,
+                )
         ran = max(1, step - self.start)
         return TrainResult(
             self.out,
@@ -847,10 +897,14 @@ def train(
         progress: show progress.
         keep_model: return the trained model and tokenizer in the result.
         log: where human-readable messages go.
-        model, tokenizer: an already loaded base model and its tokenizer.
+        model: an already loaded base model (with ``tokenizer``), or a folder / repo id
+            (the ``model`` setting).
         data: examples in memory: ``{"train": [...], "dev": [...], "test": [...]}``.
         reduce: sums loss terms across data-parallel ranks (see mezo_ckpt.trainer.dist).
     """
+    if isinstance(model, (str, os.PathLike)):  # a folder or repo id: the `model` setting
+        settings["model"] = str(model)
+        model = None
     if resume is not None:
         from mezo_ckpt.trainer.resume import resume_config
 

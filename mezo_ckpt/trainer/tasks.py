@@ -346,6 +346,17 @@ def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tens
 # ----------------------------------------------------------------------------- scoring
 
 
+def head_model(model):
+    """The causal LM whose decoder and output layer candidate-only scoring can use
+    directly (a LoRA model's inner model), or None (prefix tuning, other models)."""
+    peft_cfg = getattr(model, "peft_config", None)
+    if isinstance(peft_cfg, dict) and hasattr(model, "get_base_model"):
+        if any(getattr(c, "is_prompt_learning", False) for c in peft_cfg.values()):
+            return None  # the prefix enters through the peft model's forward
+        model = model.get_base_model()
+    return model if head_rows_supported(model) else None
+
+
 def head_rows_supported(model) -> bool:
     """Whether candidate-only scoring is exact for this model (see the module docstring)."""
     config = getattr(model, "config", None)
@@ -375,9 +386,11 @@ def score_candidates(model, enc: Encoded, rows: RowsFn | None = None) -> torch.T
         p_mask = mask[starts][:, :-1].to(dev)
         ex_of_row = torch.repeat_interleave(torch.arange(len(starts)), torch.tensor(enc.n_cands))
         assert enc.cand_ids is not None
-        if rows is not None and head_rows_supported(model):
-            head = model.get_output_embeddings()
-            out = model.base_model(
+        core = head_model(model) if rows is not None else None
+        if core is not None:
+            assert rows is not None
+            head = core.get_output_embeddings()
+            out = core.base_model(
                 input_ids=p_ids,
                 attention_mask=p_mask,
                 position_ids=_positions(p_mask),

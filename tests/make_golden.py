@@ -1,11 +1,16 @@
-"""Regenerate the golden trajectories in tests/golden/ (run only on purpose).
+"""Generate golden trajectories in tests/golden/ (run only on purpose).
 
 Each golden trajectory has synthetic, deterministic step records over a tiny base whose
 weights come from the portable stream, so the files and the hashes they replay to are
 the same on every machine. tests/test_golden.py checks that every later version of
 mezo-ckpt still replays them to exactly these hashes.
 
-    python tests/make_golden.py
+    python tests/make_golden.py            # writes only the cases whose file is missing
+    python tests/make_golden.py --all      # rewrites every file (never do this casually)
+
+The 1.0 files of 0.1.0 are frozen: their bytes and hashes must stay as committed. Cases
+added later (format 1.1 with the record chain and the whole-base identity, adapters)
+are appended, never replacing the older ones.
 """
 
 from __future__ import annotations
@@ -72,6 +77,43 @@ CASES = {
 }
 
 
+#: Format 1.1 cases: chained records, whole-base identity, and adapters (peft-v1).
+CASES_V11 = {
+    "llama-bf16-stochastic-chained": dict(
+        arch="llama",
+        dtype="bfloat16",
+        tie=True,
+        z="normal16",
+        rounding="stochastic",
+        n=2,
+        wd=0.0,
+        steps=24,
+    ),
+    "llama-fp32-lora-chained": dict(
+        arch="llama",
+        dtype="float32",
+        tie=True,
+        z="normal16",
+        rounding="nearest",
+        n=1,
+        wd=0.0,
+        steps=20,
+        peft="lora",
+    ),
+    "gpt2-fp32-prefix-rademacher-chained": dict(
+        arch="gpt2",
+        dtype="float32",
+        tie=True,
+        z="rademacher",
+        rounding="nearest",
+        n=1,
+        wd=0.0,
+        steps=20,
+        peft="prefix",
+    ),
+}
+
+
 def synthetic_records(steps: int, n: int, wd: float, seed: int) -> StepRecords:
     """Deterministic coefficients of realistic scale (integer arithmetic only)."""
     coefs = np.zeros((steps, n), np.float32)
@@ -100,7 +142,7 @@ def build(name: str, c: dict) -> tuple[Trajectory, dict]:
         "requires": [],
         "tool": {"name": "mezo-ckpt", "version": "golden"},
         "created": "2026-11-22T00:00:00Z",
-        "base": describe_base(model, trainable),
+        "base": describe_base(model, trainable).to_json(),
         "trainable": trainable,
         "perturbation": {
             "generator": "philox4x32-10",
@@ -131,15 +173,104 @@ def build(name: str, c: dict) -> tuple[Trajectory, dict]:
     return traj, {"case": c, "replayed_sha256": expected}
 
 
+def golden_model(c: dict):
+    """The tiny base of a case (with its adapter attached for peft cases)."""
+    model = tiny_model(c["arch"], dtype=getattr(torch, c["dtype"]), tie=c["tie"])
+    if c.get("peft"):
+        from mezo_ckpt.adapters import adapter_config, attach
+
+        conf = (
+            adapter_config("lora", r=2, lora_alpha=4.0, target_modules=["q_proj", "v_proj"])
+            if c["peft"] == "lora"
+            else adapter_config("prefix", num_virtual_tokens=3)
+        )
+        model = attach(model, c["peft"], conf, SEED)
+        return model, conf
+    return model, None
+
+
+SEED = 20261122
+
+
+def build_v11(name: str, c: dict) -> tuple[bytes, dict]:
+    """A 1.1 file written by the journal writer (chain digests) and compacted."""
+    import tempfile
+
+    from mezo_ckpt.adapters import adapter_names, info_for
+    from mezo_ckpt.format import TrajectoryWriter, compact
+    from mezo_ckpt.header import CHAIN_RULE
+
+    plain = tiny_model(c["arch"], dtype=getattr(torch, c["dtype"]), tie=c["tie"])
+    base = describe_base(plain, [] if c.get("peft") else sorted(canonical_parameters(plain)))
+    model, conf = golden_model(c)
+    params = canonical_parameters(model)
+    trainable = adapter_names(model) if c.get("peft") else sorted(params)
+    peft = info_for(model, c["peft"], conf) if c.get("peft") else None
+    header = {
+        "requires": ["peft-v1"] if peft else [],
+        "tool": {"name": "mezo-ckpt", "version": "golden"},
+        "created": "2026-12-01T00:00:00Z",
+        "base": base.to_json(),
+        "trainable": trainable,
+        "perturbation": {
+            "generator": "philox4x32-10",
+            "key_rule": "sha256-seed-name-v1",
+            "z": c["z"],
+            "seed": SEED,
+            "eps": 1e-3,
+            "n_directions": c["n"],
+        },
+        "update": {
+            "arithmetic": "exact-v1",
+            "rounding": c["rounding"],
+            "weight_decay": c["wd"],
+            "decay_params": [],
+        },
+        "optimizer": {"lr": 1e-2, "schedule": "constant"},
+        "records": {"decay": False, "losses": False},
+        "total_steps": c["steps"],
+        "config": {"golden": name},
+        "integrity": {"chain": CHAIN_RULE},
+    }
+    if peft:
+        header["peft"] = peft.to_json()
+    rec = synthetic_records(c["steps"], c["n"], c["wd"], seed=len(name))
+    expected = {}
+    for step in (c["steps"] // 2, c["steps"]):
+        m, _ = golden_model(c)
+        t = Trajectory(header, rec.slice(0, step))
+        replay_model(t, m, step=step, verify=False, check_base=False, allow_unverified=True)
+        expected[str(step)] = tensors_sha256(canonical_parameters(m), trainable)
+    with tempfile.TemporaryDirectory() as d:
+        j = Path(d) / "j.partial"
+        with TrajectoryWriter.create(j, header, fsync=False) as w:
+            w.append_steps(rec)
+            w.append_checkpoint(c["steps"], expected[str(c["steps"])])
+        compact(j, Path(d) / "out.zst")
+        data = (Path(d) / "out.zst").read_bytes()
+    return data, {"case": c, "replayed_sha256": expected}
+
+
 def main() -> None:
     HERE.mkdir(exist_ok=True)
-    index = {}
+    rewrite = "--all" in sys.argv[1:]
+    path = HERE / "HASHES.json"
+    index = json.loads(path.read_text()) if path.exists() and not rewrite else {}
     for name, c in CASES.items():
+        if name in index and (HERE / f"{name}.zst").exists():
+            continue
         traj, info = build(name, c)
         write_trajectory(HERE / f"{name}.zst", traj)
         index[name] = info
         print(name, info["replayed_sha256"])
-    (HERE / "HASHES.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    for name, c in CASES_V11.items():
+        if name in index and (HERE / f"{name}.zst").exists():
+            continue
+        data, info = build_v11(name, c)
+        (HERE / f"{name}.zst").write_bytes(data)
+        index[name] = info
+        print(name, info["replayed_sha256"])
+    path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":

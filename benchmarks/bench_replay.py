@@ -20,11 +20,11 @@ import time
 import numpy as np
 import torch
 
-from mezo_ckpt.api import set_threads
 from mezo_ckpt.base import load_base
 from mezo_ckpt.format import StepRecords, Trajectory
 from mezo_ckpt.hashing import canonical_parameters
 from mezo_ckpt.replay import replay_model
+from mezo_ckpt.runtime import set_threads
 from mezo_ckpt.update import round_coefficient
 
 

@@ -1,12 +1,15 @@
 """Replay throughput (element-steps/s): naive torch.randn replay vs eager reference vs
-the fused numba kernels (fp32 and bf16, normal16 and rademacher).
+the fused numba kernel (every storage dtype and rounding mode, both z kinds).
 
 * naive: per step ``torch.manual_seed(step)``; per tensor ``z = torch.randn(shape)``;
   ``p.add_(z, alpha=-c)`` (what a MeZO replay without this project does; not portable).
 * eager reference: per step and tensor, ``z_reference`` (portable counter-based z, eager
   torch) and ``p.sub_(c * z)``.
-* numba fused: ``_kernels.replay_fp32`` / ``replay_bf16`` (block-resident: each block of
-  weights receives every step while it is in cache).
+* numba fused: ``update.apply_updates(..., backend="compiled")``, i.e. ``_kernels.replay``
+  (block-resident: each block of weights receives every step while it is in cache), for
+  fp32, bf16 and fp16 with nearest and stochastic rounding.
+* eager bf16 stochastic: the reference path, which 0.1.0 fell back to for bf16 with
+  stochastic rounding and every fp16 case.
 
 The elements are split into tensors of at most ``--tensor-elements``; one direction, no
 weight decay. Slow methods run fewer steps (and the eager reference fewer elements);
@@ -32,8 +35,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_stream import machine_line, timed_rounds  # noqa: E402
 
-from mezo_ckpt import _kernels as K  # noqa: E402
 from mezo_ckpt import stream as S  # noqa: E402
+from mezo_ckpt import update as U  # noqa: E402
 
 KEY = (0x12345678, 0x9ABCDEF0)
 
@@ -59,7 +62,6 @@ def main() -> None:
     threads = [int(t) for t in args.threads.split(",")]
     n, T = args.elements, args.steps
     rng = np.random.default_rng(0)
-    table = S.normal16_table_numpy()
 
     def split(total: int) -> list[int]:
         sizes = []
@@ -100,34 +102,49 @@ def main() -> None:
                 p.sub_(c * S.z_reference(KEY, int(st[t]), 0, 0, p.numel(), "normal16"))
         return sum(p.numel() for p in ref_tensors) * len(st)
 
-    def fused(kernel, tensors, kind):
+    fp16 = [t.to(torch.float16) for t in fp32]
+
+    def fused(tensors, kind, rounding="nearest", backend="compiled", steps=None):
+        st, coefs, decay = sched if steps is None else schedule(steps)
+        batch = U.UpdateBatch(st, coefs, decay)
+
         def run():
-            st, coefs, decay = sched
             for p in tensors:
-                arr = p.view(torch.uint16).numpy() if p.dtype == torch.bfloat16 else p.numpy()
-                kernel(table, arr, 0, *KEY, st, coefs, decay, kind)
-            return n * T
+                U.apply_updates(p, KEY, batch, kind=kind, rounding=rounding, backend=backend)
+            return sum(p.numel() for p in tensors) * len(st)
 
         return run
 
+    small_bf16 = [t.to(torch.bfloat16) for t in ref_tensors]
     methods = {
         "naive torch.randn replay (fp32)": naive,
         "eager reference z_reference (fp32, normal16)": reference,
-        "numba fused fp32 normal16": fused(K.replay_fp32, fp32, K.KIND_NORMAL16),
-        "numba fused fp32 rademacher": fused(K.replay_fp32, fp32, K.KIND_RADEMACHER),
-        "numba fused bf16 normal16": fused(K.replay_bf16, bf16, K.KIND_NORMAL16),
-        "numba fused bf16 rademacher": fused(K.replay_bf16, bf16, K.KIND_RADEMACHER),
+        "eager reference bf16 stochastic normal16 (0.1.0's fallback)": fused(
+            small_bf16, "normal16", "stochastic", "reference", args.reference_steps
+        ),
+        "numba fused fp32 normal16": fused(fp32, "normal16"),
+        "numba fused fp32 rademacher": fused(fp32, "rademacher"),
+        "numba fused bf16 nearest normal16": fused(bf16, "normal16"),
+        "numba fused bf16 stochastic normal16": fused(bf16, "normal16", "stochastic"),
+        "numba fused bf16 stochastic rademacher": fused(bf16, "rademacher", "stochastic"),
+        "numba fused fp16 nearest normal16": fused(fp16, "normal16"),
+        "numba fused fp16 stochastic normal16": fused(fp16, "normal16", "stochastic"),
     }
     # Compile (or load from cache) before timing; report the first-call cost.
     first = {}
-    one = schedule(1)
-    for name, kernel, arr in (
-        ("replay_fp32", K.replay_fp32, np.zeros(10, np.float32)),
-        ("replay_bf16", K.replay_bf16, np.zeros(10, np.uint16)),
-    ):
-        t0 = time.perf_counter()
-        kernel(table, arr, 0, *KEY, *one, K.KIND_NORMAL16)
-        first[name] = time.perf_counter() - t0
+    one = U.UpdateBatch(*schedule(1))
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        for rounding in ("nearest", "stochastic"):
+            t0 = time.perf_counter()
+            U.apply_updates(
+                torch.zeros(10, dtype=dtype),
+                KEY,
+                one,
+                kind="normal16",
+                rounding=rounding,
+                backend="compiled",
+            )
+            first[f"{str(dtype)[6:]}/{rounding}"] = time.perf_counter() - t0
 
     rates: dict[tuple[str, int], float] = {}
     cpu_share: dict[int, list[float]] = {t: [] for t in threads}

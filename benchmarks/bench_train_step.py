@@ -7,10 +7,11 @@ label words, as in ``mezo_ckpt.trainer``):
 * ``forward2``: two plain forwards of the batch (``score_candidates`` and its
   loss, twice, under ``torch.inference_mode`` in eval mode): what the two loss
   evaluations of any MeZO step cost at least.
-* ``mezo``: one mezo-ckpt step as ``mezo_ckpt/trainer/loop.py`` runs it: the perturbed
-  perturbed forwards (``Perturber.perturbed`` + ``score_candidates``, one per sign), the losses,
-  the rounded coefficient and ``apply_to_tensors``. Not included: tokenization (all
-  modes use one pre-encoded batch) and writing the step record to the trajectory.
+* ``mezo``: one mezo-ckpt step as ``mezo_ckpt/trainer/recipe.py`` runs it (``MezoStep``
+  built from the config): the perturbed forwards (``Perturber.perturbed`` + the run's
+  objective, one per sign; single-token label words read only their rows of the output
+  layer), the losses, the rounded coefficient and ``apply_to_tensors``. Not included:
+  tokenization (all modes use one pre-encoded batch) and writing the step record.
 * ``official``: the in-place recipe of princeton-nlp/MeZO (large_models/trainer.py):
   a fresh seed from numpy; for every parameter in ``named_parameters()`` order and a
   ``torch.manual_seed(seed)`` before each pass, ``z = torch.normal(0, 1)`` in the
@@ -144,7 +145,8 @@ def setup(args: argparse.Namespace, *, tiny_data: bool) -> Setup:
 
     from mezo_ckpt.base import parse_dtype
     from mezo_ckpt.trainer.config import BUILTIN_TASKS, TrainConfig
-    from mezo_ckpt.trainer.loop import batch_indices
+    from mezo_ckpt.trainer.data import Split
+    from mezo_ckpt.trainer.recipe import batch_indices
     from mezo_ckpt.trainer.tasks import PromptTask
 
     hf_logging.disable_progress_bar()
@@ -181,7 +183,7 @@ def setup(args: argparse.Namespace, *, tiny_data: bool) -> Setup:
         )
         examples = load_split("train")
         data_name = f"built-in '{cfg.task}' task, train split"
-    task.validate(examples, "benchmark data")
+    task.validate(Split("train", examples))
     task.check_tokens(tokenizer)
     idx = batch_indices(cfg.seed, 0, len(examples), cfg.batch_size)  # training's step-0 batch
     enc = task.encode(tokenizer, [examples[i] for i in idx])
@@ -210,43 +212,36 @@ def setup(args: argparse.Namespace, *, tiny_data: bool) -> Setup:
 def make_forward2(s: Setup) -> Callable[[], None]:
     import torch
 
-    from mezo_ckpt.trainer.tasks import losses_from_scores, score_candidates
+    from mezo_ckpt.trainer.tasks import loss_terms, score_candidates
 
     model, enc = s.model, s.enc
 
     def step() -> None:
         model.eval()
         with torch.inference_mode():
-            for _ in range(2):
-                losses_from_scores(score_candidates(model, enc), enc, "ce")
+            for _ in range(2):  # the model's own forward: full logits at the last position
+                loss_terms(score_candidates(model, enc), enc, "ce")
 
     return step
 
 
 def make_mezo(s: Setup) -> Callable[[], None]:
-    """One training step exactly as mezo_ckpt/trainer/loop.py runs it (MezoStep)."""
+    """One training step exactly as mezo_ckpt/trainer/recipe.py runs it (MezoStep)."""
     from mezo_ckpt.hashing import canonical_parameters
-    from mezo_ckpt.trainer.loop import build_header, decay_params, select_trainable
+    from mezo_ckpt.trainer.params import decay_params, select_trainable
     from mezo_ckpt.trainer.perturb import Perturber
+    from mezo_ckpt.trainer.recipe import Objective, build_task
     from mezo_ckpt.trainer.step import MezoStep
     from mezo_ckpt.update import UpdateSpec
 
     model, enc, cfg = s.model, s.enc, s.cfg
     params = canonical_parameters(model)
-    trainable = select_trainable(list(params), cfg.trainable, cfg.frozen)
+    trainable = list(select_trainable(model, cfg.trainable, cfg.frozen).trainable)
     decay = decay_params(params, trainable, cfg.weight_decay, cfg.no_decay)
-    spec = UpdateSpec.from_header(build_header(cfg, {}, trainable, decay, {}))
+    spec = UpdateSpec(cfg.seed, cfg.z, cfg.rounding, tuple(trainable), frozenset(decay))
     perturber = Perturber(model, trainable, cfg.seed, cfg.z, cfg.eps)
-    stepper = MezoStep(
-        model,
-        params,
-        perturber,
-        spec,
-        eps=cfg.eps,
-        n_directions=cfg.n_directions,
-        objective=cfg.objective,
-        weight_decay=cfg.weight_decay,
-    )
+    objective = Objective(build_task(cfg), cfg.objective, model, None, perturber)
+    stepper = MezoStep.from_config(cfg, params, perturber, spec, objective)
     state = {"step": 0}
 
     def step() -> None:
@@ -263,7 +258,7 @@ def make_official(s: Setup) -> Callable[[], None]:
     import numpy as np
     import torch
 
-    from mezo_ckpt.trainer.tasks import losses_from_scores, score_candidates
+    from mezo_ckpt.trainer.tasks import loss_terms, score_candidates
 
     model, enc, cfg = s.model, s.enc, s.cfg
     eps, lr, wd = float(cfg.eps), float(cfg.lr), float(cfg.weight_decay)
@@ -284,7 +279,7 @@ def make_official(s: Setup) -> Callable[[], None]:
     def zo_forward() -> float:
         model.eval()
         with torch.inference_mode():
-            return losses_from_scores(score_candidates(model, enc), enc, cfg.objective)[0]
+            return loss_terms(score_candidates(model, enc), enc, cfg.objective).loss
 
     def step() -> None:
         seed = int(rng.randint(1000000000))
@@ -343,7 +338,7 @@ def set_all_threads(mode: str, threads: int) -> None:
 
     if mode == "mezo":
         from mezo_ckpt import _kernels  # noqa: F401  (the step's first call would import it)
-        from mezo_ckpt.api import set_threads
+        from mezo_ckpt.runtime import set_threads
 
         set_threads(threads)
     else:
@@ -549,7 +544,7 @@ def run(args: argparse.Namespace, modes: list[str], load_before: str, t_begin: f
     import torch
     import transformers
 
-    from mezo_ckpt.api import set_threads
+    from mezo_ckpt.runtime import set_threads
 
     s = setup(args, tiny_data=args.tiny)
     set_threads(args.threads)

@@ -214,6 +214,10 @@ def _resume(cfg: TrainConfig, resume: Path, quiet: bool):
 
 
 def _summary(result, cfg: TrainConfig) -> None:
+    from mezo_ckpt.trainer.dist import env_world
+
+    if env_world()[0] != 0:  # under torchrun, rank 0 speaks for the run
+        return
     size = result.output.stat().st_size
     ran = result.steps
     click.echo(

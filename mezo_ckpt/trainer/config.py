@@ -262,6 +262,16 @@ class TrainConfig:
     )
     record_losses: bool = _f(True, "Store both losses of every step in the file.", OUT)
     fsync: bool = _f(True, "fsync the journal after every frame.", OUT, cli=False, on_resume=True)
+    dist_mode: str = _f(
+        "data",
+        "Under torchrun: data (each rank a shard of the batch) or directions (each rank its "
+        "own n-SPSA directions on the whole batch).",
+        OUT,
+        choices=("data", "directions"),
+    )
+    dist_timeout: float = _f(
+        300.0, "Under torchrun: seconds to wait for a missing rank.", OUT, on_resume=True
+    )
     threads: int | None = _f(None, "CPU threads (default: all cores).", OUT, on_resume=True)
 
     # ------------------------------------------------------------------ schema

@@ -60,6 +60,7 @@ from mezo_ckpt.header import (
 from mezo_ckpt.runtime import quiet_progress, resolve_device, set_threads
 from mezo_ckpt.trainer.config import TrainConfig
 from mezo_ckpt.trainer.data import Split, fingerprint, load_dataset_split, load_file, map_columns
+from mezo_ckpt.trainer.dist import Dist
 from mezo_ckpt.trainer.objectives import UserObjective, load_user_objective
 from mezo_ckpt.trainer.params import Selection, decay_params, select_trainable
 from mezo_ckpt.trainer.perturb import Perturber
@@ -246,7 +247,9 @@ class Objective:
         tokenizer,
         perturber: Perturber | None,
         user: UserObjective | None = None,
+        dist: Dist | None = None,
     ) -> None:
+        self.dist = dist
         self.task = task
         self.objective = objective
         self.model = model
@@ -286,15 +289,17 @@ class Objective:
         return loss_terms(score_candidates(self.model, enc, self.rows), enc, self.objective)
 
     def evaluate(self, split: Split, batch_size: int) -> tuple[dict[str, float], int]:
-        """(metrics, prompts truncated) of the current weights on a split."""
+        """(metrics, prompts truncated) of the current weights on a split (under
+        torchrun each rank evaluates its share and the sums are added up)."""
         total = LossTerms(0.0, 0, 0.0)
         em = f1 = 0.0
         truncated = 0
+        dist = self.dist
+        mine = range(len(split.examples))
+        if dist is not None and dist.active:
+            mine = range(dist.rank, len(split.examples), dist.world)
         # Batch similar lengths together: much less padding, same per-example scores.
-        order = sorted(
-            range(len(split.examples)),
-            key=lambda i: len(self.task.template.format(**split.examples[i])),
-        )
+        order = sorted(mine, key=lambda i: len(self.task.template.format(**split.examples[i])))
         ordered = [split.examples[i] for i in order]
         with torch.inference_mode():
             for lo in range(0, len(ordered), batch_size):
@@ -305,6 +310,12 @@ class Objective:
                     for t, r in zip(self._generate(enc), enc.references):
                         em += exact_match(t, r)
                         f1 += token_f1(t, r)
+        if dist is not None and dist.active:
+            ls, cnt, cor, em, f1, truncated = dist.sum_floats(
+                [total.loss_sum, float(total.count), total.correct, em, f1, float(truncated)]
+            )
+            total = LossTerms(ls, int(round(cnt)), cor)
+            truncated = int(round(truncated))
         n = max(1, total.count)
         if self.task.kind == "generation":
             metrics = {"loss": total.loss, "exact_match": em / n, "f1": f1 / n}
@@ -315,6 +326,26 @@ class Objective:
 
 
 # ----------------------------------------------------------------------------- recipe
+
+
+class _FollowerWriter:
+    """What a data-parallel rank other than 0 has instead of the journal: it counts the
+    steps (rank 0 alone writes the file)."""
+
+    def __init__(self, num_steps: int) -> None:
+        self.num_steps = num_steps
+
+    def append_steps(self, rec) -> None:
+        self.num_steps += len(rec)
+
+    def append_evaluation(self, e: Evaluation) -> Evaluation:
+        return e
+
+    def append_checkpoint(self, step: int, digest: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 class MezoRecipe:
@@ -355,6 +386,7 @@ class MezoRecipe:
         self._data_arg = data
         self._reduce = reduce
         self.out, self.journal = paths_for(cfg.output)
+        self.dist: Dist | None = None
         self.log_path = (
             Path(cfg.log_file) if cfg.log_file else self.out.with_name(self.out.name + ".log.jsonl")
         )
@@ -387,6 +419,8 @@ class MezoRecipe:
         if self.reporter is not None:
             self.reporter.close()
         self._stack.close()
+        if self.dist is not None:
+            self.dist.close()
 
     def message(self, text: str) -> None:
         if self.reporter is not None:
@@ -430,9 +464,16 @@ class MezoRecipe:
         cfg = self.cfg
         cfg.validate()
         set_threads(cfg.threads)
-        self.device = resolve_device(cfg.device)
-        self._stack.enter_context(exclusive_lock(self.out, "training into"))
-        self._check_outputs()
+        self.dist = Dist(cfg.dist_mode, cfg.dist_timeout)
+        self.main = self.dist.is_main
+        if not self.main:  # rank 0 speaks for the run
+            self._log = lambda text: None
+        self.device = resolve_device(self.dist.device(cfg.device))
+        if self.dist.active and self.dist.mode == "directions" and cfg.n_directions < 2:
+            raise ConfigError("--dist-mode directions shares n-SPSA directions: set --n-directions")
+        if self.main:
+            self._stack.enter_context(exclusive_lock(self.out, "training into"))
+            self._check_outputs()
         self.task = build_task(cfg)
         self.splits = load_splits(cfg, self._data_arg)
         for split in self.splits.values():
@@ -463,25 +504,34 @@ class MezoRecipe:
                 )
         else:
             self.header = self.build_header(trainable, decay)
-            if self.overwrite:
-                with os_errors(self.log_path, "replace the log"):
-                    self.log_path.unlink(missing_ok=True)
-            self.writer = TrajectoryWriter.create(self.journal, self.header, fsync=cfg.fsync)
+            if not self.main:
+                self.writer = _FollowerWriter(0)
+            else:
+                if self.overwrite:
+                    with os_errors(self.log_path, "replace the log"):
+                        self.log_path.unlink(missing_ok=True)
+                self.writer = TrajectoryWriter.create(self.journal, self.header, fsync=cfg.fsync)
         self.spec = UpdateSpec.from_header(self.header)
         self.perturber = Perturber(model, trainable, cfg.seed, cfg.z, cfg.eps)
         self.objective = Objective(
-            self.task, cfg.objective, model, self.tokenizer, self.perturber, self.user
+            self.task, cfg.objective, model, self.tokenizer, self.perturber, self.user, self.dist
         )
         self.stepper = MezoStep.from_config(
-            cfg, self.params, self.perturber, self.spec, self.objective, reduce=self._reduce
+            cfg,
+            self.params,
+            self.perturber,
+            self.spec,
+            self.objective,
+            reduce=self._reduce or self.dist.reduce,
+            owns=self.dist.owns,
         )
         self.reporter = Reporter(
             total=cfg.steps,
             start=self.start,
-            progress=self.progress,
-            log=self._log,
-            log_path=self.log_path,
-            report_to=cfg.report_to,
+            progress=self.progress and self.main,
+            log=self._log if self.main else (lambda text: None),
+            log_path=self.log_path if self.main else None,
+            report_to=cfg.report_to if self.main else "none",
             report_dir=self.out.with_name(self.out.name + ".tensorboard"),
             run_name=self.out.name,
             config=cfg.to_dict(),
@@ -611,11 +661,22 @@ class MezoRecipe:
         from mezo_ckpt.base import verify_base
 
         cfg = self.cfg
+        assert self.dist is not None
         src = self.journal if self.journal.exists() else self.out
-        if src == self.out:  # a finished (or interrupted and compacted) file: journal again
-            with os_errors(self.journal, "write"):
-                self.journal.write_bytes(self.out.read_bytes())
-        writer, traj = TrajectoryWriter.open_for_resume(self.journal, fsync=cfg.fsync)
+        if self.main:
+            if src == self.out:  # a finished (or interrupted and compacted) file: journal again
+                with os_errors(self.journal, "write"):
+                    self.journal.write_bytes(self.out.read_bytes())
+            writer, traj = TrajectoryWriter.open_for_resume(self.journal, fsync=cfg.fsync)
+        if self.dist.active:  # every rank replays rank 0's journal
+            from mezo_ckpt.format import parse_trajectory
+
+            data = self.dist.broadcast_bytes(
+                self.journal.read_bytes()[: traj.valid_length] if self.main else None
+            )
+            traj = parse_trajectory(data, allow_truncated_tail=True)
+            if not self.main:
+                writer = _FollowerWriter(traj.num_steps)
         h = traj.header
         try:
             stored = h.config.get("data") or {}
@@ -656,6 +717,9 @@ class MezoRecipe:
     def _extend(self, traj: Trajectory, steps: int) -> None:
         """Rewrite the journal under a header with the new number of steps (the records,
         evaluations and fingerprints carry over, re-bound to the new header)."""
+        if not self.main:
+            self.header = self.header.with_(total_steps=steps)
+            return
         cfg_json = dict(self.header.config)
         cfg_json["steps"] = steps
         history = list(cfg_json.get("extended_from") or [])
@@ -719,10 +783,12 @@ class MezoRecipe:
     def checkpoint(self, at: int) -> str:
         """Record the fingerprint of the trainable tensors after ``at`` steps (hashed once
         per step), so a replay to any evaluated step verifies itself."""
-        assert self.writer is not None
+        assert self.writer is not None and self.dist is not None
         if at not in self.checkpoints:
-            self.checkpoints[at] = tensors_sha256(self.params, self.header.trainable)
-            self.writer.append_checkpoint(at, self.checkpoints[at])
+            digest = tensors_sha256(self.params, self.header.trainable)
+            self.dist.check_same(digest, at)  # every rank holds the same weights
+            self.checkpoints[at] = digest
+            self.writer.append_checkpoint(at, digest)
         return self.checkpoints[at]
 
     def run_eval(self, at: int, split_names: Sequence[str]) -> None:
@@ -749,12 +815,14 @@ class MezoRecipe:
             self.reporter.evaluation(at, split, metrics)
 
     def _seal_and_compact(self, at: int) -> None:
-        assert self.writer is not None
+        assert self.writer is not None and self.dist is not None
         self.checkpoint(at)
         self.writer.close()
-        compact(self.journal, self.out)
-        with os_errors(self.journal, "remove the finished journal"):
-            self.journal.unlink()
+        if self.main:
+            compact(self.journal, self.out)
+            with os_errors(self.journal, "remove the finished journal"):
+                self.journal.unlink()
+        self.dist.barrier()
 
     def _diverged(self, at: int, why: str) -> None:
         self._seal_and_compact(at)
@@ -774,7 +842,7 @@ class MezoRecipe:
     # ------------------------------------------------------------------ the loop
     def loop(self) -> None:
         cfg = self.cfg
-        assert self.writer is not None and self.reporter is not None
+        assert self.writer is not None and self.reporter is not None and self.dist is not None
         train = self.splits["train"]
         truncated_train = 0
         t0 = time.perf_counter()
@@ -785,7 +853,7 @@ class MezoRecipe:
                     self.run_eval(0, ["dev", "test"] if cfg.eval_test else ["dev"])
                 for step in range(self.start, cfg.steps):
                     t_step = time.perf_counter()
-                    idx = batch_indices(cfg.seed, step, len(train), cfg.batch_size)
+                    idx = self.dist.shard(batch_indices(cfg.seed, step, len(train), cfg.batch_size))
                     enc = self.task.encode(self.tokenizer, [train.examples[i] for i in idx])
                     truncated_train += enc.truncated
                     lr = cfg.lr_at(step)
@@ -803,7 +871,10 @@ class MezoRecipe:
                         )
                     if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
                         self.run_eval(done, ["dev"])
-                    if stop_requested():
+                    stop = stop_requested()
+                    if self.dist.active:  # every rank stops at the same step
+                        stop = self.dist.sum_floats([1.0 if stop else 0.0])[0] > 0
+                    if stop:
                         self.interrupted = done < cfg.steps
                         step = done
                         break
@@ -830,12 +901,12 @@ class MezoRecipe:
             self._seal_and_compact(step)
         except OutputError as e:
             self._disk_failed(e, step)
-        if self.interrupted:
+        if self.interrupted and self.main:
             self.message(
                 f"Stopped after step {step}/{cfg.steps}. Resume with: "
                 f"mezo-ckpt train --resume {self.out}"
             )
-        if cfg.save_model and not self.interrupted:
+        if cfg.save_model and not self.interrupted and self.main:
             from mezo_ckpt.export import export_adapter_folder, export_hf
 
             meta = {"tool": "mezo-ckpt", "trajectory": str(self.out), "step": step}

@@ -89,7 +89,7 @@ class Reporter:
         start: int,
         progress: bool,
         log: Callable[[str], None],
-        log_path: Path,
+        log_path: Path | None,
         report_to: str = "none",
         report_dir: Path | None = None,
         run_name: str = "mezo",
@@ -113,14 +113,17 @@ class Reporter:
             dynamic_ncols=True,
             file=self.stream,
         )
-        with os_errors(log_path, "write the log"):
-            self.log_f = open(log_path, "a", encoding="utf-8")  # noqa: SIM115
+        self.log_f: Any = None
+        if log_path is not None:
+            with os_errors(log_path, "write the log"):
+                self.log_f = open(log_path, "a", encoding="utf-8")  # noqa: SIM115
         self.t0 = time.perf_counter()
         self._last_plain = self.t0
         self._plain_every = max(1, int(total * PLAIN_EVERY_FRACTION))
         self.sinks: list[Any] = []
         if report_to == "tensorboard":
-            self.sinks.append(_Tensorboard(report_dir or log_path.with_suffix(".tb"), config or {}))
+            logdir = report_dir or Path(str(log_path or "mezo")).with_suffix(".tb")
+            self.sinks.append(_Tensorboard(logdir, config or {}))
         elif report_to == "wandb":
             self.sinks.append(_Wandb(run_name, config or {}))
 
@@ -132,6 +135,8 @@ class Reporter:
             self._log(text)
 
     def _jsonl(self, obj: Mapping[str, Any]) -> None:
+        if self.log_f is None:
+            return
         with os_errors(self.log_f.name, "write the log"):
             self.log_f.write(json.dumps(obj, default=float) + "\n")
             self.log_f.flush()
@@ -187,5 +192,5 @@ class Reporter:
         self.bar.close()
         for sink in self.sinks:
             sink.close()
-        if not self.log_f.closed:
+        if self.log_f is not None and not self.log_f.closed:
             self.log_f.close()

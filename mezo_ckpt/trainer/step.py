@@ -93,6 +93,7 @@ class MezoStep:
         estimator: str = "spsa",
         weight_decay: float = 0.0,
         reduce: Reduce | None = None,
+        owns: Callable[[int], bool] | None = None,
     ) -> None:
         if estimator not in ESTIMATORS:
             raise ValueError(f"unknown estimator {estimator!r}; use {', '.join(ESTIMATORS)}")
@@ -105,6 +106,8 @@ class MezoStep:
         self.estimator = estimator
         self.weight_decay = weight_decay if spec.decay_params else 0.0
         self.reduce = reduce or (lambda terms: list(terms))
+        #: whether this process evaluates direction j (the others' losses arrive by reduce)
+        self.owns = owns or (lambda j: True)
 
     @classmethod
     def from_config(
@@ -115,6 +118,7 @@ class MezoStep:
         spec: UpdateSpec,
         measure: Measure,
         reduce: Reduce | None = None,
+        owns: Callable[[int], bool] | None = None,
     ) -> MezoStep:
         """The step a :class:`~mezo_ckpt.trainer.config.TrainConfig` describes."""
         return cls(
@@ -127,6 +131,7 @@ class MezoStep:
             estimator=cfg.estimator,
             weight_decay=cfg.weight_decay,
             reduce=reduce,
+            owns=owns,
         )
 
     @property
@@ -135,6 +140,8 @@ class MezoStep:
         return n + 1 if self.estimator == "one-sided" else 2 * n
 
     def _measure(self, step: int, lane: int, sign: int, enc: Encoded) -> LossTerms:
+        if not self.owns(lane):  # another rank's direction: it contributes nothing here
+            return LossTerms(0.0, 0, 0.0)
         with torch.inference_mode(), self.perturber.perturbed(step, lane, sign):
             return self.measure(enc)
 
@@ -143,8 +150,11 @@ class MezoStep:
         n = self.n_directions
         local: list[LossTerms] = []
         if self.estimator == "one-sided":
-            with torch.inference_mode():
-                local.append(self.measure(enc))
+            if self.owns(0):  # the shared baseline, measured once (by direction 0's owner)
+                with torch.inference_mode():
+                    local.append(self.measure(enc))
+            else:
+                local.append(LossTerms(0.0, 0, 0.0))
             for j in range(n):
                 local.append(self._measure(step, j, 1, enc))
         else:

@@ -1,0 +1,162 @@
+"""Data parallelism on torch.distributed (gloo, 2 CPU processes under torchrun).
+
+Each run is a real ``torchrun --nproc-per-node 2 -m mezo_ckpt train ...``: ranks shard the
+batch (or share the n-SPSA directions), all-reduce loss sums, check each other's weight
+fingerprints at every evaluation; rank 0 alone writes the file. A rank that stops
+answering ends the run with a typed error after the timeout, and the journal resumes.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tinymodels import save_tiny, toy_sentiment
+
+from mezo_ckpt.format import read_trajectory
+
+pytestmark = pytest.mark.slow
+
+ARGS = [
+    "--template",
+    "{text} =",
+    "--verbalizer",
+    "pos= p,neg= n",
+    "--steps",
+    "6",
+    "--eval-every",
+    "3",
+    "--batch-size",
+    "8",
+    "--lr",
+    "1e-2",
+    "-q",
+    "--set",
+    "fsync=false",
+]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    import json
+
+    d = tmp_path_factory.mktemp("dist")
+    save_tiny(d / "base", "llama")
+    rows = toy_sentiment(80)
+    (d / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows[:64]))
+    (d / "dev.jsonl").write_text("\n".join(json.dumps(r) for r in rows[64:]))
+    return d
+
+
+def common(d: Path) -> list[str]:
+    return [
+        "--model",
+        str(d / "base"),
+        "--train-file",
+        str(d / "train.jsonl"),
+        "--dev-file",
+        str(d / "dev.jsonl"),
+    ]
+
+
+def torchrun(d: Path, entry: list[str], *args: str, timeout: int = 240):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        *entry,
+        *args,
+    ]
+    return subprocess.run(cmd, cwd=d, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def single(d: Path, *args: str):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "mezo_ckpt", *args],
+        cwd=d,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+
+
+def test_data_parallel_matches_one_process_and_replays(setup):
+    d = setup
+    r = torchrun(d, ["-m", "mezo_ckpt"], "train", *common(d), *ARGS, "-o", "dp.zst")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.stdout.count("Wrote dp.zst") == 1  # rank 0 speaks for the run
+    s = single(d, "train", *common(d), *ARGS, "-o", "sp.zst")
+    assert s.returncode == 0, s.stderr[-2000:]
+    a, b = read_trajectory(d / "dp.zst"), read_trajectory(d / "sp.zst")
+    # same global batch: same losses within float tolerance (here even the same bits)
+    np.testing.assert_allclose(a.records.losses, b.records.losses, rtol=1e-5, atol=1e-6)
+    # every rank held the weights the file replays to (checked at each evaluation)
+    rep = single(d, "replay", "dp.zst", "--base", "base", "-o", "dp-out", "--json")
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    assert '"verified": "fingerprint"' in rep.stdout
+
+
+def test_directions_across_ranks(setup):
+    d = setup
+    r = torchrun(
+        d,
+        ["-m", "mezo_ckpt"],
+        "train",
+        *common(d),
+        *ARGS,
+        "-o",
+        "dir.zst",
+        "--n-directions",
+        "2",
+        "--dist-mode",
+        "directions",
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    s = single(d, "train", *common(d), *ARGS, "-o", "dir1.zst", "--n-directions", "2")
+    assert s.returncode == 0, s.stderr[-2000:]
+    a, b = read_trajectory(d / "dir.zst"), read_trajectory(d / "dir1.zst")
+    np.testing.assert_allclose(a.records.losses, b.records.losses, rtol=1e-5, atol=1e-6)
+    assert a.records.coefs.shape == (6, 2)
+
+
+def test_a_silent_rank_ends_the_run_typed_and_resumable(setup):
+    d = setup
+    hang = d / "hang.py"
+    hang.write_text(
+        textwrap.dedent("""
+        import os, time
+        from mezo_ckpt.trainer.config import TrainConfig
+        real = TrainConfig.lr_at
+        def lr_at(self, step):
+            if step == 4 and os.environ.get("RANK") == "1":
+                time.sleep(600)  # rank 1 stops answering in the middle of the run
+            return real(self, step)
+        TrainConfig.lr_at = lr_at
+        from mezo_ckpt.cli import main
+        main()
+    """)
+    )
+    r = torchrun(
+        d, [str(hang)], "train", *common(d), *ARGS, "-o", "dead.zst", "--dist-timeout", "8"
+    )
+    assert r.returncode != 0
+    assert "DistributedError" in r.stdout + r.stderr
+    assert "--resume" in r.stdout + r.stderr
+    assert (d / "dead.zst.partial").exists() and not (d / "dead.zst").exists()
+    assert read_trajectory(d / "dead.zst.partial", allow_truncated_tail=True).num_steps == 4
+    r = torchrun(d, ["-m", "mezo_ckpt"], "train", "--resume", "dead.zst", *common(d), "-q")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    single(d, "train", *common(d), *ARGS, "-o", "straight.zst")
+    a, b = read_trajectory(d / "dead.zst"), read_trajectory(d / "straight.zst")
+    assert a.checkpoints == b.checkpoints and a.complete

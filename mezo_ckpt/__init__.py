@@ -17,6 +17,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from mezo_ckpt.hub.fetch import load
 
 
+def __dir__() -> list[str]:
+    return sorted([*globals(), "load"])
+
+
 def __getattr__(name: str) -> Any:
     if name == "load":
         from mezo_ckpt.hub.fetch import load

@@ -53,9 +53,10 @@ CONFIG_FILE = "config.json"
 GENERATION_CONFIG_FILE = "generation_config.json"
 
 
-def parse_dtype(name: str | torch.dtype) -> torch.dtype:
-    """'float32' | 'fp32' | 'bfloat16' | 'bf16' | 'float16' | 'fp16' -> torch dtype."""
-    if isinstance(name, torch.dtype):
+def parse_dtype(name: str | torch.dtype) -> torch.dtype | str:
+    """'float32' | 'fp32' | 'bfloat16' | 'bf16' | 'float16' | 'fp16' -> torch dtype;
+    'auto' stays 'auto' (the checkpoint's own dtype, as transformers reads it)."""
+    if isinstance(name, torch.dtype) or name == "auto":
         return name
     try:
         return DTYPES[name]

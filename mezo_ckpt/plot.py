@@ -34,15 +34,19 @@ def render_png(traj: Trajectory, title: str | None = None) -> bytes:
     """PNG bytes: per-split evaluation metrics against steps, and the mean step loss."""
     plt = _pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=110)
-    splits: dict[str, list[tuple[int, float]]] = {}
+    present = {k for e in traj.evaluations for k in e.metrics}
+    metrics = [m for m in ("accuracy", "f1", "exact_match") if m in present] or ["loss"]
+    splits: dict[tuple[str, str], list[tuple[int, float]]] = {}
     for e in traj.evaluations:
-        if "accuracy" in e.metrics:
-            splits.setdefault(e.split, []).append((e.step, e.metrics["accuracy"]))
-    for split, pts in sorted(splits.items()):
+        for m in metrics:
+            if m in e.metrics:
+                splits.setdefault((e.split, m), []).append((e.step, e.metrics[m]))
+    for (split, m), pts in sorted(splits.items()):
         pts.sort()
-        ax1.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=clean(split))
+        label = clean(split) if len(metrics) == 1 else f"{clean(split)} {m}"
+        ax1.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
     ax1.set_xlabel("step")
-    ax1.set_ylabel("accuracy")
+    ax1.set_ylabel(" / ".join(metrics))
     ax1.set_title("evaluation")
     if splits:
         ax1.legend()

@@ -59,12 +59,22 @@ class ReplayReport:
         return "NOT verified: nothing in the file binds these records"
 
 
-def best_step(traj: Trajectory, *, split: str | None = None, metric: str = "accuracy") -> int:
+#: Metrics that rank evaluated steps, in order of preference (higher is better).
+BEST_METRICS = ("accuracy", "f1", "exact_match")
+
+
+def best_step(traj: Trajectory, *, split: str | None = None, metric: str | None = None) -> int:
     """The evaluated step with the highest ``metric`` (ties: lower loss, then earlier step).
+
+    ``metric`` defaults to the first of accuracy, f1, exact_match the evaluations have
+    (f1 for generation tasks).
 
     Raises:
         StepOutOfRangeError: no evaluation records with that metric.
     """
+    if metric is None:
+        present = {k for e in traj.evaluations for k in e.metrics}
+        metric = next((m for m in BEST_METRICS if m in present), "accuracy")
     evals = [
         e
         for e in traj.evaluations

@@ -9,7 +9,17 @@ from mezo_ckpt.cli.common import Group
 
 
 @click.group(
-    cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+    cls=Group,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog="""\b
+Examples:
+  mezo-ckpt train                          # offline default: SmolLM2-135M + sentiment
+  mezo-ckpt info trajectory.zst            # what is inside (--plot curve.png)
+  mezo-ckpt replay trajectory.zst -o tuned/
+  mezo-ckpt train --resume trajectory.zst --steps 200
+  mezo-ckpt diff trajectory.zst            # how much each layer moved
+  mezo-ckpt push trajectory.zst me/my-finetune; mezo-ckpt pull me/my-finetune -o tuned/
+""",
 )
 @click.version_option(__version__, prog_name="mezo-ckpt")
 def main() -> None:
@@ -20,9 +30,5 @@ def main() -> None:
     and one scalar. `train` writes those into a trajectory file of a few KB;
     `replay` rebuilds the fine-tuned weights from it bit for bit.
 
-    \b
-    Quick start (offline, embedded SmolLM2-135M + movie-review sentiment):
-      mezo-ckpt train                       # writes trajectory.zst
-      mezo-ckpt info trajectory.zst         # what is inside
-      mezo-ckpt replay trajectory.zst -o tuned/   # from_pretrained-ready folder
+    Each command's --help explains its options and ends with examples.
     """

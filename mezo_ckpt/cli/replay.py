@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -11,6 +12,14 @@ from mezo_ckpt.cli.common import STEP_HELP, parse_step
 from mezo_ckpt.text import clean
 
 FORMATS = ("hf", "safetensors", "delta", "peft")
+
+
+def _si(x: float) -> str:
+    """1234567 -> '1.23 M' (k, M, G, T)."""
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.2f} {unit}"
+    return f"{x:.0f}"
 
 
 @click.command(
@@ -105,14 +114,14 @@ def replay(
         allow_unverified=allow_unverified,
         verify=not no_verify,
         threads=threads,
-        progress=not (as_json or quiet),
+        progress=not (as_json or quiet) and sys.stderr.isatty(),
     )
     if as_json:
         click.echo(json.dumps(r, indent=2))
         return
     click.echo(
         f"Replayed {r['applied_steps']} steps to step {r['step']} "
-        f"({r['element_steps'] / 1e9:.2f} G element-steps at {r['rate'] / 1e6:.0f} M/s); "
+        f"({_si(r['element_steps'])} element-steps at {_si(r['rate'])}/s); "
         f"{r['verification']}."
     )
     click.echo(f"Base checked: {clean('; '.join(r['checked']))}.")

@@ -303,17 +303,13 @@ def render_card(
     )
     base_section, pinning = _base_section(base, base_link)
     sentence, code = task_snippet(repo_id, cfg)
+    present = {k for e in traj.evaluations for k in e.metrics if k != "examples"}
+    order = ("accuracy", "exact_match", "f1", "loss")
+    columns = [c for c in order if c in present] + sorted(present - set(order))
     evals = []
     for e in sorted(traj.evaluations, key=lambda e: (e.step, e.split)):
-        acc, loss = e.metrics.get("accuracy"), e.metrics.get("loss")
-        evals.append(
-            {
-                "step": e.step,
-                "split": _cell(e.split),
-                "accuracy": "-" if acc is None else f"{acc:.4f}",
-                "loss": "-" if loss is None else f"{loss:.4f}",
-            }
-        )
+        values = ["-" if c not in e.metrics else f"{e.metrics[c]:.4f}" for c in columns]
+        evals.append({"step": e.step, "split": _cell(e.split), "values": values})
     p, u, o = h.perturbation, h.update, h.optimizer
     settings = (
         f"Perturbations: generator `{md_code(p.generator)}`, z `{md_code(p.z)}`, eps {p.eps}, "
@@ -360,6 +356,7 @@ def render_card(
         weights_human=human_bytes(wt["bytes"]),
         ratio=f"{wt['bytes'] / max(1, tb['bytes']):,.0f}",
         evaluations=evals,
+        eval_columns=[md(c) for c in columns],
         best_step=tb.get("best_step"),
         plot_file=plot_file,
         config_rows=_card_config(cfg, base_model),

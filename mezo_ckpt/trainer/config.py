@@ -288,9 +288,15 @@ class TrainConfig:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, where: str = "config") -> TrainConfig:
-        """Coerce, check and build from a mapping (``where`` names its source)."""
-        return resolve_config(layers=[(dict(data), lambda key: where)])
+    def from_dict(
+        cls, data: Mapping[str, Any], *, where: str = "config", in_memory: bool = False
+    ) -> TrainConfig:
+        """Coerce, check and build from a mapping (``where`` names its source).
+
+        ``in_memory``: the examples come from the caller (``train(data=...)``), so a custom
+        task needs no data file.
+        """
+        return resolve_config(layers=[(dict(data), lambda key: where)], in_memory=in_memory)
 
     def replace(self, **changes: Any) -> TrainConfig:
         cfg = dataclasses.replace(self, **changes)
@@ -310,7 +316,8 @@ class TrainConfig:
             coerce(f.name, getattr(self, f.name), src.get(f.name, "config"))
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise bad("device", "use auto, cpu or cuda[:N]")
-        if self.task == "custom" and not (self.train_file or self.dataset):
+        in_memory = getattr(self, "in_memory", False)
+        if self.task == "custom" and not (self.train_file or self.dataset or in_memory):
             raise bad("task", "task 'custom' needs --train-file or --dataset")
         if self.task == "custom" and not self.template:
             raise bad("template", "task 'custom' needs a prompt template (--template)")
@@ -578,6 +585,7 @@ def resolve_config(
     *,
     layers: Sequence[tuple[dict[str, Any], Any]] = (),
     base: TrainConfig | None = None,
+    in_memory: bool = False,
 ) -> TrainConfig:
     """defaults (or ``base``) < YAML < flags < ``--set``, coerced and validated.
 
@@ -603,6 +611,7 @@ def resolve_config(
             sources[key] = src
     start = base.to_dict() if base is not None else {}
     cfg = TrainConfig(**{**start, **values})
+    cfg.in_memory = in_memory  # type: ignore[attr-defined]
     cfg.validate(sources)
     cfg._sources = sources  # type: ignore[attr-defined]
     return cfg

@@ -167,12 +167,17 @@ def load_dataset_split(
     name: str,
     config: str | None = None,
     limit: int | None = None,
-) -> Split:
+    required: bool = True,
+) -> Split | None:
     """One split of a ``datasets`` dataset: a folder written by ``save_to_disk``, a folder
     of data files, or a dataset name (from the datasets cache when offline).
 
+    Args:
+        required: the user asked for this split; otherwise a missing split is None (a
+            dataset without a validation split trains without dev evaluations).
+
     Raises:
-        DataError: ``datasets`` is missing, the dataset or split does not exist.
+        DataError: ``datasets`` is missing, the dataset or a required split does not exist.
     """
     try:
         import datasets
@@ -195,11 +200,20 @@ def load_dataset_split(
         raise DataError(f"could not load dataset {source!r}: {first[:300]}") from None
     if isinstance(ds, datasets.DatasetDict):
         if split not in ds:
+            if not required:
+                return None
             raise DataError(
                 f"dataset {source!r} has no split {split!r}; it has {sorted(ds)} "
                 "(choose with --train-split / --dev-split / --test-split)"
             )
         ds = ds[split]
+    elif name != "train":  # a single Dataset is the training data, never its own dev set
+        if not required:
+            return None
+        raise DataError(
+            f"dataset {source!r} is a single split (no {split!r}): pass --dev-file/--test-file "
+            "or a DatasetDict with that split"
+        )
     n = len(ds) if not limit else min(limit, len(ds))
     rows = [dict(ds[i]) for i in range(n)]
     if not rows:

@@ -45,6 +45,27 @@ class Selection:
         )
 
 
+def _hint(pattern: str, every: list[str]) -> str:
+    """A corrected pattern for a typo: each literal piece of the glob that is not part of
+    any name is replaced by the closest name component."""
+    import re
+
+    components = sorted({c for n in every for c in n.split(".")})
+    fixed = pattern
+    for piece in (p for p in re.split(r"[*?\[\].]+", pattern) if p):
+        if any(piece in n for n in every):
+            continue
+        close = difflib.get_close_matches(piece, components, n=1, cutoff=0.6)
+        if close:
+            fixed = fixed.replace(piece, close[0])
+    if fixed != pattern:
+        hit = next((n for n in every if fnmatchcase(n, fixed)), None)
+        if hit is not None:
+            return f"; did you mean {fixed!r} (it matches e.g. {hit})?"
+    close = difflib.get_close_matches(pattern, every, n=3, cutoff=0.4)
+    return f"; close names: {', '.join(close)}" if close else ""
+
+
 def _matching(pattern: str, names: dict[str, list[str]]) -> set[str]:
     return {c for c, all_names in names.items() if any(fnmatchcase(n, pattern) for n in all_names)}
 
@@ -74,8 +95,7 @@ def select_trainable(
         for pat in patterns:
             hit = _matching(pat, names)
             if not hit:
-                close = difflib.get_close_matches(pat, every, n=3, cutoff=0.4)
-                hint = f"; close names: {', '.join(close)}" if close else ""
+                hint = _hint(pat, every)
                 raise ConfigError(
                     f"{flag} {pat!r} matches no parameter{hint} (names look like "
                     f"{', '.join(every[:3])}; globs use * and ?)"

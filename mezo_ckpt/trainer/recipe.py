@@ -21,9 +21,11 @@ What a user can count on:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -58,7 +60,7 @@ from mezo_ckpt.header import (
     UpdateRule,
 )
 from mezo_ckpt.runtime import quiet_progress, resolve_device, set_threads
-from mezo_ckpt.trainer.config import TrainConfig
+from mezo_ckpt.trainer.config import TrainConfig, sources_of
 from mezo_ckpt.trainer.data import Split, fingerprint, load_dataset_split, load_file, map_columns
 from mezo_ckpt.trainer.dist import Dist
 from mezo_ckpt.trainer.objectives import UserObjective, load_user_objective
@@ -186,18 +188,31 @@ def load_splits(
             splits[name] = Split(name, rows, [f"{name} row {i + 1}" for i in range(len(rows))])
         splits["train"] = splits["train"].head(cfg.train_examples)
     elif cfg.dataset:
-        splits["train"] = load_dataset_split(
+        train = load_dataset_split(
             cfg.dataset,
             cfg.train_split,
             name="train",
             config=cfg.dataset_config,
             limit=cfg.train_examples,
         )
+        assert train is not None
+        splits["train"] = train
+        given = sources_of(cfg)
         for name, split in (("dev", cfg.dev_split), ("test", cfg.test_split)):
             if split:
-                splits[name] = load_dataset_split(
-                    cfg.dataset, split, name=name, config=cfg.dataset_config
+                got = load_dataset_split(
+                    cfg.dataset,
+                    split,
+                    name=name,
+                    config=cfg.dataset_config,
+                    required=f"{name}_split" in given,
                 )
+                if got is not None:
+                    splits[name] = got
+        if cfg.dev_file:
+            splits["dev"] = load_file(cfg.dev_file, name="dev")
+        if cfg.test_file:
+            splits["test"] = load_file(cfg.test_file, name="test")
     elif cfg.train_file:
         splits["train"] = load_file(cfg.train_file, name="train", limit=cfg.train_examples)
         if cfg.dev_file:
@@ -403,6 +418,8 @@ class MezoRecipe:
         self.train_seconds = 0.0
         self._bad_losses = 0
         self.peft_kind: str | None = None
+        self._fresh_journal = False
+        self.step_seconds = 0.0
         self.adapter_info = None
         self.base_identity: BaseIdentity | None = None
 
@@ -410,14 +427,21 @@ class MezoRecipe:
     def __enter__(self) -> MezoRecipe:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.close(failed=exc_type is not None)
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         if self.writer is not None:
             self.writer.close()
         if self.reporter is not None:
             self.reporter.close()
+        # A fresh run that failed before recording a step leaves nothing behind (no
+        # journal that would block the corrected rerun, no log).
+        nothing = self.writer is not None and self.writer.num_steps == 0
+        if failed and self._fresh_journal and nothing and self.journal.exists():
+            with contextlib.suppress(OSError):
+                self.journal.unlink()
+                self.log_path.unlink(missing_ok=True)
         self._stack.close()
         if self.dist is not None:
             self.dist.close()
@@ -510,7 +534,9 @@ class MezoRecipe:
                 if self.overwrite:
                     with os_errors(self.log_path, "replace the log"):
                         self.log_path.unlink(missing_ok=True)
+                self._check_late_settings()
                 self.writer = TrajectoryWriter.create(self.journal, self.header, fsync=cfg.fsync)
+                self._fresh_journal = True
         self.spec = UpdateSpec.from_header(self.header)
         self.perturber = Perturber(model, trainable, cfg.seed, cfg.z, cfg.eps)
         self.objective = Objective(
@@ -537,8 +563,45 @@ class MezoRecipe:
             config=cfg.to_dict(),
         )
         self.message(self.selection.describe())
+        self._note_truncation()
         if self.resume is not None and self.start > 0:
             self._redo_missing(upto=self.start)
+
+    def _note_truncation(self) -> None:
+        """Say once how many training prompts --max-length cuts (dev/test: at step 0)."""
+        train = self.splits["train"]
+        cut = 0
+        for lo in range(0, len(train.examples), 64):
+            cut += self.task.encode(self.tokenizer, train.examples[lo : lo + 64]).truncated
+        if cut:
+            self.message(
+                f"Note: {cut} of {len(train)} training prompts are longer than --max-length "
+                f"{self.cfg.max_length} tokens and are cut from the left"
+            )
+
+    def _check_late_settings(self) -> None:
+        """What would otherwise fail only at the first evaluation or report: the chat
+        template renders, the reporter's package exists. Checked before the journal is
+        created, so a mistake leaves nothing behind."""
+        if self.task.chat_template:
+            for split in self.splits.values():
+                if split.examples:
+                    self.task.render(self.tokenizer, split.examples[0])
+        if self.cfg.report_to == "tensorboard":
+            try:
+                import torch.utils.tensorboard  # noqa: F401
+            except ImportError:
+                raise ConfigError(
+                    "--report-to tensorboard needs the tensorboard package: "
+                    "pip install 'mezo-ckpt[report]' (or tensorboard)"
+                ) from None
+        elif self.cfg.report_to == "wandb":
+            try:
+                import wandb  # noqa: F401
+            except ImportError:
+                raise ConfigError(
+                    "--report-to wandb needs the wandb package: pip install wandb"
+                ) from None
 
     def _load_model(self) -> None:
         from mezo_ckpt.base import LoadedBase, load_base
@@ -554,7 +617,8 @@ class MezoRecipe:
                 raise ConfigError("model= needs tokenizer= too")
             self.tokenizer = self._tokenizer_arg
         else:
-            with quiet_progress(self.progress):
+            # library bars only on a terminal (in a log they are lines of carriage returns)
+            with quiet_progress(self.progress and sys.stderr.isatty()):
                 self.loaded = load_base(
                     cfg.model,
                     dtype=cfg.dtype,
@@ -569,7 +633,15 @@ class MezoRecipe:
         self.load_seconds = time.perf_counter() - t0
 
     def data_info(self) -> dict[str, Any]:
+        source = (
+            "memory"
+            if self._data_arg is not None
+            else (
+                "dataset" if self.cfg.dataset else ("files" if self.cfg.train_file else "builtin")
+            )
+        )
         return {
+            "source": source,
             "train_sha256": fingerprint(self.splits["train"].examples),
             "train_examples": len(self.splits["train"]),
             **{
@@ -844,7 +916,6 @@ class MezoRecipe:
         cfg = self.cfg
         assert self.writer is not None and self.reporter is not None and self.dist is not None
         train = self.splits["train"]
-        truncated_train = 0
         t0 = time.perf_counter()
         step = self.start
         with graceful_interrupt(self.message) as stop_requested:
@@ -855,13 +926,14 @@ class MezoRecipe:
                     t_step = time.perf_counter()
                     idx = self.dist.shard(batch_indices(cfg.seed, step, len(train), cfg.batch_size))
                     enc = self.task.encode(self.tokenizer, [train.examples[i] for i in idx])
-                    truncated_train += enc.truncated
                     lr = cfg.lr_at(step)
                     est = self.stepper.estimate(step, enc, lr)
                     # The record is durable before the weights move.
                     self.writer.append_steps(est.record(with_losses=cfg.record_losses))
                     self.stepper.apply(est)
-                    self.reporter.step(step, est, lr, time.perf_counter() - t_step)
+                    took = time.perf_counter() - t_step
+                    self.step_seconds += took
+                    self.reporter.step(step, est, lr, took)
                     done = step + 1
                     self.step_now = done
                     self._bad_losses = self._bad_losses + 1 if est.skipped else 0
@@ -884,11 +956,6 @@ class MezoRecipe:
             except OutputError as e:
                 self._disk_failed(e, self.writer.num_steps)
         self.train_seconds = time.perf_counter() - t0
-        if truncated_train:
-            self.message(
-                f"Note: {truncated_train} training prompts were longer than --max-length "
-                f"{cfg.max_length} and were cut from the left"
-            )
 
     # ------------------------------------------------------------------ finish
     def finish(self) -> TrainResult:
@@ -936,7 +1003,7 @@ class MezoRecipe:
             list(self.evaluations),
             time.perf_counter() - self.t_call,
             self.train_seconds,
-            self.train_seconds / ran,
+            self.step_seconds / ran,
             fingerprint_,
             self.selection,
             self.notes,
@@ -976,6 +1043,10 @@ def train(
     if isinstance(model, (str, os.PathLike)):  # a folder or repo id: the `model` setting
         settings["model"] = str(model)
         model = None
+    if data is not None and resume is None:  # examples in memory: a custom task
+        if cfg is None:
+            settings.setdefault("task", "custom")
+        settings["_in_memory"] = True
     if resume is not None:
         from mezo_ckpt.trainer.resume import resume_config
 
@@ -986,10 +1057,16 @@ def train(
         cfg, _, notes = resume_config(resume, given)
         for n in notes:
             log(f"Note: {n}")
-    elif cfg is None:
-        cfg = TrainConfig.from_dict(settings, where="train()")
-    elif settings:
-        cfg = cfg.replace(**settings)
+    else:
+        in_memory = settings.pop("_in_memory", False)
+        if cfg is None:
+            cfg = TrainConfig.from_dict(settings, where="train()", in_memory=in_memory)
+        elif settings or in_memory:
+            cfg = dataclasses.replace(cfg, **settings)
+            if in_memory:
+                cfg.task = "custom"
+            cfg.in_memory = in_memory
+            cfg.validate()
     with MezoRecipe(
         cfg,
         resume=resume,

@@ -119,6 +119,7 @@ class Reporter:
                 self.log_f = open(log_path, "a", encoding="utf-8")  # noqa: SIM115
         self.t0 = time.perf_counter()
         self._last_plain = self.t0
+        self._step_seconds = 0.0  # steps only: evaluations are not steps
         self._plain_every = max(1, int(total * PLAIN_EVERY_FRACTION))
         self.sinks: list[Any] = []
         if report_to == "tensorboard":
@@ -143,6 +144,7 @@ class Reporter:
 
     def step(self, step: int, est, lr: float, seconds: float) -> None:
         done = step + 1
+        self._step_seconds += seconds
         self._jsonl(
             {
                 "event": "step",
@@ -172,7 +174,7 @@ class Reporter:
             ):
                 self._last_plain = now
                 ran = done - self.start
-                per = (now - self.t0) / max(1, ran)
+                per = self._step_seconds / max(1, ran)
                 eta = per * (self.total - done)
                 self._log(
                     f"step {done}/{self.total} ({100 * done / max(1, self.total):.0f}%)  "

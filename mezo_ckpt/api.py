@@ -36,18 +36,38 @@ def base_spec_from_header(traj: Trajectory) -> tuple[str | None, str | None]:
     )
 
 
+def _base_spec(traj: Trajectory, base: str | None) -> tuple[str | None, str | None]:
+    b = traj.header.base
+    if base is None:
+        return base_spec_from_header(traj)
+    if b.kind == "hub" and base == b.repo_id:
+        return base, b.revision
+    return base, None
+
+
 def load_base_for(traj: Trajectory, base: str | None = None, *, device: str = "cpu"):
     """Load the trajectory's base (or the one given) in the trajectory's dtype."""
     from mezo_ckpt.base import load_base
 
-    b = traj.header.base
-    if base is None:
-        spec, revision = base_spec_from_header(traj)
-    else:
-        spec, revision = base, None
-        if b.kind == "hub" and base == b.repo_id:
-            revision = b.revision
-    return load_base(spec, dtype=b.dtype, device=device, revision=revision)
+    spec, revision = _base_spec(traj, base)
+    return load_base(spec, dtype=traj.header.base.dtype, device=device, revision=revision)
+
+
+def _available_memory() -> int | None:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not Linux
+        return None
+
+
+def should_stream(folder: Path, requested: bool | None) -> bool:
+    """Stream when asked, or (by default) when the weights would not fit in half of the
+    memory available now."""
+    if requested is not None:
+        return requested
+    size = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+    free = _available_memory()
+    return free is not None and size > free // 2
 
 
 def default_output(trajectory: Path, step: int, fmt: str) -> Path:
@@ -74,8 +94,12 @@ def replay_to(
     verify: bool = True,
     threads: int | None = None,
     progress: bool = True,
+    stream: bool | None = None,
 ) -> dict[str, Any]:
     """Replay a trajectory file onto its base and write the weights (see `mezo-ckpt replay`).
+
+    ``stream``: replay an ``hf`` output shard by shard (peak memory: one shard) instead of
+    loading the whole base; None decides by size (see :func:`should_stream`).
 
     Everything that can be checked before the work is: the file, the step (and that a
     checkpoint covers it), the output path (not an input, writable, not existing unless
@@ -116,6 +140,13 @@ def replay_to(
     if base is not None and Path(os.path.expanduser(base)).exists():
         inputs.append(Path(os.path.expanduser(base)))
     check_output(out, kind=OUTPUT_KINDS[fmt], overwrite=overwrite, inputs=inputs)
+    if fmt == "hf" and traj.header.peft is None and not ignore_base_mismatch and verify:
+        from mezo_ckpt.base import locate_base
+
+        spec, revision = _base_spec(traj, base)
+        where = locate_base(spec, revision=revision, progress=progress)
+        if should_stream(where.folder, stream):
+            return _replay_streaming(traj, path, where, target, out, overwrite, progress)
     with quiet_progress(progress):
         loaded = load_base_for(traj, base)
     if loaded.folder is not None and (
@@ -207,6 +238,61 @@ def replay_to(
         "fingerprint": report.fingerprint,
         "format": fmt,
         "output": str(out),
+    }
+
+
+def _replay_streaming(
+    traj, path: Path, where, target: int, out: Path, overwrite: bool, progress: bool
+) -> dict[str, Any]:
+    import time
+
+    from tqdm.auto import tqdm
+
+    from mezo_ckpt.export import provenance
+    from mezo_ckpt.fsutil import is_inside
+    from mezo_ckpt.sharded import replay_folder
+
+    if is_inside(out, where.folder):
+        raise OutputError(f"-o {out} would write into the base model folder {where.folder}")
+    meta = provenance(traj, target, file_sha256(path))
+    params = {t.name: t for t in traj.header.base.tensors or ()}
+    total = None
+    if params:
+        total = sum(math.prod(params[n].shape) for n in traj.header.trainable if n in params)
+        total *= len(traj.update_batch(target))
+    t0 = time.perf_counter()
+    with tqdm(
+        total=total,
+        unit="el-step",
+        unit_scale=True,
+        desc="replay (streaming)",
+        disable=not progress,
+        leave=False,
+    ) as bar:
+        r = replay_folder(
+            traj, where.folder, out, step=target, meta=meta, replace=overwrite, progress=bar.update
+        )
+    seconds = time.perf_counter() - t0
+    words = {
+        "fingerprint": "verified: the weights match the trainer's fingerprint at this step",
+        "records": "records verified by a later checkpoint (no weight fingerprint at this step)",
+    }
+    return {
+        "trajectory": str(path),
+        "step": target,
+        "applied_steps": len(traj.update_batch(target)),
+        "element_steps": r["element_steps"],
+        "seconds": seconds,
+        "rate": r["element_steps"] / seconds if seconds > 0 else 0.0,
+        "verified": r["verified"],
+        "verification": words.get(str(r["verified"]), "NOT verified: nothing binds these records"),
+        "checked": r["checked"],
+        "base_mismatch": [],
+        "fingerprint": r["fingerprint"],
+        "format": "hf",
+        "output": str(out),
+        "streamed": True,
+        "shards": r["shards"],
     }
 
 

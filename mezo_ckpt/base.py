@@ -237,10 +237,7 @@ def compare_identity(
     """(differences, what was checked) between a recorded identity and a model."""
     trainable = list(trainable)
     params = canonical_parameters(model)
-    diffs: list[str] = []
     missing = [n for n in trainable if n not in params]
-    if missing:
-        diffs.append(f"trainable parameters missing from the offered model: {_short(missing)}")
     got = describe_base(
         model,
         [n for n in trainable if n in params],
@@ -248,6 +245,22 @@ def compare_identity(
         kind=want.kind,
         trainable_digest=want.tensors_sha256 is None,
     )
+    return diff_identities(want, got, missing=missing, folder=folder)
+
+
+def diff_identities(
+    want: BaseIdentity,
+    got: BaseIdentity,
+    *,
+    missing: Iterable[str] = (),
+    folder: Path | None = None,
+) -> tuple[list[str], list[str]]:
+    """(differences, what was checked) between a recorded identity and an offered one
+    (from a loaded model, or computed shard by shard from a folder)."""
+    missing = list(missing)
+    diffs: list[str] = []
+    if missing:
+        diffs.append(f"trainable parameters missing from the offered model: {_short(missing)}")
     for attr, label in (
         ("architecture", "architecture"),
         ("model_type", "model type"),
@@ -273,7 +286,7 @@ def compare_identity(
         )
     if want.tensors_sha256 is None:
         checked.append(
-            f"{len(trainable)} trainable tensors (a format 1.0 file pins only those: frozen "
+            "the trainable tensors (a format 1.0 file pins only those: frozen "
             "tensors, config and tokenizer are not checked)"
         )
     else:
@@ -444,6 +457,48 @@ def is_embedded_spec(spec: str | None) -> bool:
     return spec is None or spec == EMBEDDED_PREFIX or spec.startswith(EMBEDDED_PREFIX + ":")
 
 
+@dataclass
+class BaseLocation:
+    """Where a base is, before any weight is read."""
+
+    kind: str
+    folder: Path
+    repo_id: str | None = None
+    revision: str | None = None
+    files: dict[str, str] = field(default_factory=dict)
+    embedded: dict | None = None
+
+
+def locate_base(
+    spec: str | None, *, revision: str | None = None, progress: bool = True
+) -> BaseLocation:
+    """The folder of a base (embedded default, local folder, or Hub repo downloaded at a
+    commit), with its provenance; no weight is loaded.
+
+    Raises:
+        ModelLoadError / EmbeddedModelMissing: nothing usable at ``spec``.
+    """
+    if is_embedded_spec(spec):
+        from mezo_ckpt import embedded
+
+        folder = embedded.default_model_dir(progress=progress)
+        return BaseLocation("embedded", folder, embedded=embedded.embedded_identity())
+    assert spec is not None
+    path = Path(os.path.expanduser(spec))
+    if path.exists():
+        if not path.is_dir():
+            raise ModelLoadError(f"{spec} is a file; pass the model folder (with config.json)")
+        return BaseLocation("local", path, files=hash_folder_files(path))
+    if spec.startswith((".", "/", "~")) or os.sep in spec.strip(os.sep).replace("/", "", 1):
+        raise ModelLoadError(f"no model folder at {spec}")
+    from mezo_ckpt.hub.client import download_base
+
+    folder, commit = download_base(spec, revision=revision)
+    return BaseLocation(
+        "hub", folder, repo_id=spec, revision=commit, files=hash_folder_files(folder)
+    )
+
+
 def load_base(
     spec: str | None,
     *,
@@ -457,7 +512,7 @@ def load_base(
     Args:
         spec: None / "embedded" for the packaged SmolLM2-135M-Instruct, an existing folder,
             or a Hub repo id ("user/name").
-        dtype: parameter dtype to train or replay in.
+        dtype: parameter dtype to train or replay in ("auto": the checkpoint's).
         device: torch device.
         revision: Hub branch, tag or commit (resolved to a commit sha and recorded).
 
@@ -465,28 +520,14 @@ def load_base(
         ModelLoadError: nothing loadable at ``spec``.
         EmbeddedModelMissing: the embedded default's package is not installed.
     """
-    tdtype = parse_dtype(dtype)
-    if is_embedded_spec(spec):
-        from mezo_ckpt import embedded
-
-        folder = embedded.default_model_dir(progress=progress)
-        model = load_folder(folder, tdtype, device)
-        return LoadedBase(
-            model, "embedded", folder=folder, files={}, embedded=embedded.embedded_identity()
-        )
-    assert spec is not None
-    path = Path(os.path.expanduser(spec))
-    if path.exists():
-        if not path.is_dir():
-            raise ModelLoadError(f"{spec} is a file; pass the model folder (with config.json)")
-        model = load_folder(path, tdtype, device)
-        return LoadedBase(model, "local", folder=path, files=hash_folder_files(path))
-    if spec.startswith((".", "/", "~")) or os.sep in spec.strip(os.sep).replace("/", "", 1):
-        raise ModelLoadError(f"no model folder at {spec}")
-    from mezo_ckpt.hub.client import download_base
-
-    folder, commit = download_base(spec, revision=revision)
-    model = load_folder(folder, tdtype, device)
+    where = locate_base(spec, revision=revision, progress=progress)
+    model = load_folder(where.folder, parse_dtype(dtype), device)
     return LoadedBase(
-        model, "hub", folder=folder, repo_id=spec, revision=commit, files=hash_folder_files(folder)
+        model,
+        where.kind,
+        folder=where.folder,
+        repo_id=where.repo_id,
+        revision=where.revision,
+        files=where.files,
+        embedded=where.embedded,
     )

@@ -74,6 +74,13 @@ Examples:
     is_flag=True,
     help="Allow a step after the file's last checkpoint (a cut or unsealed file).",
 )
+@click.option(
+    "--stream/--no-stream",
+    default=None,
+    help="Replay an hf output shard by shard (peak memory: one safetensors shard) instead of "
+    "loading the whole base. Default: stream when the base would not fit in half the free "
+    "memory.",
+)
 @click.option("--no-verify", is_flag=True, help="Do not compare with the stored fingerprint.")
 @click.option("--threads", type=int, default=None, help="CPU threads (default: all cores).")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
@@ -87,6 +94,7 @@ def replay(
     overwrite: bool,
     ignore_base_mismatch: bool,
     allow_unverified: bool,
+    stream: bool | None,
     no_verify: bool,
     threads: int | None,
     as_json: bool,
@@ -113,6 +121,7 @@ def replay(
         ignore_base_mismatch=ignore_base_mismatch,
         allow_unverified=allow_unverified,
         verify=not no_verify,
+        stream=stream,
         threads=threads,
         progress=not (as_json or quiet) and sys.stderr.isatty(),
     )

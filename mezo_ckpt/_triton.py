@@ -12,14 +12,14 @@ Exactness, point by point:
   32x32-bit product, the plain (wrapping) product the low half.
 * Half-precision rounding (bf16/fp16, nearest-even and stochastic) and widening are
   integer bit manipulation only, rule for rule the helpers of :mod:`mezo_ckpt._kernels`
-  (NaN canonical, subnormals, overflow, ties); no ``.to(tl.bfloat16)`` and no float
-  arithmetic on subnormals, so a flush-to-zero mode could not change a bit either.
+  (NaN canonical, subnormals, overflow, ties); no ``.to(tl.bfloat16)``. The update's own
+  fp32 operations keep subnormals: the compiled code has no ``.ftz`` (tests check it).
 * Every launch passes ``enable_fp_fusion=False`` (:data:`LAUNCH_OPTIONS`): the multiply
   and the add/subtract are emitted as separate ``mul.rn.f32`` / ``sub.rn.f32`` (and ptxas
   gets ``--fmad=false``). For the update ``x - c*z`` the product is exact so fusion could
   not matter, but ``fl32(x*m) - c*z`` after a decay, and the perturbed copy's
-  ``x + fl32(scale*z)``, would change under fusion. :func:`ptx` compiles a kernel for a
-  CUDA target without a GPU, so tests can check the instructions.
+  ``x + fl32(scale*z)``, would change under fusion. :func:`cuda_asm` compiles a kernel
+  for a CUDA target without a GPU, so tests can check the instructions (PTX and SASS).
 
 Work layout: program ``g`` owns the ``BLOCK`` consecutive *global* element indices
 ``[(g0 + g) * BLOCK, (g0 + g + 1) * BLOCK)`` of the parameter (``g0 = start // BLOCK``),
@@ -729,8 +729,8 @@ def perturb(
     """
     src_bits, dt = _bits(src, "src")
     out_bits, dt_out = _bits(out, "out")
-    if dt_out != dt or out_bits.numel() != src_bits.numel():
-        raise ValueError("src and out must have the same dtype and size")
+    if dt_out != dt or out_bits.numel() != src_bits.numel() or out.device != src.device:
+        raise ValueError("src and out must have the same dtype, size and device")
     n = src_bits.numel()
     if n == 0:
         return
@@ -770,8 +770,8 @@ def perturb_rows(
     w_bits, dt = _bits(w, "w")
     out_bits, dt_out = _bits(out, "out")
     rows = rows.reshape(-1)
-    if dt_out != dt or out_bits.numel() != rows.numel() * dim:
-        raise ValueError("out must be [len(rows), dim] of w's dtype")
+    if dt_out != dt or out_bits.numel() != rows.numel() * dim or out.device != w.device:
+        raise ValueError("out must be [len(rows), dim] of w's dtype, on w's device")
     if rows.numel() == 0 or dim == 0:
         return
     if rows.dtype != torch.int64 or rows.device != w.device:
@@ -837,6 +837,7 @@ _SIGNATURES = {
         ["*DT", "*DT", "*fp32", "i64", "i64", "i64", "i32", "i32", "i32", "i32", "fp32"],
         ("KIND", "DT", "BLOCK"),
     ),
+    "round_half": (_round_kernel, ["*i32", "*i64", "*i16", "i64"], ("DT", "MODE", "BLOCK")),
     "perturb_rows": (
         _perturb_rows_kernel,
         ["*DT", "*i64", "*DT", "*fp32", "i32", "i32", "i32", "i32", "i32", "fp32"],
@@ -859,7 +860,7 @@ def cuda_asm(
     interpreter): ``{"ptx": ..., "sass": ...}`` (PTX and disassembled machine code).
 
     ``fp_fusion`` defaults to what every launch uses; ``name`` is one of ``z_fill``,
-    ``rounding_bits``, ``replay``, ``perturb``, ``perturb_rows``.
+    ``rounding_bits``, ``replay``, ``perturb``, ``perturb_rows``, ``round_half``.
     """
     if interpreting():
         raise RuntimeError("cuda_asm() needs the compiler: unset TRITON_INTERPRET")

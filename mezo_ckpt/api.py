@@ -46,11 +46,18 @@ def _base_spec(traj: Trajectory, base: str | None) -> tuple[str | None, str | No
 
 
 def load_base_for(traj: Trajectory, base: str | None = None, *, device: str = "cpu"):
-    """Load the trajectory's base (or the one given) in the trajectory's dtype."""
+    """Load the trajectory's base (or the one given) in the trajectory's dtype. A base
+    named by the trajectory is fetched from the Hub, never looked up as a local path."""
     from mezo_ckpt.base import load_base
 
     spec, revision = _base_spec(traj, base)
-    return load_base(spec, dtype=traj.header.base.dtype, device=device, revision=revision)
+    return load_base(
+        spec,
+        dtype=traj.header.base.dtype,
+        device=device,
+        revision=revision,
+        hub_only=base is None,
+    )
 
 
 def _available_memory() -> int | None:
@@ -144,7 +151,7 @@ def replay_to(
         from mezo_ckpt.base import locate_base
 
         spec, revision = _base_spec(traj, base)
-        where = locate_base(spec, revision=revision, progress=progress)
+        where = locate_base(spec, revision=revision, progress=progress, hub_only=base is None)
         if should_stream(where.folder, stream):
             return _replay_streaming(traj, path, where, target, out, overwrite, progress)
     with quiet_progress(progress):
@@ -159,9 +166,11 @@ def replay_to(
     check = verify_base(traj.header, model, offered=loaded, allow_mismatch=ignore_base_mismatch)
     model = prepare(traj.header, model)
     if check.overridden:
+        from mezo_ckpt.text import clean
+
         warnings.warn(
             "replaying onto a base that differs from the trajectory's (--ignore-base-mismatch):\n"
-            + "\n".join(f"  - {d}" for d in check.overridden),
+            + "\n".join(f"  - {clean(d)}" for d in check.overridden),
             stacklevel=2,
         )
     params = canonical_parameters(model)
@@ -401,8 +410,14 @@ def apply_delta_file(
             )
     else:
         spec, revision = base, None
+    from mezo_ckpt.header import is_repo_id
+
+    if base is None and spec is not None and not is_repo_id(spec):
+        raise ModelLoadError(f"the delta names an invalid base repo {str(spec)[:80]!r}")
     with quiet_progress(progress):
-        loaded = load_base(spec, dtype=b.get("dtype", "float32"), revision=revision)
+        loaded = load_base(
+            spec, dtype=b.get("dtype", "float32"), revision=revision, hub_only=base is None
+        )
     model = loaded.model
     params = canonical_parameters(model)
     names = sorted(k for k in tensors if "::" not in k)

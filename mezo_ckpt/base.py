@@ -134,6 +134,7 @@ def describe_base(
     folder: Path | None = None,
     tokenizer: Any = None,
     trainable_digest: bool = True,
+    values: Any = None,
 ) -> BaseIdentity:
     """Identity of ``model`` as recorded in a trajectory header (``base``).
 
@@ -143,6 +144,8 @@ def describe_base(
         trainable_digest: also compute ``trainable_sha256`` (one more sequential pass over
             the trainable tensors, overlapped with the others; a check against a 1.1
             header does not need it: the fingerprint of every tensor covers them).
+        values: where an offloaded (meta) parameter's values are
+            (:class:`mezo_ckpt.offload.OffloadedWeights`).
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -156,11 +159,16 @@ def describe_base(
     if config is not None and hasattr(config, "get_text_config"):
         tie = bool(getattr(config.get_text_config(), "tie_word_embeddings", tie))
     state = state_tensors(model)
+
+    def value(name: str, t: torch.Tensor):
+        if values is not None and t.is_meta:  # read when hashed, one at a time
+            return lambda: values.read(name)
+        return t
+
+    real = {n: value(n, p) for n, p in params.items()}
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mezo-hash-tr") as pool:
-        running = (
-            pool.submit(tensors_sha256, params, sorted(trainable)) if trainable_digest else None
-        )
-        digests = fingerprint_tensors({n: t for n, (t, _, _) in state.items()})
+        running = pool.submit(tensors_sha256, real, sorted(trainable)) if trainable_digest else None
+        digests = fingerprint_tensors({n: value(n, t) for n, (t, _, _) in state.items()})
         trainable_sha = running.result() if running is not None else "0" * 64
     entries = tuple(
         TensorEntry(
@@ -232,7 +240,11 @@ def _short(names: list[str], n: int = 5) -> str:
 
 
 def compare_identity(
-    want: BaseIdentity, model: torch.nn.Module, trainable: Iterable[str], folder: Path | None
+    want: BaseIdentity,
+    model: torch.nn.Module,
+    trainable: Iterable[str],
+    folder: Path | None,
+    values: Any = None,
 ) -> tuple[list[str], list[str]]:
     """(differences, what was checked) between a recorded identity and a model."""
     trainable = list(trainable)
@@ -244,6 +256,7 @@ def compare_identity(
         folder=folder,
         kind=want.kind,
         trainable_digest=want.tensors_sha256 is None,
+        values=values,
     )
     return diff_identities(want, got, missing=missing, folder=folder)
 
@@ -346,6 +359,7 @@ def verify_base(
     offered: LoadedBase | None = None,
     folder: Path | None = None,
     allow_mismatch: bool = False,
+    values: Any = None,
 ) -> BaseCheck:
     """Refuse a base that is not the trajectory's, before any weight is touched.
 
@@ -368,7 +382,7 @@ def verify_base(
     # A parameter-efficient run trains adapter tensors the plain base does not have: the
     # base is checked whole, the adapter afterwards (mezo_ckpt.adapters.prepare).
     trainable = () if getattr(header, "peft", None) is not None else header.trainable
-    diffs, checked = compare_identity(want, model, trainable, folder)
+    diffs, checked = compare_identity(want, model, trainable, folder, values)
     if offered is not None and offered.kind == "hub" and want.kind == "hub":
         checked.append("repo and commit")
         if offered.repo_id != want.repo_id:
@@ -419,6 +433,7 @@ def load_folder(folder: str | Path, dtype: torch.dtype | str, device: str = "cpu
         raise ModelLoadError(f"{cfg} is not readable JSON: {e}") from None
     if not isinstance(obj, dict):
         raise ModelLoadError(f"{cfg} holds {type(obj).__name__}, not a JSON object")
+    placed = kw.get("device_map") is not None
     try:
         model, info = AutoModelForCausalLM.from_pretrained(
             str(folder),
@@ -426,7 +441,7 @@ def load_folder(folder: str | Path, dtype: torch.dtype | str, device: str = "cpu
             use_safetensors=True,
             low_cpu_mem_usage=True,
             output_loading_info=True,
-            **kw,
+            **{k: v for k, v in kw.items() if v is not None},
         )
     except Exception as e:  # transformers and safetensors raise many types here
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -447,7 +462,8 @@ def load_folder(folder: str | Path, dtype: torch.dtype | str, device: str = "cpu
             + "; ".join(problems)
             + "): transformers would initialise those tensors randomly"
         )
-    model.to(device)
+    if not placed:  # with a device map, accelerate placed every layer already
+        model.to(device)
     model.eval()
     model.requires_grad_(False)
     return model
@@ -470,10 +486,19 @@ class BaseLocation:
 
 
 def locate_base(
-    spec: str | None, *, revision: str | None = None, progress: bool = True
+    spec: str | None,
+    *,
+    revision: str | None = None,
+    progress: bool = True,
+    hub_only: bool = False,
 ) -> BaseLocation:
     """The folder of a base (embedded default, local folder, or Hub repo downloaded at a
     commit), with its provenance; no weight is loaded.
+
+    Args:
+        hub_only: ``spec`` came from a trajectory, not from the user: it is a Hub repo id,
+            never looked up as a local path (a folder named like a repo in the current
+            directory must not stand in for it).
 
     Raises:
         ModelLoadError / EmbeddedModelMissing: nothing usable at ``spec``.
@@ -485,7 +510,7 @@ def locate_base(
         return BaseLocation("embedded", folder, embedded=embedded.embedded_identity())
     assert spec is not None
     path = Path(os.path.expanduser(spec))
-    if path.exists():
+    if path.exists() and not hub_only:
         if not path.is_dir():
             raise ModelLoadError(f"{spec} is a file; pass the model folder (with config.json)")
         return BaseLocation("local", path, files=hash_folder_files(path))
@@ -506,6 +531,8 @@ def load_base(
     device: str = "cpu",
     revision: str | None = None,
     progress: bool = True,
+    hub_only: bool = False,
+    **placement: Any,
 ) -> LoadedBase:
     """Load a base model from a local folder, a Hub repo id, or the embedded default.
 
@@ -515,13 +542,14 @@ def load_base(
         dtype: parameter dtype to train or replay in ("auto": the checkpoint's).
         device: torch device.
         revision: Hub branch, tag or commit (resolved to a commit sha and recorded).
+        placement: ``device_map``, ``max_memory``, ``offload_folder`` for accelerate.
 
     Raises:
         ModelLoadError: nothing loadable at ``spec``.
         EmbeddedModelMissing: the embedded default's package is not installed.
     """
-    where = locate_base(spec, revision=revision, progress=progress)
-    model = load_folder(where.folder, parse_dtype(dtype), device)
+    where = locate_base(spec, revision=revision, progress=progress, hub_only=hub_only)
+    model = load_folder(where.folder, parse_dtype(dtype), device, **placement)
     return LoadedBase(
         model,
         where.kind,

@@ -77,9 +77,13 @@ def _copy_tokenizer(src: Path | None, dst: Path) -> None:
         return
     import shutil
 
+    from mezo_ckpt.hashing import TOKENIZER_DIRS
+
     for p in Path(src).iterdir():
         if p.is_file() and p.name.startswith(TOKENIZER_PREFIXES):
             shutil.copy2(p, dst / p.name)
+        elif p.is_dir() and p.name in TOKENIZER_DIRS:
+            shutil.copytree(p, dst / p.name, dirs_exist_ok=True)
 
 
 def export_hf(
@@ -107,10 +111,18 @@ def export_hf(
             if bars:
                 hf_logging.enable_progress_bar()
         _copy_tokenizer(tokenizer_from, tmp)
-        files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-        doc = {**meta, "files": files}
+        doc = {**meta, "files": recorded_files(tmp)}
         (tmp / PROVENANCE_FILE).write_text(json.dumps(doc, indent=2) + "\n")
     return out
+
+
+def recorded_files(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder`` (relative names), for the provenance."""
+    return {
+        str(p.relative_to(folder)): file_sha256(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != PROVENANCE_FILE
+    }
 
 
 def adapter_base_name(header, folder: Path | None) -> tuple[str | None, str | None]:
@@ -142,8 +154,8 @@ def export_adapter_folder(
     with staged_folder(out, replace=replace) as tmp:
         export_adapter(model, tmp, base_name or name, revision)
         _copy_tokenizer(folder, tmp)
-        files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-        (tmp / PROVENANCE_FILE).write_text(json.dumps({**meta, "files": files}, indent=2) + "\n")
+        doc = {**meta, "files": recorded_files(tmp)}
+        (tmp / PROVENANCE_FILE).write_text(json.dumps(doc, indent=2) + "\n")
     return out
 
 
@@ -160,10 +172,13 @@ def check_exported(folder: Path) -> list[str]:
     doc = read_provenance(folder)
     if doc is None or not isinstance(doc.get("files"), dict) or not doc["files"]:
         return [PROVENANCE_FILE]
-    bad = []
+    present = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()} - {
+        PROVENANCE_FILE
+    }
+    bad = sorted(f"{n} (not recorded)" for n in present - set(doc["files"]))
     for name, sha in sorted(doc["files"].items()):
         p = folder / name
-        if not (isinstance(name, str) and "/" not in name and p.is_file()):
+        if not (isinstance(name, str) and ".." not in name.split("/") and p.is_file()):
             bad.append(str(name))
         elif file_sha256(p) != sha:
             bad.append(name)
@@ -184,15 +199,19 @@ def state_dict_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def export_safetensors(tensors: Mapping[str, torch.Tensor], out: str | os.PathLike, meta: dict):
     """Write tensors to one safetensors file, atomically (provenance in its metadata)."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     out = Path(out)
     with staged_file(out) as tmp:
-        save_file(
-            {k: v.detach().contiguous().cpu() for k, v in tensors.items()},
-            str(tmp),
-            metadata={"format": "pt", META_KEY: json.dumps(meta, sort_keys=True)},
-        )
+        try:
+            save_file(
+                {k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+                str(tmp),
+                metadata={"format": "pt", META_KEY: json.dumps(meta, sort_keys=True)},
+            )
+        except SafetensorError as e:
+            raise OutputError(f"cannot write {out}: {e}") from None
     return out
 
 

@@ -208,6 +208,7 @@ def staged_file(path: str | os.PathLike) -> Iterator[Path]:
     p = Path(path)
     tmp = temp_sibling(p)
     with os_errors(p, "write"):
+        p.parent.mkdir(parents=True, exist_ok=True)
         clean_stale_temps(p)
         try:
             yield tmp
@@ -257,27 +258,45 @@ def staged_folder(out: str | os.PathLike, *, replace: bool = False) -> Iterator[
                 shutil.rmtree(tmp, ignore_errors=True)
 
 
+def lock_path(target: str | os.PathLike) -> Path:
+    """Where the lock of ``target`` lives: ``<cache>/locks/<sha256 of its absolute path>``,
+    outside the user's folders (lock files are never removed: removing one would let a
+    process holding the old file and one creating a new file both hold "the" lock)."""
+    import hashlib
+
+    from mezo_ckpt.embedded import cache_root
+
+    key = hashlib.sha256(str(Path(target).resolve()).encode("utf-8")).hexdigest()[:32]
+    return cache_root() / "locks" / f"{key}.lock"
+
+
 @contextlib.contextmanager
 def exclusive_lock(target: str | os.PathLike, what: str) -> Iterator[None]:
-    """Hold an exclusive lock on ``<target>.lock`` or raise RunLockedError at once."""
+    """Hold an exclusive lock on ``target`` (see :func:`lock_path`) or raise RunLockedError
+    at once."""
     from filelock import FileLock, Timeout
 
     p = Path(target)
-    lock = FileLock(str(p.with_name(p.name + ".lock")))
+    where = lock_path(p)
     try:
-        with os_errors(p, "lock"):
+        with os_errors(where.parent, "create the lock folder"):
+            where.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(where))
+        try:
             lock.acquire(timeout=0)
-    except Timeout:
-        raise RunLockedError(
-            f"another process is {what} {p} (lock {lock.lock_file}): wait for it to finish, "
-            "or choose another output"
-        ) from None
+        except Timeout:  # (a TimeoutError, hence an OSError: caught before os_errors)
+            raise RunLockedError(
+                f"another process is {what} {p} (it holds the run's lock): wait for it to "
+                "finish, or choose another output"
+            ) from None
+    except OSError as e:
+        if isinstance(e, (RunLockedError, OutputError)):
+            raise
+        raise OutputError(explain_os_error(e, where, "lock")) from e
     try:
         yield
     finally:
         lock.release()
-        with contextlib.suppress(OSError):
-            Path(lock.lock_file).unlink()
 
 
 def read_regular_file(path: str | os.PathLike, cap: int, what: str, error: type[Exception]):

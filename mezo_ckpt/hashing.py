@@ -82,7 +82,8 @@ def tensors_sha256(tensors: Mapping[str, torch.Tensor], names: Iterable[str] | N
     """
     h = hashlib.sha256()
     for name in sorted(tensors if names is None else names):
-        t = tensors[name].detach()
+        t = tensors[name]
+        t = (t() if callable(t) else t).detach()
         h.update(name.encode("utf-8") + b"\x00")
         h.update(dtype_name(t.dtype).encode() + b"\x00")
         h.update(json.dumps(list(t.shape)).encode() + b"\x00")
@@ -126,11 +127,16 @@ TOKENIZER_PREFIXES = (
     "chat_template",
 )
 TOKENIZER_SUFFIXES = (".model", ".tiktoken", ".jinja")
+#: Tokenizer sub-folders transformers reads (named chat templates).
+TOKENIZER_DIRS = ("additional_chat_templates",)
 
 
-def _feed(h, t: torch.Tensor) -> None:
+def _feed(h, t) -> None:
     """Feed a tensor's raw little-endian bytes (row-major) to a hash, without copies when
-    it is a contiguous CPU tensor (hashlib releases the GIL on large buffers)."""
+    it is a contiguous CPU tensor (hashlib releases the GIL on large buffers). ``t`` may
+    be a function returning the tensor (read when hashed: offloaded weights)."""
+    if callable(t):
+        t = t()
     flat = t.detach().reshape(-1)
     if flat.device.type == "cpu" and flat.is_contiguous():
         if flat.numel():
@@ -142,8 +148,10 @@ def _feed(h, t: torch.Tensor) -> None:
         h.update(chunk.view(torch.uint8).numpy())
 
 
-def tensor_digest(name: str, t: torch.Tensor) -> bytes:
+def tensor_digest(name: str, t) -> bytes:
     """sha256 (32 bytes) of one tensor, encoded as in :func:`tensors_sha256`."""
+    if callable(t):
+        t = t()
     h = hashlib.sha256()
     h.update(name.encode("utf-8") + b"\x00")
     h.update(dtype_name(t.dtype).encode() + b"\x00")
@@ -188,7 +196,7 @@ def fingerprint_tensors(
     import os
     from concurrent.futures import ThreadPoolExecutor
 
-    items = sorted(tensors.items(), key=lambda kv: -kv[1].numel())
+    items = sorted(tensors.items(), key=lambda kv: 0 if callable(kv[1]) else -kv[1].numel())
     n = max(1, min(threads or os.cpu_count() or 1, len(items)))
     if n == 1:
         return {k: tensor_digest(k, t) for k, t in items}
@@ -236,4 +244,8 @@ def tokenizer_digests(folder) -> dict[str, str]:
     for p in sorted(Path(folder).iterdir()):
         if p.is_file() and is_tokenizer_file(p.name):
             out[p.name] = file_sha256(p)
+        elif p.is_dir() and p.name in TOKENIZER_DIRS:
+            for q in sorted(p.rglob("*")):
+                if q.is_file():
+                    out[str(q.relative_to(folder))] = file_sha256(q)
     return out

@@ -312,6 +312,11 @@ class BaseIdentity:
         config_sha = f.hexdigest("config_sha256", optional=True)
         if (config is None) != (config_sha is None):
             raise HeaderError("base.config and base.config_sha256 go together")
+        if config is not None:
+            from mezo_ckpt.hashing import json_sha256
+
+            if json_sha256(config) != config_sha:
+                raise HeaderError("base.config does not hash to base.config_sha256")
         known = {
             "kind",
             "repo_id",

@@ -23,13 +23,12 @@ import numpy as np
 import torch
 
 from mezo_ckpt.errors import BaseMismatchError, ModelLoadError, VerificationError
-from mezo_ckpt.export import PROVENANCE_FILE, TOKENIZER_PREFIXES
+from mezo_ckpt.export import PROVENANCE_FILE
 from mezo_ckpt.format import Trajectory
 from mezo_ckpt.fsutil import staged_folder
 from mezo_ckpt.hashing import (
     _alias_groups,
     dtype_name,
-    file_sha256,
     json_sha256,
     manifest_sha256,
     parameter_manifest,
@@ -184,12 +183,12 @@ def replay_folder(
         elif traj.bound and traj.covered_by(step) is not None:
             verified = "records"
         for p in folder.iterdir():
-            if p.is_file() and (
-                p.name in ("config.json", GENERATION_CONFIG_FILE, INDEX)
-                or p.name.startswith(TOKENIZER_PREFIXES)
-            ):
+            if p.is_file() and p.name in ("config.json", GENERATION_CONFIG_FILE, INDEX):
                 shutil.copy2(p, tmp / p.name)
-        file_hashes = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        from mezo_ckpt.export import _copy_tokenizer, recorded_files
+
+        _copy_tokenizer(folder, tmp)
+        file_hashes = recorded_files(tmp)
         doc = {
             **meta,
             "verified": verified,

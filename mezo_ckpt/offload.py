@@ -99,12 +99,11 @@ class OffloadedWeights:
         want = set(trainable)
         writable = [n for n in self.off if n in want]
         if writable and folder is None:
-            raise ConfigError(
-                "trained parameters are offloaded to disk: pass --offload-folder DIR for "
-                "their writable copies"
-            )
+            raise ConfigError("trained offloaded parameters need a folder for their copies")
+        self.store: Path | None = Path(folder) / WRITABLE if writable and folder else None
         for name in writable:
-            self.tensors[name] = self._writable_copy(name, Path(folder) / WRITABLE)  # type: ignore[arg-type]
+            assert self.store is not None
+            self.tensors[name] = self._writable_copy(name, self.store)
 
     @property
     def active(self) -> bool:
@@ -128,6 +127,16 @@ class OffloadedWeights:
             raise ConfigError(f"cannot make the offloaded {name} writable (unknown loader)")
         state[key] = t  # accelerate reads this first from now on
         return t
+
+    def discard(self) -> None:
+        """Remove the writable copies (scratch: the trajectory holds the run)."""
+        import shutil
+
+        if self.store is not None:
+            shutil.rmtree(self.store, ignore_errors=True)
+            parent = self.store.parent
+            if parent.name.endswith(".offload") and not any(parent.iterdir()):
+                parent.rmdir()
 
     def read(self, name: str) -> torch.Tensor:
         if name in self.tensors:

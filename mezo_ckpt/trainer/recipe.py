@@ -450,6 +450,9 @@ class MezoRecipe:
             with contextlib.suppress(OSError):
                 self.journal.unlink()
                 self.log_path.unlink(missing_ok=True)
+        offload = getattr(self, "offload", None)
+        if offload is not None and offload.active:
+            offload.discard()
         self._stack.close()
         if self.dist is not None:
             self.dist.close()

@@ -198,11 +198,19 @@ class TrainConfig:
     )
     label_field: str = _f("label", "Field holding the label (or the answer).", DATA)
     options_field: str | None = _f(
-        None, "Multiple choice: field holding the list of options.", DATA
+        None,
+        "Multiple choice: field holding the list of options, or comma-separated fields "
+        "that each hold one option (choice1,choice2).",
+        DATA,
     )
     option_template: str = _f(" {option}", "How an option follows the prompt.", DATA)
     target_field: str | None = _f(
         None, "Generation: field holding the answer text (or a list of answers).", DATA
+    )
+    target_template: str = _f(
+        " {target}",
+        "Generation: how the (first) answer follows the prompt in the teacher-forced loss.",
+        DATA,
     )
     chat_template: bool = _f(
         False, "Wrap each prompt in the tokenizer's chat template (instruct models).", DATA
@@ -551,13 +559,27 @@ def unknown_setting(name: str, source: str) -> ConfigError:
 # ----------------------------------------------------------------------------- sources
 
 
+def _packaged_recipe(name: str):
+    """``sst2`` or ``sst2.yaml`` (no folder part) names a recipe shipped in mezo_ckpt.recipes."""
+    from mezo_ckpt import recipes
+
+    if "/" in name or "\\" in name:
+        return None
+    return recipes.path(name[:-5] if name.endswith(".yaml") else name)
+
+
 def load_yaml(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
     """A YAML recipe: (settings, line of each key). Keys may use dashes or underscores."""
     import yaml
 
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
+        packaged = _packaged_recipe(str(path))
+        if packaged is None:
+            from mezo_ckpt.recipes import NAMES
+
+            raise ConfigError(f"config file not found: {p} (packaged recipes: {', '.join(NAMES)})")
+        p = packaged
     try:
         text = p.read_text(encoding="utf-8-sig")
         node = yaml.compose(text, Loader=yaml.SafeLoader)

@@ -176,6 +176,7 @@ def build_task(cfg: TrainConfig) -> PromptTask:
         options_field=cfg.options_field,
         option_template=cfg.option_template,
         target_field=cfg.target_field,
+        target_template=cfg.target_template,
         max_length=cfg.max_length,
         chat_template=cfg.chat_template,
         max_new_tokens=cfg.max_new_tokens,
@@ -1094,7 +1095,7 @@ def train(
         # named by the caller); keywords are what changes, e.g. train(resume=p, steps=200).
         given = {**(cfg.to_dict() if cfg is not None else {}), **settings}
         given.pop("output", None)
-        cfg, _, notes = resume_config(resume, given)
+        cfg, _, notes = resume_config(resume, given, in_memory=data is not None)
         for n in notes:
             log(f"Note: {n}")
     else:

@@ -110,6 +110,7 @@ class PromptTask:
     options_field: str | None = None
     option_template: str = " {option}"
     target_field: str | None = None
+    target_template: str = " {target}"
     max_length: int = 256
     chat_template: bool = False
     max_new_tokens: int = 16
@@ -123,6 +124,8 @@ class PromptTask:
             raise ConfigError("classification needs a verbalizer with at least two labels")
         if "{option}" not in self.option_template and self.kind == "multiple_choice":
             raise ConfigError("option_template must contain {option}")
+        if self.kind == "generation" and "{target}" not in self.target_template:
+            raise ConfigError("target_template must contain {target}")
 
     @property
     def kind(self) -> str:
@@ -146,6 +149,7 @@ class PromptTask:
         else:
             out.update(
                 target_field=self.target_field,
+                target_template=self.target_template,
                 max_new_tokens=self.max_new_tokens,
                 stop=list(self.stop),
             )
@@ -160,7 +164,7 @@ class PromptTask:
         else:
             need.add(self.label_field)
         if self.options_field:
-            need.add(self.options_field)
+            need.update(self._option_fields())
         for i, ex in enumerate(split.examples):
             missing = sorted(need - set(ex))
             if missing:
@@ -183,13 +187,19 @@ class PromptTask:
             except DataError as e:
                 raise DataError(f"{split.where(i)}: {e}") from None
 
+    def _option_fields(self) -> list[str]:
+        return [f.strip() for f in str(self.options_field).split(",") if f.strip()]
+
     def candidates(self, ex: Example) -> tuple[list[str], int, list[Any]]:
         """(continuation strings, index of the correct one, candidate labels)."""
         if self.options_field:
-            opts = ex[self.options_field]
+            fields = self._option_fields()
+            opts = ex[fields[0]] if len(fields) == 1 else [ex[f] for f in fields]
             if not isinstance(opts, list) or len(opts) < 2:
                 raise DataError(f"{self.options_field} must be a list of at least two options")
             ans = ex[self.label_field]
+            if isinstance(ans, list) and ans:  # several accepted answers (ReCoRD): the first
+                ans = ans[0]
             if isinstance(ans, int) and not isinstance(ans, bool):
                 gold = ans
             elif str(ans).strip().isdigit() and str(ans).strip() not in map(str, opts):
@@ -215,8 +225,8 @@ class PromptTask:
     def references(self, ex: Example) -> list[str]:
         """Accepted answers of a generation example (a string or a list of strings)."""
         v = ex[str(self.target_field)]
-        if isinstance(v, dict) and isinstance(v.get("text"), list):  # SQuAD's answers
-            v = v["text"]
+        if isinstance(v, dict):  # SQuAD's {"text": [...]}, DROP's {"spans": [...]}
+            v = next((v[k] for k in ("text", "spans") if isinstance(v.get(k), list)), v)
         refs = [v] if isinstance(v, str) else v
         if (
             not isinstance(refs, list)
@@ -289,7 +299,7 @@ class PromptTask:
             if self.kind == "generation":
                 r = self.references(ex)
                 refs.append(r)
-                conts, g, labs = [r[0]], 0, [0]
+                conts, g, labs = [self.target_template.format(target=r[0])], 0, [0]
             else:
                 conts, g, labs = self.candidates(ex)
             c_ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in conts]

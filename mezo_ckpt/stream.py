@@ -22,6 +22,7 @@ Counter layout for element ``e`` of a parameter (per Philox block of 4 words):
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 import warnings
 from functools import lru_cache
@@ -250,6 +251,30 @@ def use_compiled(device: str | torch.device) -> bool:
     return torch.device(device).type == "cpu" and compiled_kernels() is not None
 
 
+def triton_kernels() -> ModuleType | None:
+    """The Triton kernels (:mod:`mezo_ckpt._triton`) when they can run here, else None.
+
+    ``MEZO_CKPT_TRITON=0`` turns them off (CUDA work then runs in eager torch, slower but
+    with the same bits)."""
+    if os.environ.get("MEZO_CKPT_TRITON", "1").strip() == "0":
+        return None
+    return _triton_module()
+
+
+@lru_cache(maxsize=1)
+def _triton_module() -> ModuleType | None:
+    try:
+        from mezo_ckpt import _triton
+    except Exception:  # noqa: BLE001 - no triton, or a triton that cannot import here
+        return None
+    return _triton if _triton.available() else None
+
+
+def use_triton(device: str | torch.device) -> bool:
+    """Whether work on ``device`` runs in the Triton kernels (CUDA devices with triton)."""
+    return torch.device(device).type == "cuda" and triton_kernels() is not None
+
+
 def compiled_available() -> bool:
     """Whether the compiled CPU kernels (numba) can be used."""
     return compiled_kernels() is not None
@@ -283,6 +308,11 @@ def generate_z(
         assert kernels is not None
         kernels.z_fill(normal16_table_numpy(), out.numpy(), start, step, lane, *key, code)
         return out
+    if use_triton(device):
+        if out is None:
+            out = torch.empty(count, dtype=torch.float32, device=device)
+        triton_kernels().z_fill(out, start, step, lane, *key, code)  # type: ignore[union-attr]
+        return out
     z = z_reference(key, step, lane, start, count, kind, device)
     if out is not None:
         out.copy_(z)
@@ -304,5 +334,11 @@ def generate_rounding_bits(
         assert kernels is not None
         out = torch.empty(count, dtype=torch.int64)
         kernels.rounding_bits_fill(out.numpy(), start, step, LANE_ROUNDING + direction, *key)
+        return out
+    if use_triton(device):
+        out = torch.empty(count, dtype=torch.int64, device=device)
+        triton_kernels().rounding_bits_fill(  # type: ignore[union-attr]
+            out, start, step, LANE_ROUNDING + direction, *key
+        )
         return out
     return rounding_bits_reference(key, step, direction, start, count, str(device))

@@ -30,6 +30,7 @@ from mezo_ckpt.stream import (
     generate_z,
     normal16_table_numpy,
     param_key,
+    triton_kernels,
     use_compiled,
 )
 
@@ -194,6 +195,9 @@ _STORAGE = {
     torch.float16: (2, torch.int16, np.uint16),
 }
 _ROUNDING_CODES = {"nearest": 0, "stochastic": 1}
+#: Where the update rule and perturbed copies run: "auto" (Triton on CUDA, numba on CPU,
+#: eager torch otherwise), or one of them by name ("reference" is the eager torch code).
+BACKENDS = ("auto", "compiled", "reference", "triton")
 
 
 def _bits(t: torch.Tensor) -> np.ndarray:
@@ -204,6 +208,25 @@ def _bits(t: torch.Tensor) -> np.ndarray:
 
 def _compiled_ok(t: torch.Tensor) -> bool:
     return t.dtype in _STORAGE and use_compiled(t.device)
+
+
+def _triton_for(t: torch.Tensor, backend: str):
+    """The Triton kernels for ``t`` under ``backend``, or None.
+
+    "auto" uses them for CUDA tensors; "triton" asks for them explicitly (also on CPU
+    tensors under ``TRITON_INTERPRET=1``, which is how tests run them without a GPU)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+    if t.dtype not in _STORAGE or backend in ("reference", "compiled"):
+        if backend == "triton":
+            raise ValueError("the triton backend needs an fp32/bf16/fp16 tensor")
+        return None
+    kernels = triton_kernels()
+    if backend == "triton":
+        if kernels is None:
+            raise ValueError("the triton backend needs triton and a CUDA device")
+        return kernels
+    return kernels if t.device.type == "cuda" else None
 
 
 def apply_updates(
@@ -226,7 +249,8 @@ def apply_updates(
         kind: z kind ("normal16" or "rademacher").
         rounding: "nearest" or "stochastic" (matters for non-fp32 tensors only).
         start: flat index of ``tensor``'s first element within the parameter.
-        backend: "auto" (compiled fused kernel where available), "compiled" or "reference".
+        backend: one of :data:`BACKENDS` ("auto": Triton for CUDA tensors, the numba kernel
+            on CPU, eager torch otherwise).
     """
     if rounding not in ROUNDING_MODES:
         raise ValueError(f"unknown rounding mode {rounding!r}")
@@ -235,6 +259,20 @@ def apply_updates(
     if len(batch) == 0:
         return
     flat = tensor.view(-1)
+    gpu = _triton_for(flat, backend)
+    if gpu is not None:
+        gpu.replay(
+            flat,
+            start,
+            key[0],
+            key[1],
+            batch.steps,
+            batch.coefs,
+            batch.decay,
+            KIND_CODES[kind],
+            _ROUNDING_CODES[rounding],
+        )
+        return
     fused = backend != "reference" and _compiled_ok(flat)
     if backend == "compiled" and not fused:
         raise ValueError("the compiled backend needs a CPU fp32/bf16/fp16 tensor and numba")
@@ -276,6 +314,12 @@ def perturbed_copy(
     rounded to ``w``'s dtype (nearest even), on every backend.
     """
     src = w.detach().reshape(-1)
+    gpu = _triton_for(src, backend)
+    if gpu is not None:
+        src = src.contiguous()
+        out = torch.empty_like(src)
+        gpu.perturb(src, out, start, step, lane, key[0], key[1], scale, KIND_CODES[kind])
+        return out.view(w.shape)
     if backend != "reference" and _compiled_ok(src):
         src = src.contiguous()
         out = torch.empty_like(src)
@@ -314,6 +358,21 @@ def perturbed_rows(
     ``[len(rows), dim]`` tensor (row ``r`` covers elements ``[r*dim, (r+1)*dim)``)."""
     dim = w.shape[1]
     src = w.detach()
+    gpu = _triton_for(src, backend)
+    if gpu is not None:
+        out = torch.empty(len(rows), dim, dtype=src.dtype, device=src.device)
+        gpu.perturb_rows(
+            src.contiguous(),
+            rows.to(device=src.device, dtype=torch.int64),
+            out,
+            step,
+            lane,
+            key[0],
+            key[1],
+            scale,
+            KIND_CODES[kind],
+        )
+        return out
     if backend != "reference" and _compiled_ok(src) and src.is_contiguous():
         out = torch.empty(len(rows), dim, dtype=src.dtype)
         kernels = compiled_kernels()

@@ -100,9 +100,8 @@ class Perturber:
         if st is None or name not in self.keys:
             return p.detach()[rows.to(p.device)]
         key = self.keys[name]
-        return perturbed_rows(p, rows.cpu(), key, st.step, st.lane, st.scale, kind=self.kind).to(
-            p.device
-        )
+        rows = rows.to(p.device)  # on a GPU the Triton kernel reads the rows in place
+        return perturbed_rows(p, rows, key, st.step, st.lane, st.scale, kind=self.kind)
 
     def name_of(self, module: torch.nn.Module, attr: str = "weight") -> str | None:
         """Canonical name of ``module.<attr>`` if it is trainable."""

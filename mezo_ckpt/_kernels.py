@@ -500,7 +500,7 @@ def _check_storage(bits: np.ndarray, dt: int) -> int:
     return dt
 
 
-def _check_schedule(steps, coefs, decay):
+def _check_schedule(steps, coefs, decay, hist=None):
     if (
         steps.ndim != 1
         or coefs.ndim != 2
@@ -508,6 +508,10 @@ def _check_schedule(steps, coefs, decay):
         or not steps.shape[0] == coefs.shape[0] == decay.shape[0]
     ):
         raise ValueError("steps [T], coefs [T, n_directions] and decay [T] must agree")
+    if hist is not None and (
+        hist.ndim != 3 or hist.shape[0] != coefs.shape[0] or hist.shape[2] != coefs.shape[1]
+    ):
+        raise ValueError("history must be [T, W, n_directions]")
 
 
 # ------------------------------------------------------------------------------ z_fill
@@ -576,7 +580,9 @@ def rounding_bits_fill(out, start, step, lane, k0, k1):
 
 
 @njit(**_OPTS)
-def _replay_range(gb, ge, start, g0, table, theta, k0, k1, steps, coefs, decay, kind, dt, mode):
+def _replay_range(
+    gb, ge, start, g0, table, theta, k0, k1, steps, coefs, decay, hist, kind, dt, mode
+):
     n_all = theta.shape[0]
     sh = _shift(kind)
     words = np.empty(4 * (BLOCK // 8 + 1), dtype=np.uint32)
@@ -605,6 +611,17 @@ def _replay_range(gb, ge, start, g0, table, theta, k0, k1, steps, coefs, decay, 
                 _philox_words(words, b_first, nblk, steps[t], j, k0, k1)
                 _sub_z(table, words, off, x, n, c, kind)
                 changed = True
+            for k in range(hist.shape[1]):  # momentum: direction j of step t - (k + 1)
+                s = steps[t] - (k + 1)
+                if s < 0:
+                    continue
+                for j in range(ndir):
+                    c = np.float32(hist[t, k, j])
+                    if c == np.float32(0.0):
+                        continue
+                    _philox_words(words, b_first, nblk, s, j, k0, k1)
+                    _sub_z(table, words, off, x, n, c, kind)
+                    changed = True
             if half and changed:  # the stored weight has the dtype after every step
                 if mode == ROUND_STOCHASTIC:
                     _philox_words(rwords, rb_first, rnblk, steps[t], LANE_ROUNDING, k0, k1)
@@ -613,7 +630,7 @@ def _replay_range(gb, ge, start, g0, table, theta, k0, k1, steps, coefs, decay, 
             src[i] = _narrow(x[i], dt)
 
 
-def replay(table, theta_bits, start, k0, k1, steps, coefs, decay, kind, dt, mode):
+def replay(table, theta_bits, start, k0, k1, steps, coefs, decay, kind, dt, mode, hist=None):
     """Apply steps to a slice of one parameter in place, block-resident.
 
     Per element and step t: ``y = fp32(x)`` (exact), ``y = fl32(y * decay[t])`` if
@@ -621,7 +638,10 @@ def replay(table, theta_bits, start, k0, k1, steps, coefs, decay, kind, dt, mode
     ``y = fl32(y - coefs[t, j] * z_tj)`` (exact product, one rounding), z_tj from counter
     (step=steps[t], lane=j); for bf16/fp16 ``x = R(y)`` after every step that changed
     something (nearest even, or stochastic with the rounding lane of steps[t]). NaN in a
-    half-precision result is stored canonical.
+    half-precision result is stored canonical. With ``hist`` [T, W, n], after the
+    directions of step t come ``y = fl32(y - hist[t, k-1, j] * z)`` with z of step
+    ``steps[t] - k`` (k = 1..W; zero coefficients and negative steps skipped), before the
+    rounding.
 
     Args:
         table: float32 [65536] normal16 table.
@@ -631,14 +651,16 @@ def replay(table, theta_bits, start, k0, k1, steps, coefs, decay, kind, dt, mode
         kind: z kind code; dt: storage code (DT_FP32/DT_BF16/DT_FP16);
         mode: ROUND_NEAREST or ROUND_STOCHASTIC.
     """
-    _check_schedule(steps, coefs, decay)
+    if hist is None:
+        hist = np.zeros((coefs.shape[0], 0, coefs.shape[1]), np.float32)
+    _check_schedule(steps, coefs, decay, hist)
     dt = _check_storage(theta_bits, dt)
     n = theta_bits.shape[0]
     _run(
         _replay_range,
         int(start),
         n,
-        n * max(1, coefs.size),
+        n * max(1, coefs.size + hist.size),
         (
             table,
             theta_bits,
@@ -647,6 +669,7 @@ def replay(table, theta_bits, start, k0, k1, steps, coefs, decay, kind, dt, mode
             steps,
             coefs,
             decay,
+            hist,
             _check_kind(kind),
             dt,
             int(mode),

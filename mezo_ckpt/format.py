@@ -22,6 +22,7 @@ import json
 import math
 import os
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,9 +89,17 @@ CHAIN_TAG = b"mezo-ckpt/chain/v1\x00"
 # ----------------------------------------------------------------------------- records
 
 
-def record_size(n_directions: int, *, decay: bool, losses: bool) -> int:
-    """Bytes per step record: flags, 3-byte coefficients, optional decay and losses."""
-    return 1 + 3 * n_directions + (4 if decay else 0) + (8 * n_directions if losses else 0)
+def record_size(n_directions: int, *, decay: bool, losses: bool, history: int = 0) -> int:
+    """Bytes per step record: flags, 3-byte coefficients, 3-byte history coefficients
+    (``history`` earlier steps x n directions), optional decay and losses."""
+    n = n_directions
+    return 1 + 3 * n + 3 * history * n + (4 if decay else 0) + (8 * n if losses else 0)
+
+
+def header_record_size(header: Header) -> int:
+    """Bytes per step record of a file with this header."""
+    r = header.records
+    return record_size(header.n_directions, decay=r.decay, losses=r.losses, history=r.history)
 
 
 def _encode_coef24(c: np.ndarray) -> np.ndarray:
@@ -115,26 +124,41 @@ class StepRecords:
     coefs: np.ndarray  # float32 [T, n]
     decay: np.ndarray  # float32 [T] (1.0 where the file stores no decay)
     losses: np.ndarray | None  # float32 [T, n, 2] (loss+, loss-) or None
+    #: float32 [T, W, n]: history[t, k-1, j] applies direction j of step t-k (momentum
+    #: window W, feature history-v1), or None.
+    history: np.ndarray | None = None
 
     @classmethod
-    def empty(cls, n: int, losses: bool) -> StepRecords:
+    def empty(cls, n: int, losses: bool, history: int = 0) -> StepRecords:
         return cls(
             np.zeros(0, np.uint8),
             np.zeros((0, n), np.float32),
             np.ones(0, np.float32),
             np.zeros((0, n, 2), np.float32) if losses else None,
+            np.zeros((0, history, n), np.float32) if history else None,
         )
 
     def __len__(self) -> int:
         return int(self.flags.shape[0])
 
-    def concat(self, other: StepRecords) -> StepRecords:
-        return StepRecords(
-            np.concatenate([self.flags, other.flags]),
-            np.concatenate([self.coefs, other.coefs]),
-            np.concatenate([self.decay, other.decay]),
-            None if self.losses is None else np.concatenate([self.losses, other.losses]),
+    @property
+    def window(self) -> int:
+        return 0 if self.history is None else int(self.history.shape[1])
+
+    @classmethod
+    def join(cls, parts: Sequence[StepRecords]) -> StepRecords:
+        """Records of consecutive parts, in order (at least one part)."""
+        first = parts[0]
+        return cls(
+            np.concatenate([p.flags for p in parts]),
+            np.concatenate([p.coefs for p in parts]),
+            np.concatenate([p.decay for p in parts]),
+            None if first.losses is None else np.concatenate([p.losses for p in parts]),
+            None if first.history is None else np.concatenate([p.history for p in parts]),
         )
+
+    def concat(self, other: StepRecords) -> StepRecords:
+        return StepRecords.join([self, other])
 
     def slice(self, lo: int, hi: int) -> StepRecords:
         return StepRecords(
@@ -142,6 +166,7 @@ class StepRecords:
             self.coefs[lo:hi],
             self.decay[lo:hi],
             None if self.losses is None else self.losses[lo:hi],
+            None if self.history is None else self.history[lo:hi],
         )
 
     def update_batch(self, upto: int | None = None) -> UpdateBatch:
@@ -149,7 +174,10 @@ class StepRecords:
         n = len(self) if upto is None else upto
         live = (self.flags[:n] & FLAG_SKIPPED) == 0
         return UpdateBatch(
-            np.nonzero(live)[0].astype(np.int64), self.coefs[:n][live], self.decay[:n][live]
+            np.nonzero(live)[0].astype(np.int64),
+            self.coefs[:n][live],
+            self.decay[:n][live],
+            None if self.history is None else self.history[:n][live],
         )
 
 
@@ -158,6 +186,8 @@ def encode_records(rec: StepRecords, *, decay: bool) -> bytes:
     t, n = rec.coefs.shape
     cols = [rec.flags.reshape(t, 1).astype(np.uint8)]
     cols.append(_encode_coef24(rec.coefs.reshape(-1)).reshape(t, 3 * n))
+    if rec.history is not None and rec.window:
+        cols.append(_encode_coef24(rec.history.reshape(-1)).reshape(t, 3 * n * rec.window))
     if decay:
         cols.append(np.ascontiguousarray(rec.decay, "<f4").view(np.uint8).reshape(t, 4))
     if rec.losses is not None:
@@ -166,10 +196,10 @@ def encode_records(rec: StepRecords, *, decay: bool) -> bytes:
 
 
 def decode_records(
-    data: bytes, n: int, *, decay: bool, losses: bool, first_step: int = 0
+    data: bytes, n: int, *, decay: bool, losses: bool, first_step: int = 0, history: int = 0
 ) -> StepRecords:
     """Parse and validate records; raises RecordError on any violation."""
-    rs = record_size(n, decay=decay, losses=losses)
+    rs = record_size(n, decay=decay, losses=losses, history=history)
     if len(data) % rs:
         raise RecordError(f"record bytes ({len(data)}) are not a multiple of the record size {rs}")
     t = len(data) // rs
@@ -177,15 +207,30 @@ def decode_records(
     flags = raw[:, 0].copy()
     coefs = _decode_coef24(raw[:, 1 : 1 + 3 * n].reshape(-1, 3)).reshape(t, n).copy()
     pos = 1 + 3 * n
+    hist = None
+    if history:
+        w = 3 * n * history
+        hist = _decode_coef24(raw[:, pos : pos + w].reshape(-1, 3)).reshape(t, history, n).copy()
+        pos += w
     if decay:
         dec = raw[:, pos : pos + 4].copy().view("<f4").reshape(t).astype(np.float32)
         pos += 4
     else:
         dec = np.ones(t, np.float32)
     ls = raw[:, pos:].copy().view("<f4").reshape(t, n, 2).astype(np.float32) if losses else None
-    rec = StepRecords(flags, coefs, dec, ls)
+    rec = StepRecords(flags, coefs, dec, ls, hist)
     validate_records(rec, first_step)
     return rec
+
+
+def _bad_coefficients(c: np.ndarray, live: np.ndarray) -> np.ndarray:
+    """[T] bool: live rows of ``c`` ([T, ...] fp32) holding an invalid coefficient."""
+    flat = c.reshape(len(c), -1)
+    mag = np.abs(flat.astype(np.float64))
+    bad = ~np.isfinite(flat)
+    bad |= (mag != 0) & ((mag < COEF_MIN) | (mag >= COEF_MAX))
+    bad |= ((flat.view("<u4") & 0x7FF) != 0) & np.isfinite(flat)
+    return live & bad.any(axis=1)
 
 
 def validate_records(rec: StepRecords, first_step: int = 0) -> None:
@@ -209,6 +254,24 @@ def validate_records(rec: StepRecords, first_step: int = 0) -> None:
             f"step {first_step + i}: coefficient {c[i].tolist()} is not a valid "
             "13-bit coefficient in [2^-100, 2^100)"
         )
+    if rec.history is not None and rec.window:
+        bad_h = _bad_coefficients(rec.history, live)
+        if np.any(bad_h):
+            i = int(np.nonzero(bad_h)[0][0])
+            raise RecordError(
+                f"step {first_step + i}: a history coefficient is not a finite 13-bit "
+                "coefficient in [2^-100, 2^100)"
+            )
+        # history[t, k-1] names step t-k: none may precede step 0
+        steps = first_step + np.arange(len(rec))
+        k = np.arange(1, rec.window + 1)
+        before = steps[:, None] < k[None, :]
+        early = live & (before & (rec.history != 0).any(axis=2)).any(axis=1)
+        if np.any(early):
+            i = int(np.nonzero(early)[0][0])
+            raise RecordError(
+                f"step {first_step + i}: a history coefficient names a step before step 0"
+            )
     d = rec.decay
     bad_d = ~np.isfinite(d) | (d <= 0) | (d > 1)
     if np.any(bad_d):
@@ -386,8 +449,7 @@ class Trajectory:
 
     @property
     def record_size(self) -> int:
-        r = self.header.records
-        return record_size(self.header.n_directions, decay=r.decay, losses=r.losses)
+        return header_record_size(self.header)
 
     @property
     def sealed_step(self) -> int | None:
@@ -555,7 +617,8 @@ def parse_trajectory(data: bytes, *, allow_truncated_tail: bool = False) -> Traj
     header = Header.from_json(strict_json(header_bytes, "header"))
     n = header.n_directions
     has_decay, has_losses = header.records.decay, header.records.losses
-    rs = record_size(n, decay=has_decay, losses=has_losses)
+    window = header.records.history
+    rs = header_record_size(header)
     chunks: list[StepRecords] = []
     bodies: list[bytes] = []
     count = 0
@@ -593,7 +656,9 @@ def parse_trajectory(data: bytes, *, allow_truncated_tail: bool = False) -> Traj
             if (count + cnt) * rs > MAX_RECORD_BYTES:
                 raise CorruptFrameError(f"step records exceed {MAX_RECORD_BYTES} bytes in total")
             chunks.append(
-                decode_records(body, n, decay=has_decay, losses=has_losses, first_step=first)
+                decode_records(
+                    body, n, decay=has_decay, losses=has_losses, first_step=first, history=window
+                )
             )
             bodies.append(body)
             count += cnt
@@ -616,14 +681,7 @@ def parse_trajectory(data: bytes, *, allow_truncated_tail: bool = False) -> Traj
         else:
             raise CorruptFrameError(f"unknown frame tag {tag!r} at byte {pos}")
         pos = valid = end
-    records = StepRecords.empty(n, has_losses)
-    if chunks:
-        records = StepRecords(
-            np.concatenate([c.flags for c in chunks]),
-            np.concatenate([c.coefs for c in chunks]),
-            np.concatenate([c.decay for c in chunks]),
-            np.concatenate([c.losses for c in chunks]) if has_losses else None,
-        )
+    records = StepRecords.join(chunks) if chunks else StepRecords.empty(n, has_losses, window)
     for e in evals:
         if e.step > count:
             raise RecordError(f"evaluation at step {e.step} is beyond the {count} recorded steps")
@@ -768,8 +826,7 @@ def header_frame(header_bytes: bytes) -> bytes:
 
 def records_per_frame(header: Header) -> int:
     """Most records one STEP frame may hold without exceeding the reader's frame cap."""
-    r = header.records
-    rs = record_size(header.n_directions, decay=r.decay, losses=r.losses)
+    rs = header_record_size(header)
     return max(1, min(COMPACT_RECORDS_PER_FRAME, (MAX_STEP_FRAME_BYTES - STEP_PREFIX.size) // rs))
 
 
@@ -820,8 +877,7 @@ class TrajectoryWriter:
         self.header = header
         self.header_bytes = header_bytes
         self.fsync = fsync
-        r = header.records
-        self._rs = record_size(header.n_directions, decay=r.decay, losses=r.losses)
+        self._rs = header_record_size(header)
         self._records = bytearray(record_bytes)
         self.num_steps = len(record_bytes) // self._rs
         with os_errors(self.path, "append to"):
@@ -876,6 +932,7 @@ class TrajectoryWriter:
         if (
             rec.coefs.shape[1] != self.header.n_directions
             or (rec.losses is not None) != self.header.records.losses
+            or rec.window != self.header.records.history
         ):
             raise ValueError("records do not match the header's record layout")
         if self.num_steps + len(rec) > self.header.total_steps:

@@ -28,7 +28,11 @@ PEFT_TYPES = ("lora", "prefix")
 #: How adapter weights start (docs/FORMAT.md §5.7).
 ADAPTER_INIT_RULE = "normal16-fanin-v1"
 #: Features a reader must implement to read a file that lists them in ``requires``.
-KNOWN_FEATURES: frozenset[str] = frozenset({PEFT_FEATURE})
+#: Records re-apply earlier steps' directions (a momentum window; records.history, §6.2).
+HISTORY_FEATURE = "history-v1"
+KNOWN_FEATURES: frozenset[str] = frozenset({PEFT_FEATURE, HISTORY_FEATURE})
+#: Longest momentum window (records.history).
+MAX_HISTORY = 64
 #: The record-binding rule of format 1.1 (§7.3): a running sha256 over header and records.
 CHAIN_RULE = "sha256-records-v1"
 MAX_STEPS = 2**32 - 1
@@ -435,17 +439,23 @@ class UpdateRule:
 
 @dataclass(frozen=True)
 class RecordLayout:
-    """Optional record columns (§5.5)."""
+    """Optional record columns (§5.5); ``history`` = W > 0 adds W x n history
+    coefficients per record (feature ``history-v1``)."""
 
     decay: bool
     losses: bool
+    history: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return {"decay": self.decay, "losses": self.losses}
+        out: dict[str, Any] = {"decay": self.decay, "losses": self.losses}
+        if self.history:
+            out["history"] = self.history
+        return out
 
     @classmethod
     def from_json(cls, f: _Fields) -> RecordLayout:
-        return cls(f.get("decay", bool), f.get("losses", bool))
+        history = f.integer("history", 1, MAX_HISTORY, optional=True)
+        return cls(f.get("decay", bool), f.get("losses", bool), history or 0)
 
 
 @dataclass(frozen=True)
@@ -599,6 +609,8 @@ class Header:
             out["peft"] = self.peft.to_json()
             if PEFT_FEATURE not in out["requires"]:
                 out["requires"] = [*out["requires"], PEFT_FEATURE]
+        if self.records.history and HISTORY_FEATURE not in out["requires"]:
+            out["requires"] = [*out["requires"], HISTORY_FEATURE]
         return out
 
     def with_(self, **changes: Any) -> Header:
@@ -649,13 +661,18 @@ class Header:
         peft_obj = f.obj_of("peft", optional=True)
         if (peft_obj is not None) != (PEFT_FEATURE in requires):
             raise HeaderError(f"a header has peft exactly when requires lists {PEFT_FEATURE!r}")
+        records = RecordLayout.from_json(f.obj_of("records"))  # type: ignore[arg-type]
+        if bool(records.history) != (HISTORY_FEATURE in requires):
+            raise HeaderError(
+                f"a header has records.history exactly when requires lists {HISTORY_FEATURE!r}"
+            )
         return cls(
             tool=Tool(tool.text("name"), tool.text("version")),
             base=BaseIdentity.from_json(f.obj_of("base")),  # type: ignore[arg-type]
             trainable=trainable,
             perturbation=Perturbation.from_json(f.obj_of("perturbation")),  # type: ignore[arg-type]
             update=UpdateRule.from_json(f.obj_of("update"), trainable),  # type: ignore[arg-type]
-            records=RecordLayout.from_json(f.obj_of("records")),  # type: ignore[arg-type]
+            records=records,
             total_steps=f.integer("total_steps", 0, MAX_STEPS),
             optimizer=OptimizerInfo.from_json(f.get("optimizer", dict)),
             config=f.get("config", dict),

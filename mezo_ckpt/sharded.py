@@ -19,7 +19,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from mezo_ckpt.errors import BaseMismatchError, ModelLoadError, VerificationError
@@ -38,7 +37,7 @@ from mezo_ckpt.hashing import (
 )
 from mezo_ckpt.header import TENSOR_DIGEST_HEX, BaseIdentity, TensorEntry
 from mezo_ckpt.stream import param_key
-from mezo_ckpt.update import UpdateBatch, UpdateSpec, apply_updates
+from mezo_ckpt.update import UpdateSpec, apply_updates
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -116,7 +115,7 @@ def replay_folder(
     of, aliases = _canonical_of(model)
     spec = UpdateSpec.from_header(h)
     batch = traj.update_batch(step)
-    nodecay = UpdateBatch(batch.steps, batch.coefs, np.ones_like(batch.decay))
+    nodecay = batch.without_decay()
     trainable = set(h.trainable)
     digests: dict[str, bytes] = {}
     entries: dict[str, TensorEntry] = {}

@@ -1,11 +1,13 @@
 """The update rule: one exactly specified per-element update, shared by training and replay.
 
-For one step with decay multiplier ``m`` and coefficients ``c_j`` (one per direction j),
-each element ``x`` of a trainable tensor becomes::
+For one step t with decay multiplier ``m``, coefficients ``c_j`` (one per direction j) and,
+in a run with a momentum window of W steps, history coefficients ``h_kj`` (direction j of
+step t-k, k = 1..W), each element ``x`` of a trainable tensor becomes::
 
     y = fp32(x)                      # exact widening
     if m != 1: y = fl32(y * m)       # weight decay, one rounding
-    for j: y = fl32(y - c_j * z_j)   # c_j * z_j is exact, so one rounding, fused or not
+    for j: y = fl32(y - c_j * z_tj)  # c_j * z_j is exact, so one rounding, fused or not
+    for k, j: y = fl32(y - h_kj * z_(t-k)j)   # history terms (0 and t-k < 0: skipped)
     x = round_to_dtype(y)            # identity for fp32; nearest-even or stochastic otherwise
 
 ``c_j`` has at most 13 significant bits and ``z_j`` is a multiple of 1/256 below 8 in
@@ -15,6 +17,7 @@ result is the same whether the hardware fuses multiply and add or not.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import struct
 from collections.abc import Callable, Mapping, Sequence
@@ -53,22 +56,60 @@ class UpdateBatch:
             skipped steps are simply absent.
         coefs: float32 [T, n], one coefficient per direction (<= 13 significant bits).
         decay: float32 [T], weight-decay multipliers ``1 - lr * wd`` (1.0 means none).
+        history: float32 [T, W, n] or None: ``history[t, k-1, j]`` applies direction j of
+            step ``steps[t] - k`` at step ``steps[t]`` (a momentum window of W steps).
     """
 
     steps: np.ndarray
     coefs: np.ndarray
     decay: np.ndarray
+    history: np.ndarray | None = None
 
     @classmethod
-    def single(cls, step: int, coefs: Sequence[float], decay: float = 1.0) -> UpdateBatch:
+    def single(
+        cls,
+        step: int,
+        coefs: Sequence[float],
+        decay: float = 1.0,
+        history: Sequence[Sequence[float]] | None = None,
+    ) -> UpdateBatch:
         return cls(
             np.array([step], np.int64),
             np.array([list(coefs)], np.float32),
             np.array([decay], np.float32),
+            None if history is None else np.array([history], np.float32).reshape(1, -1, len(coefs)),
         )
 
     def __len__(self) -> int:
         return int(self.steps.shape[0])
+
+    @property
+    def window(self) -> int:
+        """W: how many earlier steps each step may re-apply (0 without history)."""
+        return 0 if self.history is None else int(self.history.shape[1])
+
+    def has_history(self) -> bool:
+        """Whether any step applies an earlier step's direction."""
+        return self.history is not None and bool(np.any(self.history != 0))
+
+    def select(self, mask: np.ndarray) -> UpdateBatch:
+        """The steps where ``mask`` is true (their history terms with them)."""
+        return UpdateBatch(
+            self.steps[mask],
+            self.coefs[mask],
+            self.decay[mask],
+            None if self.history is None else self.history[mask],
+        )
+
+    def without_decay(self) -> UpdateBatch:
+        """The same steps with every decay multiplier 1 (parameters outside decay_params)."""
+        return dataclasses.replace(self, decay=np.ones_like(self.decay))
+
+    def history_array(self) -> np.ndarray:
+        """``history`` as a contiguous float32 [T, W, n] array ([T, 0, n] without one)."""
+        if self.history is None:
+            return np.zeros((len(self), 0, self.coefs.shape[1]), np.float32)
+        return np.ascontiguousarray(self.history, np.float32)
 
 
 def to_fp32(x: float) -> float:
@@ -169,13 +210,20 @@ def _apply_generic(
     for lo in range(0, n, CHUNK_ELEMENTS):
         hi = min(n, lo + CHUNK_ELEMENTS)
         y = flat[lo:hi].to(torch.float32, copy=True)
-        for step, coefs, m in zip(batch.steps.tolist(), batch.coefs.tolist(), batch.decay.tolist()):
+        hist = batch.history_array().tolist()
+        for t, (step, coefs, m) in enumerate(
+            zip(batch.steps.tolist(), batch.coefs.tolist(), batch.decay.tolist())
+        ):
             if m != 1.0:
                 y = y * m
-            for j, c in enumerate(coefs):
-                if c == 0.0:
+            terms = [(step, j, c) for j, c in enumerate(coefs)]
+            terms += [
+                (step - k - 1, j, c) for k, row in enumerate(hist[t]) for j, c in enumerate(row)
+            ]
+            for s, j, c in terms:
+                if c == 0.0 or s < 0:
                     continue
-                z = generate_z(key, step, j, start + lo, hi - lo, kind, flat.device)
+                z = generate_z(key, s, j, start + lo, hi - lo, kind, flat.device)
                 y = y - z * c
             if dtype != torch.float32:
                 if rounding == "stochastic":
@@ -221,12 +269,14 @@ def _triton_for(t: torch.Tensor, backend: str):
         if backend == "triton":
             raise ValueError("the triton backend needs an fp32/bf16/fp16 tensor")
         return None
+    if backend == "auto" and t.device.type != "cuda":
+        return None  # CPU work never imports triton
     kernels = triton_kernels()
     if backend == "triton":
         if kernels is None:
             raise ValueError("the triton backend needs triton and a CUDA device")
         return kernels
-    return kernels if t.device.type == "cuda" else None
+    return kernels
 
 
 def apply_updates(
@@ -260,6 +310,11 @@ def apply_updates(
         return
     flat = tensor.view(-1)
     gpu = _triton_for(flat, backend)
+    if gpu is not None and batch.has_history():
+        if backend == "triton":
+            raise ValueError("the Triton replay kernel has no history terms (momentum runs)")
+        _apply_generic(flat, key, start, batch, kind, rounding)  # exact, z from Triton
+        return
     if gpu is not None:
         gpu.replay(
             flat,
@@ -293,6 +348,7 @@ def apply_updates(
         KIND_CODES[kind],
         _STORAGE[flat.dtype][0],
         _ROUNDING_CODES[rounding],
+        batch.history_array(),
     )
 
 
@@ -443,7 +499,7 @@ def apply_to_tensors(
     Returns:
         element-steps performed.
     """
-    nodecay = UpdateBatch(batch.steps, batch.coefs, np.ones_like(batch.decay))
+    nodecay = batch.without_decay()
     total = 0
     for name in spec.trainable:
         t = tensors[name]
@@ -457,7 +513,7 @@ def apply_to_tensors(
             rounding=spec.rounding,
             backend=backend,
         )
-        done = t.numel() * len(batch)
+        done = t.numel() * len(batch)  # element-steps (history terms not counted)
         total += done
         if progress is not None:
             progress(done)

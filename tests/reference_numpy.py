@@ -131,20 +131,34 @@ def np_round_stochastic(y: np.ndarray, bits: np.ndarray, dtype: str) -> np.ndarr
 
 
 def np_apply(
-    x: np.ndarray, dtype: str, key, steps, coefs, decay, kind: str, rounding: str, start: int = 0
+    x: np.ndarray,
+    dtype: str,
+    key,
+    steps,
+    coefs,
+    decay,
+    kind: str,
+    rounding: str,
+    start: int = 0,
+    history=None,
 ) -> np.ndarray:
-    """The per-element update rule (§10.1) on fp32 values of a tensor in ``dtype``."""
+    """The per-element update rule (§10.1) on fp32 values of a tensor in ``dtype``;
+    ``history[i][k-1][j]`` applies direction j of step ``steps[i] - k`` (§6.2)."""
     y = x.astype(np.float32)
     n = len(y)
-    for t, cs, m in zip(steps, coefs, decay):
+    for i, (t, cs, m) in enumerate(zip(steps, coefs, decay)):
         m = np.float32(m)
         if m != np.float32(1):
             y = (y * m).astype(np.float32)
-        for j, c in enumerate(cs):
+        terms = [(int(t), j, c) for j, c in enumerate(cs)]
+        if history is not None:
+            for k, row in enumerate(history[i], start=1):
+                terms += [(int(t) - k, j, c) for j, c in enumerate(row)]
+        for s, j, c in terms:
             c = np.float32(c)
-            if c == 0:
+            if c == 0 or s < 0:
                 continue
-            y = (y - c * np_z(key, int(t), j, start, n, kind)).astype(np.float32)
+            y = (y - c * np_z(key, s, j, start, n, kind)).astype(np.float32)
         if dtype != "float32":
             if rounding == "nearest":
                 y = np_round_nearest(y, dtype)

@@ -338,3 +338,62 @@ def test_documented_replay_vector(case):
     elif dtype == "float16":
         want = want.view(np.float32).astype(np.float16).view(np.uint16)
     assert " ".join(fmt % v for v in want) == DOC_REPLAY[case]
+
+
+DOC_HISTORY = {  # docs/FORMAT.md §16, "Replay with history"
+    ("normal16", "float32", "nearest"): (
+        "3e96797c bf8371ec 403dbbf9 3d353bcf 3b94fc38 c01eb382 42c7da00 3cb21c00"
+    ),
+    ("normal16", "bfloat16", "stochastic"): "3e96 bf84 403d 3d36 3b95 c01f 42c7 3cb3",
+    ("rademacher", "float32", "nearest"): (
+        "3e683e77 bf82ef3c 403e66d9 bc841062 3cd42f0e c0213f0a 42c7d90d 3ccc0000"
+    ),
+    ("rademacher", "float16", "stochastic"): "3342 bc18 41f3 a420 26a1 c10b 563f 2660",
+}
+
+
+@pytest.mark.parametrize("case", sorted(DOC_HISTORY), ids=lambda c: "-".join(c))
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_documented_history_vector(case, backend):
+    kind, dtype, rounding = case
+    vals = [0.25, -1.0, 3.0, 0.0078125, 1e-3, -2.5, 100.0, -0.0]
+    m = struct.unpack("<f", bytes.fromhex("3f7fbe77")[::-1])[0]
+    steps = np.array([0, 2], np.int64)  # record 1 is skipped
+    coefs = np.array([[2.0**-6, -3 * 2.0**-10], [2.0**-11, 0.0]], np.float32)
+    decay = np.array([m, 1.0], np.float32)
+    hist = np.array([[[0, 0], [0, 0]], [[0, 0], [2.0**-7, 2.0**-9]]], np.float32)
+    fmt = "%08x" if dtype == "float32" else "%04x"
+    x = torch.tensor(vals, dtype=torch.float32).to(TORCH[dtype])
+    batch = U.UpdateBatch(steps, coefs, decay, hist)
+    U.apply_updates(x, np_key(1, "w"), batch, kind=kind, rounding=rounding, backend=backend)
+    assert " ".join(fmt % v for v in _bits(x)) == DOC_HISTORY[case]
+    x0 = np.array(vals, np.float32)
+    if dtype != "float32":
+        x0 = np_round_nearest(x0, dtype)
+    want = _bits(np_apply(x0, dtype, np_key(1, "w"), steps, coefs, decay, kind, rounding, 0, hist))
+    if dtype == "bfloat16":
+        want = want >> 16
+    elif dtype == "float16":
+        want = want.view(np.float32).astype(np.float16).view(np.uint16)
+    assert " ".join(fmt % v for v in want) == DOC_HISTORY[case]
+
+
+def test_cpu_updates_never_import_triton():
+    """Triton is for CUDA tensors: CPU work must not pay its import (nor fix its mode
+    before a test sets TRITON_INTERPRET)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np, torch\n"
+        "from mezo_ckpt import update as U\n"
+        "c = np.array([[2.0**-10]], np.float32)\n"
+        "b = U.UpdateBatch(np.array([0]), c, np.ones(1, np.float32))\n"
+        "for backend in ('auto', 'compiled', 'reference'):\n"
+        "    U.apply_updates(torch.zeros(100), (1, 2), b, kind='normal16', backend=backend)\n"
+        "    w = torch.zeros(100)\n"
+        "    U.perturbed_copy(w, (1, 2), 0, 0, 1e-3, kind='normal16', backend=backend)\n"
+        "assert 'triton' not in sys.modules, 'triton imported'\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

@@ -51,7 +51,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 OBJECTIVES = ("ce", "accuracy", "f1", "exact_match")
 REPORTERS = ("none", "tensorboard", "wandb")
 PEFT_MODES = ("none", "lora", "prefix")
-ESTIMATORS = ("spsa", "one-sided")
+ESTIMATORS = ("spsa", "one-sided", "fzoo")
 #: Settings people often type under another name (used for "did you mean").
 ALIASES = {
     "learning_rate": "lr",
@@ -240,10 +240,18 @@ class TrainConfig:
     n_directions: int = _f(1, "Directions per step (n-SPSA).", MEZO)
     estimator: str = _f(
         "spsa",
-        "spsa (two-sided, MeZO) or one-sided (L+ - L0 per direction, shared baseline).",
+        "spsa (two-sided, MeZO), one-sided (L+ - L0 per direction, shared baseline), or "
+        "fzoo (one-sided, step divided by the spread of the n losses; n >= 2).",
         MEZO,
         choices=ESTIMATORS,
     )
+    momentum: float = _f(
+        0.0,
+        "Heavy-ball momentum beta over a window of earlier steps (0: none); each step "
+        "re-applies the last --momentum-window steps' directions, stored in the file.",
+        MEZO,
+    )
+    momentum_window: int = _f(8, "Earlier steps a momentum step re-applies (1-64).", MEZO)
     z: str = _f("normal16", "Direction distribution.", MEZO, choices=Z_KINDS)
     rounding: str = _f("nearest", "Rounding of bf16/fp16 updates.", MEZO, choices=ROUNDING_MODES)
     seed: int = _f(0, "Run seed (directions, batches).", MEZO)
@@ -389,6 +397,16 @@ class TrainConfig:
             raise bad("steps", "must be below 2**32")
         if self.n_directions > 64:
             raise bad("n_directions", "at most 64 directions per step")
+        if self.estimator == "fzoo" and self.n_directions < 2:
+            raise bad(
+                "estimator",
+                "fzoo divides by the spread of the directions' losses: use --n-directions 2 "
+                "or more (FZOO uses 8)",
+            )
+        if not 0.0 <= self.momentum < 1.0:
+            raise bad("momentum", "must be in [0, 1)")
+        if not 1 <= self.momentum_window <= 64:
+            raise bad("momentum_window", "must be in [1, 64]")
         for name in ("lr", "weight_decay", "min_lr_ratio", "lora_dropout"):
             if getattr(self, name) < 0:
                 raise bad(name, "must be >= 0")
@@ -420,6 +438,11 @@ class TrainConfig:
             warmup_steps=self.warmup_steps,
             min_lr_ratio=self.min_lr_ratio,
         )
+
+    @property
+    def history_window(self) -> int:
+        """Earlier steps each record re-applies (the file's records.history)."""
+        return self.momentum_window if self.momentum > 0 else 0
 
     def builtin(self) -> dict[str, Any]:
         return BUILTIN_TASKS.get(self.task, {})

@@ -88,7 +88,7 @@ from mezo_ckpt.trainer.tasks import (
     score_candidates,
     token_f1,
 )
-from mezo_ckpt.update import UpdateBatch, UpdateSpec, apply_to_tensors
+from mezo_ckpt.update import UpdateSpec, apply_to_tensors
 
 #: Salt of the per-step batch sampler (ASCII "mezo").
 BATCH_SALT = 0x6D657A6F
@@ -577,6 +577,8 @@ class MezoRecipe:
             reduce=self._reduce or self.dist.reduce,
             owns=self.dist.owns,
         )
+        if self.resume is not None and self.start > 0:  # momentum terms need the past steps
+            self.stepper.remember(self.traj.records.slice(0, self.start))
         self.reporter = Reporter(
             total=cfg.steps,
             start=self.start,
@@ -727,9 +729,19 @@ class MezoRecipe:
                 weight_decay=cfg.weight_decay,
                 objective=cfg.objective,
                 batch_size=cfg.batch_size,
-                extra={"name": "mezo-sgd", "estimator": cfg.estimator},
+                extra={
+                    "name": "mezo-sgd",
+                    "estimator": cfg.estimator,
+                    **(
+                        {"momentum": cfg.momentum, "momentum_window": cfg.momentum_window}
+                        if cfg.momentum
+                        else {}
+                    ),
+                },
             ),
-            records=RecordLayout(decay=bool(decay), losses=cfg.record_losses),
+            records=RecordLayout(
+                decay=bool(decay), losses=cfg.record_losses, history=cfg.history_window
+            ),
             total_steps=cfg.steps,
             config=config,
             chain=CHAIN_RULE,
@@ -877,7 +889,7 @@ class MezoRecipe:
                 apply_to_tensors(
                     self.params,
                     self.spec,
-                    UpdateBatch(batch.steps[seg], batch.coefs[seg], batch.decay[seg]),
+                    batch.select(seg),
                 )
                 at = s
                 if s in traj.checkpoints and (

@@ -11,6 +11,16 @@ Two-point SPSA (``estimator="spsa"``, MeZO)::
 One-sided (``estimator="one-sided"``): one forward at theta gives a shared baseline L0,
 then ``g_j = (L+_j - L0) / eps``: n + 1 forwards for n directions instead of 2n.
 
+FZOO-style (``estimator="fzoo"``, Dang et al. 2025): one-sided, with the step divided by
+the spread of the losses instead of by eps: ``c_j = round13(lr_t (L+_j - L0) / (n sigma))``
+with sigma the standard deviation of the n perturbed losses (a zeroth-order normalised
+SGD: large steps where the loss is flat, small where it is steep). sigma = 0 applies nothing.
+
+Momentum (``momentum=beta``, window W): step t also re-applies the directions of the W
+steps before it, ``h_kj = round13(beta^k c_(t-k)j)`` for k = 1..W (beta^k by repeated
+binary64 multiplication), stored in the record as history coefficients: a truncated
+heavy-ball update that replay applies with no state (docs/FORMAT.md §6.2, §10.1).
+
 :meth:`MezoStep.estimate` runs only forwards and never writes to theta; :meth:`apply`
 is the update rule that replay runs too, so replay == training bit for bit. Loss terms
 are sums with counts, reduced in one call per step (``reduce``), so data-parallel ranks
@@ -41,7 +51,7 @@ from mezo_ckpt.update import (
 Measure = Callable[[Encoded], LossTerms]
 #: Sums loss terms over data-parallel ranks (identity in one process).
 Reduce = Callable[[Sequence[LossTerms]], list[LossTerms]]
-ESTIMATORS = ("spsa", "one-sided")
+ESTIMATORS = ("spsa", "one-sided", "fzoo")
 
 
 @dataclass
@@ -54,6 +64,8 @@ class StepEstimate:
     decay: float  # weight-decay multiplier (1.0: none)
     skipped: bool  # a non-finite loss or coefficient: the step applies nothing
     forwards: int = 0
+    #: [W][n] history coefficients (direction j of step - k at row k - 1), or None
+    history: list[list[float]] | None = None
 
     @property
     def loss(self) -> float:
@@ -61,11 +73,15 @@ class StepEstimate:
 
     def record(self, *, with_losses: bool) -> StepRecords:
         """The step's trajectory record."""
+        n = len(self.coefs)
         return StepRecords(
             np.array([FLAG_SKIPPED if self.skipped else 0], np.uint8),
             np.array([self.coefs], np.float32),
             np.array([self.decay], np.float32),
             np.array([self.pair_losses], np.float32) if with_losses else None,
+            None
+            if self.history is None
+            else np.array(self.history, np.float32).reshape(1, len(self.history), n),
         )
 
 
@@ -94,9 +110,25 @@ class MezoStep:
         weight_decay: float = 0.0,
         reduce: Reduce | None = None,
         owns: Callable[[int], bool] | None = None,
+        momentum: float = 0.0,
+        window: int = 0,
     ) -> None:
         if estimator not in ESTIMATORS:
             raise ValueError(f"unknown estimator {estimator!r}; use {', '.join(ESTIMATORS)}")
+        if estimator == "fzoo" and n_directions < 2:
+            raise ValueError("fzoo needs at least two directions")
+        if not 0.0 <= momentum < 1.0 or window < 0:
+            raise ValueError("momentum must be in [0, 1) and the window >= 0")
+        self.momentum = momentum
+        self.window = window if momentum > 0 else 0
+        #: beta^k for k = 1..W, by repeated binary64 multiplication (portable)
+        self._powers: list[float] = []
+        p = 1.0
+        for _ in range(self.window):
+            p *= momentum
+            self._powers.append(p)
+        #: the stored coefficients of earlier steps (step -> [n]); skipped steps are zeros
+        self._past: dict[int, list[float]] = {}
         self.params = params
         self.perturber = perturber
         self.spec = spec
@@ -132,12 +164,42 @@ class MezoStep:
             weight_decay=cfg.weight_decay,
             reduce=reduce,
             owns=owns,
+            momentum=cfg.momentum,
+            window=cfg.history_window,
         )
 
     @property
     def forwards_per_step(self) -> int:
         n = self.n_directions
-        return n + 1 if self.estimator == "one-sided" else 2 * n
+        return 2 * n if self.estimator == "spsa" else n + 1
+
+    def remember(self, records: StepRecords, first_step: int = 0) -> None:
+        """Load the coefficients of already recorded steps (resume), for the momentum
+        terms of the steps that follow."""
+        if not self.window:
+            return
+        n = len(records)
+        for i in range(max(0, n - self.window), n):
+            c = records.coefs[i]
+            skipped = bool(records.flags[i] & FLAG_SKIPPED)
+            self._past[first_step + i] = [0.0] * len(c) if skipped else [float(v) for v in c]
+
+    def _history(self, step: int) -> list[list[float]] | None:
+        """h[k-1][j] = round13(beta^k c_(step-k)j); zeros before step 0."""
+        if not self.window:
+            return None
+        zeros = [0.0] * self.n_directions
+        out = []
+        for k, power in enumerate(self._powers, start=1):
+            past = self._past.get(step - k, zeros)
+            out.append([round_coefficient(power * c) for c in past])
+        return out
+
+    def _keep(self, est: StepEstimate) -> None:
+        if self.window:
+            self._past[est.step] = [0.0] * len(est.coefs) if est.skipped else list(est.coefs)
+            for s in [s for s in self._past if s <= est.step - self.window]:
+                del self._past[s]
 
     def _measure(self, step: int, lane: int, sign: int, enc: Encoded) -> LossTerms:
         if not self.owns(lane):  # another rank's direction: it contributes nothing here
@@ -149,7 +211,7 @@ class MezoStep:
         """The step's coefficients from forwards only; the weights are untouched."""
         n = self.n_directions
         local: list[LossTerms] = []
-        if self.estimator == "one-sided":
+        if self.estimator != "spsa":
             if self.owns(0):  # the shared baseline, measured once (by direction 0's owner)
                 with torch.inference_mode():
                     local.append(self.measure(enc))
@@ -167,6 +229,13 @@ class MezoStep:
             base = losses[0]
             pairs = [(losses[1 + j], base) for j in range(n)]
             grads = [(lp - base) / self.eps for lp, _ in pairs]
+        elif self.estimator == "fzoo":
+            base = losses[0]
+            pairs = [(losses[1 + j], base) for j in range(n)]
+            perturbed = [lp for lp, _ in pairs]
+            mean = math.fsum(perturbed) / n
+            sigma = math.sqrt(math.fsum((v - mean) ** 2 for v in perturbed) / n)
+            grads = [(lp - base) / sigma if sigma > 0 else 0.0 for lp in perturbed]
         else:
             pairs = [(losses[2 * j], losses[2 * j + 1]) for j in range(n)]
             grads = [(lp - lm) / (2.0 * self.eps) for lp, lm in pairs]
@@ -177,16 +246,21 @@ class MezoStep:
                 coefs = [round_coefficient(lr * g / n) for g in grads]
             except ValueError:  # non-finite or absurd: skip the step
                 skipped = True
+        history = self._history(step)
         if skipped:
-            return StepEstimate(step, [0.0] * n, pairs, 1.0, True, len(local))
+            zero = None if history is None else [[0.0] * n for _ in history]
+            return StepEstimate(step, [0.0] * n, pairs, 1.0, True, len(local), zero)
         decay = decay_multiplier(lr, self.weight_decay)
-        return StepEstimate(step, coefs, pairs, decay, False, len(local))
+        return StepEstimate(step, coefs, pairs, decay, False, len(local), history)
 
     def apply(self, est: StepEstimate) -> None:
         """The update rule (the same code replay runs)."""
+        self._keep(est)
         if est.skipped:
             return
         with torch.no_grad():
             apply_to_tensors(
-                self.params, self.spec, UpdateBatch.single(est.step, est.coefs, est.decay)
+                self.params,
+                self.spec,
+                UpdateBatch.single(est.step, est.coefs, est.decay, est.history),
             )

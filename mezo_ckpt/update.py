@@ -362,23 +362,35 @@ def perturbed_copy(
     kind: str,
     start: int = 0,
     backend: str = "auto",
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``round(w + scale * z)`` as a new tensor: the perturbed weights of a forward pass.
+    """``round(w + scale * z)``: the perturbed weights of a forward pass.
 
     ``w`` holds elements ``[start, start + numel)`` of one parameter and is only read;
     z is direction ``lane`` of ``step``. Per element ``fl32(fl32(w) + fl32(scale * z))``
-    rounded to ``w``'s dtype (nearest even), on every backend.
+    rounded to ``w``'s dtype (nearest even), on every backend. ``out``: a contiguous
+    tensor of ``w``'s dtype, device and size to write into (a reused scratch buffer; no
+    allocation), else a new tensor.
     """
     src = w.detach().reshape(-1)
+    if out is not None:
+        if (
+            out.dtype != src.dtype
+            or out.device != src.device
+            or out.numel() != src.numel()
+            or not out.is_contiguous()
+        ):
+            raise ValueError("out must be a contiguous tensor of w's dtype, device and size")
+        out = out.view(-1)
     gpu = _triton_for(src, backend)
     if gpu is not None:
         src = src.contiguous()
-        out = torch.empty_like(src)
+        out = torch.empty_like(src) if out is None else out
         gpu.perturb(src, out, start, step, lane, key[0], key[1], scale, KIND_CODES[kind])
         return out.view(w.shape)
     if backend != "reference" and _compiled_ok(src):
         src = src.contiguous()
-        out = torch.empty_like(src)
+        out = torch.empty_like(src) if out is None else out
         kernels = compiled_kernels()
         assert kernels is not None
         kernels.perturb(
@@ -396,7 +408,11 @@ def perturbed_copy(
         )
         return out.view(w.shape)
     z = generate_z(key, step, lane, start, src.numel(), kind, src.device)
-    return (src.float() + z.mul_(scale)).to(w.dtype).view(w.shape)
+    got = (src.float() + z.mul_(scale)).to(w.dtype)
+    if out is None:
+        return got.view(w.shape)
+    out.copy_(got)
+    return out.view(w.shape)
 
 
 def perturbed_rows(

@@ -234,6 +234,34 @@ def test_push_then_load_bit_exact_and_cached(
     assert_same_weights(cold, trained.hub_state)
 
 
+def test_pull_streams_the_base_shard_by_shard_into_the_cache(
+    hub: FakeHub, trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pull --stream never loads the base whole; the cache entry it writes is the same
+    weights as a whole-model replay, verified, and serves later loads."""
+    traj = copy_traj(trained.hub_traj, tmp_path)
+    assert cli("push", traj, REPO).exit_code == 0
+    fresh_caches(hub, monkeypatch, tmp_path / "consumer")
+
+    def no_whole_load(*a: object, **k: object) -> None:
+        raise AssertionError("loaded the base whole")
+
+    monkeypatch.setattr("mezo_ckpt.base.load_folder", no_whole_load)
+    res = cli("pull", REPO, "--stream", "-o", tmp_path / "out")
+    assert res.exit_code == 0, res.output
+    assert "verified against the trainer's fingerprint" in res.output
+    assert "by sha256" in res.output  # the downloaded base files were checked
+    from transformers import AutoModelForCausalLM
+
+    assert_same_weights(AutoModelForCausalLM.from_pretrained(tmp_path / "out"), trained.hub_state)
+    monkeypatch.undo()
+    monkeypatch.setenv("MEZO_CKPT_CACHE", str(tmp_path / "consumer" / "mezo-cache"))
+    patch_hf_client(monkeypatch, hub, tmp_path / "consumer" / "hf_home")
+    model, _ = mezo_ckpt.load(REPO, progress=False)
+    assert model.mezo_ckpt["cache_hit"] is True
+    assert_same_weights(model, trained.hub_state)
+
+
 def test_step_best_and_n(hub: FakeHub, trained: Trained, tmp_path: Path) -> None:
     from mezo_ckpt.base import load_base
     from mezo_ckpt.replay import replay_model, resolve_step

@@ -212,6 +212,12 @@ Python:
     is_flag=True,
     help="Allow a step after the file's last checkpoint (a cut or unsealed file).",
 )
+@click.option(
+    "--stream/--no-stream",
+    default=None,
+    help="Replay the base shard by shard into the cache (peak memory: one safetensors "
+    "shard). Default: stream when the base would not fit in half the free memory.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars; only the result lines.")
 def pull(
@@ -223,6 +229,7 @@ def pull(
     base_spec: str | None,
     ignore_base_mismatch: bool,
     allow_unverified: bool,
+    stream: bool | None,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -251,6 +258,7 @@ def pull(
         progress=not (as_json or quiet),
         allow_unverified=allow_unverified,
         ignore_base_mismatch=ignore_base_mismatch,
+        stream=stream,
     )
     if as_json:
         click.echo(json.dumps(r.info(), indent=2))

@@ -341,6 +341,7 @@ def fetch(
     progress: bool = True,
     allow_unverified: bool = False,
     ignore_base_mismatch: bool = False,
+    stream: bool | None = None,
 ) -> Rebuilt:
     """Get a published fine-tune's weights into the replay cache (replaying if needed).
 
@@ -356,9 +357,14 @@ def fetch(
         progress: show download and replay progress bars.
         allow_unverified: allow a step that no checkpoint covers (see mezo_ckpt.replay).
         ignore_base_mismatch: replay onto a base that differs (recorded in the provenance).
+        stream: replay a base folder shard by shard straight into the cache (peak memory
+            about one shard; the returned ``model`` is then None). None: when the base
+            would not fit in half the free memory (full-parameter runs with a Hub or
+            folder base).
 
     Returns:
-        A :class:`Rebuilt`; ``model`` holds the replayed model unless ``cache_hit``.
+        A :class:`Rebuilt`; ``model`` holds the replayed model unless ``cache_hit`` or
+        the replay streamed.
 
     Raises:
         RepoNotFoundError, HubRevisionError, HubAuthError, NotCachedError, HubError:
@@ -378,6 +384,7 @@ def fetch(
             progress,
             allow_unverified,
             ignore_base_mismatch,
+            stream,
         )
 
 
@@ -391,6 +398,7 @@ def _fetch(
     progress: bool,
     allow_unverified: bool,
     ignore_base_mismatch: bool,
+    stream: bool | None = None,
 ) -> Rebuilt:
     from filelock import FileLock
 
@@ -448,6 +456,13 @@ def _fetch(
         if state == "corrupt":
             notes.append(f"the cached entry {out} had changed since it was built; rebuilt it")
             warnings.warn(notes[-1], stacklevel=3)
+        if cacheable and traj.header.peft is None and stream is not False:
+            streamed = _replay_streaming(
+                traj, meta, base, token, out, target, sha, source, commit, stream, progress
+            )
+            if streamed is not None:
+                verified, checked, folder = streamed
+                return rebuilt(False, verified=verified, checked=checked, base_folder=folder)
         from mezo_ckpt.adapters import prepare
 
         loaded_folder, model, check = _load_base_for(
@@ -466,6 +481,54 @@ def _fetch(
         base_folder=loaded_folder,
         model=model,
     )
+
+
+def _replay_streaming(
+    traj: Trajectory,
+    meta: dict | None,
+    base: str | None,
+    token: str | bool | None,
+    out: Path,
+    target: int,
+    sha: str,
+    source: str,
+    commit: str | None,
+    stream: bool | None,
+    progress: bool,
+) -> tuple[str | None, list[str], Path] | None:
+    """Replay a folder base shard by shard into the cache entry ``out`` when asked (or
+    when it would not fit in memory): (verified, checked, base folder), or None to load
+    the base whole instead (an embedded base, or a base that fits)."""
+    from tqdm.auto import tqdm
+
+    from mezo_ckpt.api import should_stream
+    from mezo_ckpt.export import provenance
+    from mezo_ckpt.sharded import replay_folder
+
+    checked_files: list[str] = []
+    if base is not None:
+        folder = Path(os.path.expanduser(base))
+        if not folder.is_dir():
+            return None
+    else:
+        kind, repo_id, commit_b, files = _base_plan(traj, meta)
+        if kind != "hub":
+            return None
+        assert repo_id is not None and commit_b is not None
+        folder = download_snapshot(repo_id, commit_b, token, "download the base model")
+        where = f"{repo_id}@{commit_b[:12]}"
+        verify_base_files(folder, files, where)
+        checked_files.append(f"{len(files)} base file(s) of {where} by sha256")
+    if not any(folder.glob("*.safetensors")) or not should_stream(folder, stream):
+        return None
+    doc = provenance(traj, target, sha, source=source, source_commit=commit)
+    with tqdm(
+        unit="el-step", unit_scale=True, desc="replay (streaming)", disable=not progress
+    ) as bar:
+        r = replay_folder(
+            traj, folder, out, step=target, meta=doc, replace=True, progress=bar.update
+        )
+    return r["verified"], [*r["checked"], *checked_files], folder
 
 
 def _load_base_for(
@@ -671,6 +734,7 @@ def pull(
     progress: bool = True,
     allow_unverified: bool = False,
     ignore_base_mismatch: bool = False,
+    stream: bool | None = None,
 ) -> Rebuilt:
     """Rebuild a fine-tune into the cache and optionally copy it to ``output``.
 
@@ -701,6 +765,7 @@ def pull(
         progress=progress,
         allow_unverified=allow_unverified,
         ignore_base_mismatch=ignore_base_mismatch,
+        stream=stream,
     )
     if out is not None:
         if ignore_base_mismatch:

@@ -4,8 +4,10 @@ The official MeZO code perturbs weights in place (+eps, -2 eps, +eps), which doe
 restore them in floating point. Here every module that owns trainable parameters builds
 its perturbed weights on the fly from the original (untouched) tensors, uses them and
 drops them: extra memory is one layer's weights at a time (large matrices in row chunks,
-embeddings by gathered rows), so training stays at inference-level memory. Each sign is
-its own forward pass over the batch, so activations are those of an inference pass too.
+embeddings by gathered rows), so training stays at inference-level memory. The perturbed
+weights are written into scratch buffers reused from layer to layer (one per nesting
+depth, per dtype and device): no allocation, no fresh pages per layer and pass. Each sign
+is its own forward pass over the batch, so activations are those of an inference pass too.
 
 How it hooks in: the perturbation wraps the *innermost* forward of each owning module,
 for the duration of a :meth:`Perturber.perturbed` block only. A module without hooks
@@ -43,6 +45,25 @@ class _State:
     scale: float  # +eps or -eps
 
 
+def _detach_from(result, buffers: list[torch.Tensor]):
+    """``result``, with any top-level tensor that shares memory with a scratch buffer
+    copied out (a module returning a view of its weight must not see it overwritten)."""
+    ptrs = {b.untyped_storage().data_ptr() for b in buffers}
+
+    def fix(t):
+        if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() in ptrs:
+            return t.clone()
+        return t
+
+    if isinstance(result, torch.Tensor):
+        return fix(result)
+    if isinstance(result, tuple) and not hasattr(result, "_fields"):
+        return tuple(fix(t) for t in result)
+    if isinstance(result, list):
+        return [fix(t) for t in result]
+    return result
+
+
 class Perturber:
     """Perturbed forwards for the modules that own trainable parameters.
 
@@ -78,20 +99,49 @@ class Perturber:
             if own:
                 self._owned.append((mod, own))
         self._state: _State | None = None
+        #: (dtype, device, depth) -> reused buffer; depth = how many perturbed module
+        #: calls are open (a module whose forward calls another owning module)
+        self._scratch: dict[tuple, torch.Tensor] = {}
+        self._depth = 0
 
     @property
     def active(self) -> bool:
         return self._state is not None
 
+    def _buffer(self, like: torch.Tensor, numel: int, slot: int) -> torch.Tensor:
+        """A contiguous scratch tensor of ``numel`` elements (``like``'s dtype/device)."""
+        k = (like.dtype, like.device, self._depth, slot)
+        buf = self._scratch.get(k)
+        if buf is None or buf.numel() < numel:
+            buf = torch.empty(numel, dtype=like.dtype, device=like.device)
+            self._scratch[k] = buf
+        return buf[:numel]
+
+    def release(self) -> None:
+        """Drop the scratch buffers (they are rebuilt on the next perturbed forward)."""
+        self._scratch.clear()
+
     # ------------------------------------------------------------------ perturbed weights
-    def _copy(self, p: torch.Tensor, name: str, start: int = 0, count: int | None = None):
-        """Elements [start, start + count) of ``p`` (flattened) plus scale * z (new tensor)."""
+    def _copy(
+        self,
+        p: torch.Tensor,
+        name: str,
+        start: int = 0,
+        count: int | None = None,
+        slot: int | None = None,
+    ):
+        """Elements [start, start + count) of ``p`` (flattened) plus scale * z: in scratch
+        buffer ``slot`` when given (valid until the next copy into that slot at this
+        depth), else a new tensor."""
         st = self._state
         assert st is not None
         flat = p.detach().reshape(-1)
         w = flat[start:] if count is None else flat[start : start + count]
         key = self.keys[name]
-        return perturbed_copy(w, key, st.step, st.lane, st.scale, kind=self.kind, start=start)
+        out = None if slot is None else self._buffer(w, w.numel(), slot)
+        return perturbed_copy(
+            w, key, st.step, st.lane, st.scale, kind=self.kind, start=start, out=out
+        )
 
     def rows(self, p: torch.Tensor, name: str | None, rows: torch.Tensor) -> torch.Tensor:
         """Rows of a 2-D parameter as the current forward sees them: perturbed inside a
@@ -114,10 +164,18 @@ class Perturber:
     def _generic(self, mod, own: dict[str, str], inner: Callable, args, kwargs):
         """Swap perturbed tensors into the module for one call, then restore."""
         saved = {attr: mod._parameters[attr] for attr in own}
+        buffers = []
         try:
-            for attr, name in own.items():
-                mod._parameters[attr] = self._copy(saved[attr], name).view_as(saved[attr])
-            return inner(*args, **kwargs)
+            for slot, (attr, name) in enumerate(own.items()):
+                t = self._copy(saved[attr], name, slot=slot).view_as(saved[attr])
+                buffers.append(t)
+                mod._parameters[attr] = t
+            self._depth += 1
+            try:
+                result = inner(*args, **kwargs)
+            finally:
+                self._depth -= 1
+            return _detach_from(result, buffers)
         finally:
             for attr, p in saved.items():
                 mod._parameters[attr] = p
@@ -134,7 +192,7 @@ class Perturber:
         for r0 in range(0, n_out, rows):
             r1 = min(n_out, r0 + rows)
             if "weight" in own:
-                wc = self._copy(w, own["weight"], r0 * n_in, (r1 - r0) * n_in)
+                wc = self._copy(w, own["weight"], r0 * n_in, (r1 - r0) * n_in, slot=0)
                 wc = wc.view(r1 - r0, n_in)
             else:
                 wc = w[r0:r1]

@@ -325,6 +325,17 @@ def _normal16_sub(table, u16, off, x, n, c):
 
 
 @njit(**_OPTS)
+def _normal16_perturb_f32(table, u16, off, src, out, base, n, c):
+    """out[base + i] = bits(fp32(src[base + i]) - c * table[u16[off + i]]) (fp32 storage):
+    the same single rounding as widen, :func:`_normal16_sub` and narrow in turn."""
+    us = u16[off : off + n]
+    s = src[base : base + n]
+    o = out[base : base + n]
+    for i in range(n):
+        o[i] = _f32_bits(_f32_from_bits(np.uint32(s[i])) - c * table[us[i]])
+
+
+@njit(**_OPTS)
 def _rademacher_sub(w32, off, x, n, c):
     """x[i] = x[i] - c * z[i], z[i] = -1 if bit (off + i) of the word stream is set else +1.
 
@@ -596,8 +607,12 @@ def _replay_range(
         rb_first, rnblk, roff = _span(start + lo, start + hi, SHIFT_ROUNDING)
         n = hi - lo
         src = theta[lo:hi]
-        for i in range(n):
-            x[i] = _widen(src[i], dt)
+        if dt == DT_FP32:  # branch-free loops for the common case
+            for i in range(n):
+                x[i] = _f32_from_bits(np.uint32(src[i]))
+        else:
+            for i in range(n):
+                x[i] = _widen(src[i], dt)
         for t in range(steps.shape[0]):
             changed = False
             m = np.float32(decay[t])
@@ -626,8 +641,12 @@ def _replay_range(
                 if mode == ROUND_STOCHASTIC:
                     _philox_words(rwords, rb_first, rnblk, steps[t], LANE_ROUNDING, k0, k1)
                 _round_block(x, n, dt, mode, rwords, roff)
-        for i in range(n):
-            src[i] = _narrow(x[i], dt)
+        if dt == DT_FP32:
+            for i in range(n):
+                src[i] = _f32_bits(x[i])
+        else:
+            for i in range(n):
+                src[i] = _narrow(x[i], dt)
 
 
 def replay(table, theta_bits, start, k0, k1, steps, coefs, decay, kind, dt, mode, hist=None):
@@ -689,12 +708,25 @@ def _perturb_span(table, src, out, e0, step, lane, k0, k1, c, kind, dt, words, x
     while done < n:
         m = min(BLOCK, n - done)
         b_first, nblk, off = _span(e0 + done, e0 + done + m, sh)
-        for i in range(m):
-            x[i] = _widen(src[done + i], dt)
         _philox_words(words, b_first, nblk, step, lane, k0, k1)
+        if dt == DT_FP32 and kind == KIND_NORMAL16:
+            # the common case in one loop: no working copy, no per-element dtype branches
+            _normal16_perturb_f32(table, words.view(np.uint16), off, src, out, done, m, c)
+            done += m
+            continue
+        if dt == DT_FP32:
+            for i in range(m):
+                x[i] = _f32_from_bits(np.uint32(src[done + i]))
+        else:
+            for i in range(m):
+                x[i] = _widen(src[done + i], dt)
         _sub_z(table, words, off, x, m, c, kind)
-        for i in range(m):
-            out[done + i] = _narrow(x[i], dt)
+        if dt == DT_FP32:
+            for i in range(m):
+                out[done + i] = _f32_bits(x[i])
+        else:
+            for i in range(m):
+                out[done + i] = _narrow(x[i], dt)
         done += m
 
 

@@ -252,7 +252,10 @@ def staged_folder(out: str | os.PathLike, *, replace: bool = False) -> Iterator[
             os.replace(tmp, p)
             fsync_dir(p.parent)
             if aside is not None:
-                shutil.rmtree(aside, ignore_errors=True)
+                if aside.is_dir() and not aside.is_symlink():
+                    shutil.rmtree(aside, ignore_errors=True)
+                else:  # a file or a link where the folder goes
+                    aside.unlink(missing_ok=True)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -315,12 +318,16 @@ def read_regular_file(path: str | os.PathLike, cap: int, what: str, error: type[
         raise error(f"{p} is a folder, not a {what}") from None
     except PermissionError:
         raise error(f"{p}: permission denied") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
+    try:  # before fdopen: on Linux a folder opens, and fdopen of it raises a bare OSError
+        st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
             raise error(f"{p} is a folder, not a {what}")
         if not stat.S_ISREG(st.st_mode):
             raise error(f"{p} is not a regular file (a device, FIFO or socket), not a {what}")
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as f:
         if st.st_size > cap:
             raise error(f"{p} is {st.st_size} bytes; the limit for a {what} is {cap}")
         data = f.read(cap + 1)

@@ -611,6 +611,13 @@ class Header:
                 out["requires"] = [*out["requires"], PEFT_FEATURE]
         if self.records.history and HISTORY_FEATURE not in out["requires"]:
             out["requires"] = [*out["requires"], HISTORY_FEATURE]
+        # keys a newer 1.x writer added inside a section survive a rewrite (with_())
+        optional = {"records": {"history"}}
+        for key in ("tool", "perturbation", "update", "records", "integrity", "peft"):
+            old, new = self.raw.get(key), out.get(key)
+            if isinstance(old, dict) and isinstance(new, dict):
+                known = set(new) | optional.get(key, set())
+                out[key] = {**{k: v for k, v in old.items() if k not in known}, **new}
         return out
 
     def with_(self, **changes: Any) -> Header:

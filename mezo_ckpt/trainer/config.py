@@ -21,6 +21,7 @@ import dataclasses
 import difflib
 import json
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -220,7 +221,9 @@ class TrainConfig:
     )
     max_new_tokens: int = _f(16, "Generation: longest greedy answer at evaluation.", DATA)
     stop: list[str] = _f(["\n"], "Generation: strings that end an answer.", DATA)
-    train_examples: int | None = _f(None, "Use only the first N training examples.", DATA)
+    train_examples: int | None = _f(
+        None, "Use only the first N training examples (unset or 0: all).", DATA
+    )
     objective: str = _f(
         "ce",
         "What the forwards measure: ce (MeZO's loss), accuracy (classification), f1 or "
@@ -267,9 +270,9 @@ class TrainConfig:
     prefix_tokens: int = _f(5, "Prefix tuning: virtual tokens.", MEZO)
     # evaluation
     eval_every: int = _f(25, "Evaluate on dev every N steps (0: only at start and end).", EVAL)
-    eval_examples: int = _f(200, "Dev examples used (a fixed seeded subset).", EVAL)
+    eval_examples: int = _f(200, "Dev examples used (a fixed seeded subset; 0: all).", EVAL)
     eval_test: bool = _f(True, "Evaluate the test split at step 0 and at the end.", EVAL)
-    test_examples: int | None = _f(None, "Test examples used (default: all).", EVAL)
+    test_examples: int | None = _f(None, "Test examples used (unset or 0: all).", EVAL)
     eval_batch_size: int = _f(32, "Batch size of evaluations.", EVAL)
     # output
     output: str = _f(
@@ -350,10 +353,10 @@ class TrainConfig:
             head = f"{where}: " if where else ""
             return ConfigError(f"{head}{name}={getattr(self, name)!r}: {why}")
 
-        for f in dataclasses.fields(self):
-            coerce(f.name, getattr(self, f.name), src.get(f.name, "config"))
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise bad("device", "use auto, cpu or cuda[:N]")
+        for f in dataclasses.fields(self):  # values set in code get the same notations
+            setattr(self, f.name, coerce(f.name, getattr(self, f.name), src.get(f.name, "config")))
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise bad("device", "use auto, cpu, cuda or cuda:N")
         in_memory = getattr(self, "in_memory", False)
         if self.task == "custom" and not (self.train_file or self.dataset or in_memory):
             raise bad("task", "task 'custom' needs --train-file or --dataset")
@@ -410,6 +413,11 @@ class TrainConfig:
         for name in ("lr", "weight_decay", "min_lr_ratio", "lora_dropout"):
             if getattr(self, name) < 0:
                 raise bad(name, "must be >= 0")
+        if self.min_lr_ratio > 1:
+            raise bad("min_lr_ratio", "is a fraction of lr: use a value in [0, 1]")
+        for name in ("train_examples", "test_examples"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise bad(name, "must be >= 0 (0 or unset: all)")
         if self.eps <= 0:
             raise bad("eps", "must be > 0")
         if self.lora_dropout > 0:
@@ -509,6 +517,12 @@ def coerce(name: str, value: Any, source: str) -> Any:
             raise bad("must be an integer")
         if isinstance(value, int):
             return value
+        if isinstance(value, str):  # exact for big integers ("12345678901234567", "1_000")
+            text = value.strip().replace("_", "")
+            try:
+                return int(text)
+            except ValueError:
+                pass
         try:
             v = _number(value) if isinstance(value, str) else float(value)
         except (TypeError, ValueError):
@@ -538,6 +552,9 @@ def coerce(name: str, value: Any, source: str) -> Any:
             raise bad(f"use one of {', '.join(opt.choices)}{hint}")
         return v
     if origin is list:
+        if isinstance(value, str) and name == "stop":
+            # stop strings are text: "\n" is one stop string, never stripped away
+            return [v for v in value.split(",") if v] if "," in value else [value] if value else []
         if isinstance(value, str):
             items = [v.strip() for v in value.split(",")]
             return [v for v in items if v]
@@ -637,7 +654,7 @@ def parse_set(item: str) -> tuple[str, Any]:
         raise ConfigError(f"--set {item!r}: the key is empty")
     if key in _FIELDS and typing.get_origin(_base_type(key)[0]) in (list, dict):
         text = raw.strip()
-        if text[:1] in "[{":
+        if text.startswith(("[", "{")):
             try:
                 return key, yaml.safe_load(text)
             except yaml.YAMLError as e:

@@ -94,13 +94,20 @@ def _rows_json(p: Path) -> tuple[list[Example], list[str]]:
 
 
 def _rows_csv(p: Path, delimiter: str) -> tuple[list[Example], list[str]]:
+    # TSV has no quoting: a field may start with a quote character (a quoted sentence)
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     with open(p, encoding="utf-8-sig", newline="") as f:  # -sig: Excel's byte-order mark
-        reader = csv.DictReader(f, delimiter=delimiter)
+        reader = csv.DictReader(f, delimiter=delimiter, quoting=quoting)
         rows, origins = [], []
         for row in reader:
             if None in row:
                 raise DataError(
                     f"{p}:{reader.line_num}: more values than the header has columns "
+                    f"({reader.fieldnames})"
+                )
+            if None in row.values():
+                raise DataError(
+                    f"{p}:{reader.line_num}: fewer values than the header has columns "
                     f"({reader.fieldnames})"
                 )
             rows.append(dict(row))

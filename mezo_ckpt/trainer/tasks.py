@@ -45,9 +45,11 @@ RowsFn = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
 
 def template_fields(template: str) -> list[str]:
     try:
-        return [f for _, f, _, _ in string.Formatter().parse(template) if f]
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f]
     except ValueError as e:
         raise ConfigError(f"bad prompt template {template!r}: {e}") from None
+    # "{options[0]}" and "{ex.name}" use the field "options" / "ex"
+    return [re.split(r"[.\[]", f, maxsplit=1)[0] for f in fields]
 
 
 @dataclass

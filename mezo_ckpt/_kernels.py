@@ -591,62 +591,100 @@ def rounding_bits_fill(out, start, step, lane, k0, k1):
 
 
 @njit(**_OPTS)
+def _steps_on_block(
+    x, n, table, words, rwords, sp, rsp, k0, k1, steps, coefs, decay, hist, kind, dt, mode
+):
+    """All T steps on one block's fp32 working values ``x[:n]``, in place (§10.1)."""
+    b_first, nblk, off = sp
+    rb_first, rnblk, roff = rsp
+    ndir = coefs.shape[1]
+    half = dt != DT_FP32
+    for t in range(steps.shape[0]):
+        changed = False
+        m = np.float32(decay[t])
+        if m != np.float32(1.0):
+            _scale(x, n, m)
+            changed = True
+        for j in range(ndir):
+            c = np.float32(coefs[t, j])
+            if c == np.float32(0.0):
+                continue
+            _philox_words(words, b_first, nblk, steps[t], j, k0, k1)
+            _sub_z(table, words, off, x, n, c, kind)
+            changed = True
+        for k in range(hist.shape[1]):  # momentum: direction j of step t - (k + 1)
+            s = steps[t] - (k + 1)
+            if s < 0:
+                continue
+            for j in range(ndir):
+                c = np.float32(hist[t, k, j])
+                if c == np.float32(0.0):
+                    continue
+                _philox_words(words, b_first, nblk, s, j, k0, k1)
+                _sub_z(table, words, off, x, n, c, kind)
+                changed = True
+        if half and changed:  # the stored weight has the dtype after every step
+            if mode == ROUND_STOCHASTIC:
+                _philox_words(rwords, rb_first, rnblk, steps[t], LANE_ROUNDING, k0, k1)
+            _round_block(x, n, dt, mode, rwords, roff)
+
+
+@njit(**_OPTS)
 def _replay_range(
     gb, ge, start, g0, table, theta, k0, k1, steps, coefs, decay, hist, kind, dt, mode
 ):
+    """Half-precision storage: widen each block to fp32, apply, round back."""
     n_all = theta.shape[0]
     sh = _shift(kind)
     words = np.empty(4 * (BLOCK // 8 + 1), dtype=np.uint32)
     rwords = np.empty(4 * (BLOCK // 4 + 1), dtype=np.uint32)
     x = np.empty(BLOCK, dtype=np.float32)
-    ndir = coefs.shape[1]
-    half = dt != DT_FP32
     for g in range(gb, ge):
         lo, hi = _bounds(start, n_all, g0, g)
-        b_first, nblk, off = _span(start + lo, start + hi, sh)
-        rb_first, rnblk, roff = _span(start + lo, start + hi, SHIFT_ROUNDING)
+        sp = _span(start + lo, start + hi, sh)
+        rsp = _span(start + lo, start + hi, SHIFT_ROUNDING)
         n = hi - lo
         src = theta[lo:hi]
-        if dt == DT_FP32:  # branch-free loops for the common case
-            for i in range(n):
-                x[i] = _f32_from_bits(np.uint32(src[i]))
-        else:
-            for i in range(n):
-                x[i] = _widen(src[i], dt)
-        for t in range(steps.shape[0]):
-            changed = False
-            m = np.float32(decay[t])
-            if m != np.float32(1.0):
-                _scale(x, n, m)
-                changed = True
-            for j in range(ndir):
-                c = np.float32(coefs[t, j])
-                if c == np.float32(0.0):
-                    continue
-                _philox_words(words, b_first, nblk, steps[t], j, k0, k1)
-                _sub_z(table, words, off, x, n, c, kind)
-                changed = True
-            for k in range(hist.shape[1]):  # momentum: direction j of step t - (k + 1)
-                s = steps[t] - (k + 1)
-                if s < 0:
-                    continue
-                for j in range(ndir):
-                    c = np.float32(hist[t, k, j])
-                    if c == np.float32(0.0):
-                        continue
-                    _philox_words(words, b_first, nblk, s, j, k0, k1)
-                    _sub_z(table, words, off, x, n, c, kind)
-                    changed = True
-            if half and changed:  # the stored weight has the dtype after every step
-                if mode == ROUND_STOCHASTIC:
-                    _philox_words(rwords, rb_first, rnblk, steps[t], LANE_ROUNDING, k0, k1)
-                _round_block(x, n, dt, mode, rwords, roff)
-        if dt == DT_FP32:
-            for i in range(n):
-                src[i] = _f32_bits(x[i])
-        else:
-            for i in range(n):
-                src[i] = _narrow(x[i], dt)
+        for i in range(n):
+            x[i] = _widen(src[i], dt)
+        _steps_on_block(
+            x, n, table, words, rwords, sp, rsp, k0, k1, steps, coefs, decay, hist, kind, dt, mode
+        )
+        for i in range(n):
+            src[i] = _narrow(x[i], dt)
+
+
+@njit(**_OPTS)
+def _replay_range_f32(
+    gb, ge, start, g0, table, theta, k0, k1, steps, coefs, decay, hist, kind, dt, mode
+):
+    """fp32 storage: the block of ``theta`` (an fp32 view) is the working copy itself."""
+    n_all = theta.shape[0]
+    sh = _shift(kind)
+    words = np.empty(4 * (BLOCK // 8 + 1), dtype=np.uint32)
+    rwords = np.empty(4, dtype=np.uint32)
+    for g in range(gb, ge):
+        lo, hi = _bounds(start, n_all, g0, g)
+        sp = _span(start + lo, start + hi, sh)
+        rsp = _span(start + lo, start + hi, SHIFT_ROUNDING)
+        _steps_on_block(
+            theta[lo:hi],
+            hi - lo,
+            table,
+            words,
+            rwords,
+            sp,
+            rsp,
+            k0,
+            k1,
+            steps,
+            coefs,
+            decay,
+            hist,
+            kind,
+            dt,
+            mode,
+        )
 
 
 def replay(table, theta_bits, start, k0, k1, steps, coefs, decay, kind, dt, mode, hist=None):
@@ -675,14 +713,18 @@ def replay(table, theta_bits, start, k0, k1, steps, coefs, decay, kind, dt, mode
     _check_schedule(steps, coefs, decay, hist)
     dt = _check_storage(theta_bits, dt)
     n = theta_bits.shape[0]
+    if dt == DT_FP32:  # work on the fp32 values in place (no widening copy)
+        kernel, theta = _replay_range_f32, theta_bits.view(np.float32)
+    else:
+        kernel, theta = _replay_range, theta_bits
     _run(
-        _replay_range,
+        kernel,
         int(start),
         n,
         n * max(1, coefs.size + hist.size),
         (
             table,
-            theta_bits,
+            theta,
             int(k0),
             int(k1),
             steps,

@@ -18,6 +18,7 @@ adapter, and lists ``peft-v1`` in ``requires`` so that older readers refuse the 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -108,7 +109,10 @@ def attach(model: torch.nn.Module, kind: str, config: Mapping[str, Any], seed: i
         the peft model (eval mode, no gradients); the base weights are untouched.
     """
     peft = _peft()
-    wrapped = peft.get_peft_model(model, peft_config(kind, config))
+    with warnings.catch_warnings():
+        # peft asks transformers a deprecated question while wrapping (not ours to fix)
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        wrapped = peft.get_peft_model(model, peft_config(kind, config))
     wrapped.eval()
     params = canonical_parameters(wrapped)
     with torch.no_grad():

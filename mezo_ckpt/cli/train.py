@@ -97,6 +97,35 @@ def _metavar(hint: Any) -> str:
     return "TEXT"
 
 
+#: Text settings in which a typed \n, \t or \\ means a newline, a tab or a backslash
+#: (a shell passes them as two characters; YAML double-quoted strings already decode them).
+ESCAPED = frozenset({"template", "option_template", "target_template", "stop", "verbalizer"})
+_ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
+
+
+def unescape_text(value: Any) -> Any:
+    """``value`` with \n, \t and \\ decoded (any other backslash is kept as typed)."""
+    if not isinstance(value, str) or "\\" not in value:
+        return value
+    out, i = [], 0
+    while i < len(value):
+        ch = value[i]
+        if ch == "\\" and i + 1 < len(value) and value[i + 1] in _ESCAPES:
+            out.append(_ESCAPES[value[i + 1]])
+            i += 2
+            continue
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+def _unescape_set(item: str) -> str:
+    key, eq, raw = item.partition("=")
+    if eq and key.strip().replace("-", "_") in ESCAPED:
+        return f"{key}={unescape_text(raw)}"
+    return item
+
+
 def _run_option(*args: Any, **kw: Any):
     def deco(func):
         func = click.option(*args, **kw)(func)
@@ -111,6 +140,12 @@ Examples:
   mezo-ckpt train                                  # embedded default, offline, CPU
   mezo-ckpt train --steps 500 --lr 1e-5 -o sst.zst
   mezo-ckpt train -c recipe.yaml --set lr=5e-7 --set seed=3
+  mezo-ckpt train -c sst2 --model facebook/opt-1.3b  # MeZO's SST-2 recipe (packaged)
+  mezo-ckpt train --peft lora --lr 3e-3 --eps 1e-2  # MeZO-LoRA (q_proj, v_proj; r 8)
+  mezo-ckpt train --estimator fzoo --n-directions 4 --z rademacher --lr 2e-3
+  mezo-ckpt train --momentum 0.8 --momentum-window 8 --lr 1e-5
+  mezo-ckpt train --target-field label --template "Review: {text}\nSentiment:" \
+      --max-new-tokens 2                           # answer with a word: generation
   mezo-ckpt train --model ./my-model --train-file train.jsonl --dev-file dev.jsonl \\
       --template "{text} It was" --verbalizer "positive= great,negative= terrible"
   mezo-ckpt train --train-file data.csv --columns text=review,label=stars ...
@@ -123,6 +158,8 @@ Examples:
 \b
 Settings precedence: defaults < -c recipe.yaml < flags < --set key=value. Every
 setting can also go in the YAML recipe or --set (use the flag's name with _ or -).
+In --template, --option-template, --target-template, --stop and --verbalizer, a typed
+\\n or \\t means a newline or a tab (\\\\ a backslash).
 """
 
 
@@ -133,7 +170,8 @@ setting can also go in the YAML recipe or --set (use the flag's name with _ or -
     "--config",
     "config_file",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="YAML recipe; flags given on the command line win over it.",
+    help="YAML recipe file, or a packaged recipe by name (sst2, rte, cb, boolq, wsc, wic, "
+    "multirc, copa, record, squad, drop); flags given on the command line win over it.",
 )
 @_run_option(
     "--set",
@@ -181,6 +219,8 @@ def train(
     from mezo_ckpt.trainer.config import resolve_config
     from mezo_ckpt.trainer.recipe import train as run
 
+    flags = {k: unescape_text(v) if k in ESCAPED else v for k, v in flags.items()}
+    sets = tuple(_unescape_set(item) for item in sets)
     if resume is not None:
         from mezo_ckpt.errors import ConfigError
         from mezo_ckpt.trainer.resume import resume_config

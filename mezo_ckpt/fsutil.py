@@ -202,6 +202,21 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         fsync_dir(p.parent)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def default_file_mode(f: Path) -> None:
+    """Give a file we wrote the mode a plain ``open()`` would (0666 minus the umask):
+    libraries that write through private temp files (safetensors, tempfile) leave 0600,
+    which a teammate or a serving user then cannot read."""
+    with contextlib.suppress(OSError):
+        if f.is_file() and not f.is_symlink():
+            os.chmod(f, 0o666 & ~_umask())
+
+
 @contextlib.contextmanager
 def staged_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp sibling to write; on success it is fsynced and renamed onto ``path``."""
@@ -214,6 +229,7 @@ def staged_file(path: str | os.PathLike) -> Iterator[Path]:
             yield tmp
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
+            default_file_mode(tmp)
             os.replace(tmp, p)
             fsync_dir(p.parent)
         finally:
@@ -240,6 +256,7 @@ def staged_folder(out: str | os.PathLike, *, replace: bool = False) -> Iterator[
                 if f.is_file():
                     with open(f, "rb") as fh:
                         os.fsync(fh.fileno())
+                    default_file_mode(f)
             aside = None
             if p.exists() or p.is_symlink():
                 if p.is_dir() and not any(p.iterdir()):

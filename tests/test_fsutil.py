@@ -610,3 +610,26 @@ def test_read_regular_file_permission_denied(tmp_path):
             read_regular_file(p, 10, "card", ValueError)
     finally:
         p.chmod(0o600)
+
+
+def test_staged_outputs_get_the_default_file_mode(tmp_path):
+    """safetensors and tempfile write 0600; an output folder or file is readable like any
+    file the user creates (0666 minus the umask)."""
+    import os
+    import stat
+
+    from mezo_ckpt.fsutil import staged_file, staged_folder
+
+    mask = os.umask(0o022)
+    try:
+        with staged_folder(tmp_path / "out") as tmp:
+            f = tmp / "model.safetensors"
+            f.write_bytes(b"x")
+            os.chmod(f, 0o600)
+        assert stat.S_IMODE((tmp_path / "out" / "model.safetensors").stat().st_mode) == 0o644
+        with staged_file(tmp_path / "one.bin") as tmp:
+            tmp.write_bytes(b"y")
+            os.chmod(tmp, 0o600)
+        assert stat.S_IMODE((tmp_path / "one.bin").stat().st_mode) == 0o644
+    finally:
+        os.umask(mask)

@@ -167,9 +167,11 @@ def main() -> None:
     ):
         rs = results[mode]
         hwm = statistics.median(r["hwm_kib"] for r in rs)
+        above = statistics.median(r["hwm_kib"] - r["base_kib"] for r in rs)
         secs = statistics.median(r["seconds"] for r in rs)
         print(
-            f"| {label} | {hwm / 1024:.0f} | {hwm / whole:.2f} | {secs:.1f} | {rs[0]['verified']} |"
+            f"| {label} | {hwm / 1024:.0f} | {hwm / whole:.2f} | {above / 1024:.0f} | "
+            f"{secs:.1f} | {rs[0]['verified']} |"
         )
 
 

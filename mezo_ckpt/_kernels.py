@@ -784,8 +784,12 @@ def _perturb_range(gb, ge, start, g0, table, src, out, step, lane, k0, k1, c, ki
         )
 
 
-def perturb(table, src_bits, out_bits, start, step, lane, k0, k1, scale, kind, dt):
+def perturb(table, src_bits, out_bits, start, step, lane, k0, k1, scale, kind, dt, parallel=True):
     """out = R(src + scale * z): the perturbed copy of a slice (src is only read).
+
+    ``parallel=False`` runs on the calling thread only: between the layers of a forward
+    pass, torch's own threads are still spinning and a second kernel thread would only
+    fight them for the cores (measured: the step is faster serial).
 
     ``scale * z`` is rounded to fp32, then added with one rounding, then rounded to the
     dtype to nearest even (the reference is ``(w.float() + z * scale).to(dtype)``).
@@ -797,7 +801,7 @@ def perturb(table, src_bits, out_bits, start, step, lane, k0, k1, scale, kind, d
         raise ValueError("src and out must have the same length")
     c = np.float32(-scale)  # the span kernel computes x - c * z
     args = (table, src_bits, out_bits, int(step), int(lane), int(k0), int(k1), c)
-    _run(_perturb_range, int(start), n, n, (*args, _check_kind(kind), dt))
+    _run(_perturb_range, int(start), n, n if parallel else 0, (*args, _check_kind(kind), dt))
 
 
 @njit(**_OPTS)
@@ -824,7 +828,9 @@ def _perturb_rows_range(rb, re, table, w, rows, dim, out, step, lane, k0, k1, c,
         )
 
 
-def perturb_rows(table, w_bits, rows, dim, out_bits, step, lane, k0, k1, scale, kind, dt):
+def perturb_rows(
+    table, w_bits, rows, dim, out_bits, step, lane, k0, k1, scale, kind, dt, parallel=True
+):
     """out[i] = R(W[rows[i]] + scale * z) for rows of a row-major [R, dim] parameter.
 
     Args:
@@ -840,5 +846,5 @@ def perturb_rows(table, w_bits, rows, dim, out_bits, step, lane, k0, k1, scale, 
         raise ValueError("row index out of range")
     c = np.float32(-scale)
     args = (table, w_bits, rows, int(dim), out_bits, int(step), int(lane), int(k0), int(k1))
-    work = rows.shape[0] * dim
+    work = rows.shape[0] * dim if parallel else 0
     _parallel(_perturb_rows_range, rows.shape[0], work, (*args, c, _check_kind(kind), dt))

@@ -363,6 +363,7 @@ def perturbed_copy(
     start: int = 0,
     backend: str = "auto",
     out: torch.Tensor | None = None,
+    parallel: bool = True,
 ) -> torch.Tensor:
     """``round(w + scale * z)``: the perturbed weights of a forward pass.
 
@@ -370,7 +371,8 @@ def perturbed_copy(
     z is direction ``lane`` of ``step``. Per element ``fl32(fl32(w) + fl32(scale * z))``
     rounded to ``w``'s dtype (nearest even), on every backend. ``out``: a contiguous
     tensor of ``w``'s dtype, device and size to write into (a reused scratch buffer; no
-    allocation), else a new tensor.
+    allocation), else a new tensor. ``parallel=False``: the CPU kernel runs on the calling
+    thread only (inside a forward pass; same bits).
     """
     src = w.detach().reshape(-1)
     if out is not None:
@@ -405,6 +407,7 @@ def perturbed_copy(
             scale,
             KIND_CODES[kind],
             _STORAGE[src.dtype][0],
+            parallel,
         )
         return out.view(w.shape)
     z = generate_z(key, step, lane, start, src.numel(), kind, src.device)
@@ -425,6 +428,7 @@ def perturbed_rows(
     *,
     kind: str,
     backend: str = "auto",
+    parallel: bool = True,
 ) -> torch.Tensor:
     """Rows ``rows`` of a 2-D parameter, perturbed as :func:`perturbed_copy` would: a new
     ``[len(rows), dim]`` tensor (row ``r`` covers elements ``[r*dim, (r+1)*dim)``)."""
@@ -462,6 +466,7 @@ def perturbed_rows(
             scale,
             KIND_CODES[kind],
             _STORAGE[src.dtype][0],
+            parallel,
         )
         return out
     return (

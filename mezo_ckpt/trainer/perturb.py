@@ -140,7 +140,15 @@ class Perturber:
         key = self.keys[name]
         out = None if slot is None else self._buffer(w, w.numel(), slot)
         return perturbed_copy(
-            w, key, st.step, st.lane, st.scale, kind=self.kind, start=start, out=out
+            w,
+            key,
+            st.step,
+            st.lane,
+            st.scale,
+            kind=self.kind,
+            start=start,
+            out=out,
+            parallel=False,  # torch's threads are busy between layers: faster serial
         )
 
     def rows(self, p: torch.Tensor, name: str | None, rows: torch.Tensor) -> torch.Tensor:
@@ -151,7 +159,9 @@ class Perturber:
             return p.detach()[rows.to(p.device)]
         key = self.keys[name]
         rows = rows.to(p.device)  # on a GPU the Triton kernel reads the rows in place
-        return perturbed_rows(p, rows, key, st.step, st.lane, st.scale, kind=self.kind)
+        return perturbed_rows(
+            p, rows, key, st.step, st.lane, st.scale, kind=self.kind, parallel=False
+        )
 
     def name_of(self, module: torch.nn.Module, attr: str = "weight") -> str | None:
         """Canonical name of ``module.<attr>`` if it is trainable."""

@@ -63,10 +63,11 @@ from typing import Any
 from _machine import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
-MODES = ("forward2", "mezo", "official", "backprop")
+MODES = ("forward2", "mezo", "lora", "official", "backprop")
 DESCRIPTIONS = {
     "forward2": "two plain forwards (inference_mode)",
     "mezo": "mezo-ckpt step (two perturbed forwards + update)",
+    "lora": "mezo-ckpt MeZO-LoRA step (r 8, alpha 16, q_proj/v_proj)",
     "official": "official in-place MeZO step (4 passes of torch.normal)",
     "backprop": "backprop + AdamW step",
 }
@@ -253,6 +254,43 @@ def make_mezo(s: Setup) -> Callable[[], None]:
     return step
 
 
+#: False in a memory subprocess (one mode per process): the LoRA mode then wraps the
+#: loaded model itself instead of a copy.
+SHARED_MODEL = True
+
+
+def make_lora(s: Setup) -> Callable[[], None]:
+    """A MeZO-LoRA step as the trainer runs it (adapter from mezo_ckpt.adapters, portable
+    init); on a copy of the model when other modes share it."""
+    import copy
+
+    from mezo_ckpt.adapters import adapter_config, adapter_names, attach
+    from mezo_ckpt.hashing import canonical_parameters
+    from mezo_ckpt.trainer.perturb import Perturber
+    from mezo_ckpt.trainer.recipe import Objective, build_task
+    from mezo_ckpt.trainer.step import MezoStep
+    from mezo_ckpt.update import UpdateSpec
+
+    cfg = s.cfg
+    base = copy.deepcopy(s.model) if SHARED_MODEL else s.model
+    conf = adapter_config("lora", r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"])
+    model = attach(base, "lora", conf, cfg.seed)
+    params = canonical_parameters(model)
+    trainable = sorted(adapter_names(model))
+    spec = UpdateSpec(cfg.seed, cfg.z, cfg.rounding, tuple(trainable), frozenset())
+    perturber = Perturber(model, trainable, cfg.seed, cfg.z, 1e-2)
+    objective = Objective(build_task(cfg), cfg.objective, model, None, perturber)
+    stepper = MezoStep.from_config(cfg, params, perturber, spec, objective)
+    state = {"step": 0}
+
+    def step() -> None:
+        t = state["step"]
+        state["step"] += 1
+        stepper.apply(stepper.estimate(t, s.enc, 3e-3))
+
+    return step
+
+
 def make_official(s: Setup) -> Callable[[], None]:
     """princeton-nlp/MeZO large_models/trainer.py: zo_step + zo_update, rewritten here."""
     import numpy as np
@@ -327,16 +365,17 @@ def make_backprop(s: Setup) -> Callable[[], None]:
 BUILDERS = {
     "forward2": make_forward2,
     "mezo": make_mezo,
+    "lora": make_lora,
     "official": make_official,
     "backprop": make_backprop,
 }
 
 
 def set_all_threads(mode: str, threads: int) -> None:
-    """mezo: what train() does (torch + numba threads); others: torch only (no numba)."""
+    """mezo, lora: what train() does (torch + numba threads); others: torch only (no numba)."""
     import torch
 
-    if mode == "mezo":
+    if mode in ("mezo", "lora"):
         from mezo_ckpt import _kernels  # noqa: F401  (the step's first call would import it)
         from mezo_ckpt.runtime import set_threads
 
@@ -368,6 +407,8 @@ def measure_memory(args: argparse.Namespace) -> None:
     )
     was_reset = reset_hwm()
     set_all_threads(mode, args.threads)
+    global SHARED_MODEL
+    SHARED_MODEL = False
     step = BUILDERS[mode](s)
     rss_setup = proc_status_kib("VmRSS")
     seconds = []

@@ -104,9 +104,14 @@ def main() -> None:
 
     fp16 = [t.to(torch.float16) for t in fp32]
 
-    def fused(tensors, kind, rounding="nearest", backend="compiled", steps=None):
+    def fused(tensors, kind, rounding="nearest", backend="compiled", steps=None, window=0):
         st, coefs, decay = sched if steps is None else schedule(steps)
-        batch = U.UpdateBatch(st, coefs, decay)
+        hist = None
+        if window:  # a momentum run: each step also re-applies `window` earlier directions
+            hist = np.repeat(coefs[:, None, :] * np.float32(0.5), window, axis=1)
+            for i in range(min(window, len(st))):
+                hist[i, i:] = 0.0  # nothing before step 0
+        batch = U.UpdateBatch(st, coefs, decay, hist)
 
         def run():
             for p in tensors:
@@ -129,6 +134,13 @@ def main() -> None:
         "numba fused bf16 stochastic rademacher": fused(bf16, "rademacher", "stochastic"),
         "numba fused fp16 nearest normal16": fused(fp16, "normal16"),
         "numba fused fp16 stochastic normal16": fused(fp16, "normal16", "stochastic"),
+        # element-steps counted per *step*: with W history terms a step applies W + 1
+        "numba fused fp32 normal16, momentum window 4 (5 terms/step)": fused(
+            fp32, "normal16", window=4
+        ),
+        "numba fused fp32 normal16, momentum window 8 (9 terms/step)": fused(
+            fp32, "normal16", window=8
+        ),
     }
     # Compile (or load from cache) before timing; report the first-call cost.
     first = {}

@@ -78,7 +78,7 @@ def should_stream(folder: Path, requested: bool | None) -> bool:
 
 
 def default_output(trajectory: Path, step: int, fmt: str) -> Path:
-    stem = trajectory.name.removesuffix(".zst").removesuffix(".partial")
+    stem = trajectory.name.removesuffix(".partial").removesuffix(".zst")
     suffix = {
         "hf": "",
         "safetensors": ".safetensors",

@@ -136,6 +136,11 @@ def replay_to(
             f"this is a parameter-efficient ({traj.header.peft.type}) run: use --format peft "
             "(the adapter folder) or --format hf (the base with the adapter merged)"
         )
+    if traj.header.peft is not None and traj.header.peft.type == "prefix" and fmt == "hf":
+        raise OutputError(
+            "a prefix-tuning run has no merged weights (its virtual tokens are extra inputs, "
+            "not a change to any weight): use --format peft and load it with peft"
+        )
     if traj.header.peft is None and fmt == "peft":
         raise OutputError(
             "--format peft is for parameter-efficient runs; this run trains the model"

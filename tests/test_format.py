@@ -752,3 +752,23 @@ def test_unbound_v10_files_still_read_and_replay_unchanged(tmp_path):
     assert data[18:20] == b"\x00\x00"  # written as 1.0: no chain
     back = parse_trajectory(data)
     assert not back.bound and back.complete and back.version == (1, 0)
+
+
+@pytest.mark.parametrize("minor", [0, 1, 7, 0xFFFF])
+@pytest.mark.parametrize("cut", [17, 18, 19, 20, 23])
+def test_a_short_preamble_matches_any_minor_version(minor, cut):
+    """FORMAT.md 3.1: a file shorter than 24 bytes that is a prefix of a valid preamble is
+    truncated, whatever its minor-version bytes say; a different byte elsewhere is not a
+    trajectory."""
+    pre = struct.pack("<II8sHHI", 0x184D2A5E, 16, b"MEZOCKPT", 1, minor, 0)
+    with pytest.raises(E.TruncatedError):
+        parse_trajectory(pre[:cut])
+    bad = bytearray(pre[:cut])
+    bad[9] ^= 0x01  # inside MEZOCKPT
+    with pytest.raises(E.BadMagicError):
+        parse_trajectory(bytes(bad))
+    if cut > 20:
+        bad = bytearray(pre[:cut])
+        bad[20] = 1  # the reserved field is not a wildcard
+        with pytest.raises(E.BadMagicError):
+            parse_trajectory(bytes(bad))

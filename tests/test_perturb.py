@@ -141,3 +141,32 @@ def test_perturbed_blocks_do_not_nest_and_need_a_sign():
     ):
         pass
     assert not pert.active
+
+
+def test_an_instance_forward_and_hooks_compose_and_are_restored():
+    """A forward already set on the instance (what accelerate and other wrappers do) runs
+    inside the perturbation and is put back exactly; torch forward hooks still fire."""
+    model = tiny_model("llama")
+    names = list(canonical_parameters(model))
+    mlp = model.model.layers[0].mlp.down_proj
+    calls = []
+    original = mlp.forward
+
+    def wrapped(x):
+        calls.append("instance")
+        return original(x)
+
+    mlp.forward = wrapped
+    handle = mlp.register_forward_hook(lambda m, i, o: calls.append("hook"))
+    pert = Perturber(model, names, SEED, "normal16", EPS)
+    ids = torch.arange(1, 12).view(1, -1)
+    with torch.inference_mode(), pert.perturbed(2, 0, 1):
+        got = model(input_ids=ids).logits
+    assert calls == ["instance", "hook"]
+    assert mlp.__dict__["forward"] is wrapped  # restored, not deleted
+    handle.remove()
+    del mlp.forward
+    want = explicit(model, names, 2, 0, 1)(input_ids=ids).logits
+    assert torch.equal(got, want)
+    with torch.inference_mode():  # and outside the block the plain model is back
+        assert torch.equal(model(input_ids=ids).logits, tiny_model("llama")(input_ids=ids).logits)

@@ -447,3 +447,27 @@ def test_same_bits_under_default_cpu_capability():
     for k, v in here.items():
         if k.endswith("/auto"):
             assert v == here[k[: -len("auto")] + "reference"], k
+
+
+def test_without_numba_the_eager_path_is_used_with_one_warning():
+    """numba missing: one RuntimeWarning for the whole process, and the same bits."""
+    code = r"""
+import sys, warnings
+sys.modules["numba"] = None  # import numba -> ImportError
+import torch
+from mezo_ckpt import stream, update
+with warnings.catch_warnings(record=True) as seen:
+    warnings.simplefilter("always")
+    outs = []
+    for _ in range(3):
+        assert not stream.use_compiled("cpu")
+        w = torch.linspace(-1, 1, 1000)
+        outs.append(update.perturbed_copy(w, (5, 9), 3, 0, 1e-3, kind="normal16"))
+ref = update.perturbed_copy(w, (5, 9), 3, 0, 1e-3, kind="normal16", backend="reference")
+assert all(torch.equal(o, ref) for o in outs)
+msgs = [str(x.message) for x in seen if issubclass(x.category, RuntimeWarning)]
+assert len(msgs) == 1 and "compiled CPU kernels unavailable" in msgs[0], msgs
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import click
 
+from mezo_ckpt.api import OUTPUT_KINDS
 from mezo_ckpt.cli.common import STEP_HELP, parse_step
 from mezo_ckpt.text import clean
 
-FORMATS = ("hf", "safetensors", "delta", "peft")
+FORMATS = tuple(OUTPUT_KINDS)
 
 
 def _si(x: float) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 
 from mezo_ckpt.errors import (
     BaseMismatchError,
+    ConfigError,
     HubError,
     PublishedRepoError,
     UnsupportedError,
@@ -710,7 +711,12 @@ def load(
     if r.model is not None:
         model = r.model
         tokenizer = _tokenizer(r.base_folder)
-        if merge and hasattr(model, "merge_and_unload"):
+        if merge:
+            if not hasattr(model, "merge_and_unload"):
+                raise ConfigError(
+                    "merge=True: a prefix-tuning adapter has no merged form (its virtual "
+                    "tokens are extra inputs, not a change to any weight); load it unmerged"
+                )
             model = model.merge_and_unload()
     else:
         with quiet_hub(progress):

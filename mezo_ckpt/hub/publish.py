@@ -298,19 +298,19 @@ def build_publication(
             "(the file was cut or the run was killed). Resume the run "
             "(`mezo-ckpt train --resume ...`) to seal it, then push"
         )
-    base = pin_base(traj, base_repo, base_revision, token, notes)
+    pinned = pin_base(traj, base_repo, base_revision, token, notes)
     name = trajectory_name(path)
-    meta = build_meta(traj, name, sha, len(data), base, repo_id)
+    meta = build_meta(traj, name, sha, len(data), pinned, repo_id)
     if license is None:
-        if base["kind"] == "embedded":
+        if pinned["kind"] == "embedded":
             license = EMBEDDED_LICENSE
         else:
-            license, private = base_license(base["repo_id"], base["revision"], token)
+            license, private = base_license(pinned["repo_id"], pinned["revision"], token)
             if license is None:
                 notes.append("no license found for the base; pass --license ID to set one")
             if private:
                 notes.append(
-                    f"the base {base['repo_id']} is private: only people who can read "
+                    f"the base {pinned['repo_id']} is private: only people who can read "
                     "it can load this fine-tune"
                 )
     files: dict[str, bytes] = {name: data}

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from mezo_ckpt.errors import ConfigError
+from mezo_ckpt.header import DTYPES, PEFT_TYPES
 from mezo_ckpt.stream import Z_KINDS
 from mezo_ckpt.trainer.schedule import SCHEDULES, learning_rate
 from mezo_ckpt.update import ROUNDING_MODES
@@ -48,10 +49,11 @@ BUILTIN_TASKS: dict[str, dict[str, Any]] = {
 TASKS = (*BUILTIN_TASKS, "custom")
 NO_DECAY_DEFAULT = ["bias", "norm", "ln_", "layernorm", "layer_norm"]
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
-DTYPES = ("float32", "bfloat16", "float16")
 OBJECTIVES = ("ce", "accuracy", "f1", "exact_match")
 REPORTERS = ("none", "tensorboard", "wandb")
-PEFT_MODES = ("none", "lora", "prefix")
+PEFT_MODES = ("none", *PEFT_TYPES)
+#: --dist-mode under torchrun: shard the batch, or each rank its own n-SPSA directions.
+DIST_MODES = ("data", "directions")
 ESTIMATORS = ("spsa", "one-sided", "fzoo")
 #: Settings people often type under another name (used for "did you mean").
 ALIASES = {
@@ -308,7 +310,7 @@ class TrainConfig:
         "Under torchrun: data (each rank a shard of the batch) or directions (each rank its "
         "own n-SPSA directions on the whole batch).",
         OUT,
-        choices=("data", "directions"),
+        choices=DIST_MODES,
     )
     dist_timeout: float = _f(
         300.0, "Under torchrun: seconds to wait for a missing rank.", OUT, on_resume=True

@@ -36,20 +36,13 @@ from typing import Any
 
 import numpy as np
 
-from mezo_ckpt.errors import MezoCkptError
+from mezo_ckpt.errors import DistributedError, MezoCkptError, RankMismatchError
+from mezo_ckpt.trainer.config import DIST_MODES
 from mezo_ckpt.trainer.tasks import LossTerms
 
-MODES = ("data", "directions")
+MODES = DIST_MODES
 #: Seconds a collective waits for a missing rank before failing (--dist-timeout).
 DEFAULT_TIMEOUT_S = 300.0
-
-
-class DistributedError(MezoCkptError, RuntimeError):
-    """A rank stopped answering (or the process group failed)."""
-
-
-class RankMismatchError(DistributedError):
-    """Ranks hold different weights (their fingerprints differ)."""
 
 
 def env_world() -> tuple[int, int, int]:

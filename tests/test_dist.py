@@ -160,3 +160,65 @@ def test_a_silent_rank_ends_the_run_typed_and_resumable(setup):
     single(d, "train", *common(d), *ARGS, "-o", "straight.zst")
     a, b = read_trajectory(d / "dead.zst"), read_trajectory(d / "straight.zst")
     assert a.checkpoints == b.checkpoints and a.complete
+
+
+def _patched_entry(d: Path, name: str, body: str) -> Path:
+    """A launcher script: patch TrainConfig.lr_at with ``body`` (a function of self, step,
+    real), then run the CLI, so one rank can misbehave at a chosen step."""
+    script = d / name
+    script.write_text(
+        "import os, signal, time\n"
+        "from mezo_ckpt.trainer.config import TrainConfig\n"
+        "real = TrainConfig.lr_at\n"
+        "def lr_at(self, step):\n" + textwrap.indent(textwrap.dedent(body), "    ") + "\n"
+        "TrainConfig.lr_at = lr_at\n"
+        "from mezo_ckpt.cli import main\n"
+        "main()\n"
+    )
+    return script
+
+
+def test_a_killed_rank_ends_the_run_and_the_journal_resumes(setup):
+    """SIGKILL of rank 1 mid-run (not a hang): the run stops, rank 0's journal holds the
+    steps decided before, and a resumed run ends on the straight run's checkpoints."""
+    d = setup
+    kill = _patched_entry(
+        d,
+        "kill.py",
+        """
+        if step == 4 and os.environ.get("RANK") == "1":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(self, step)
+        """,
+    )
+    r = torchrun(
+        d, [str(kill)], "train", *common(d), *ARGS, "-o", "killed.zst", "--dist-timeout", "20"
+    )
+    assert r.returncode != 0
+    assert (d / "killed.zst.partial").exists() and not (d / "killed.zst").exists()
+    assert read_trajectory(d / "killed.zst.partial", allow_truncated_tail=True).num_steps <= 4
+    r = torchrun(d, ["-m", "mezo_ckpt"], "train", "--resume", "killed.zst", *common(d), "-q")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    if not (d / "straight.zst").exists():
+        single(d, "train", *common(d), *ARGS, "-o", "straight.zst")
+    a, b = read_trajectory(d / "killed.zst"), read_trajectory(d / "straight.zst")
+    assert a.checkpoints == b.checkpoints and a.complete
+
+
+def test_ranks_whose_weights_drift_apart_stop_with_rank_mismatch(setup):
+    """Rank 1 applies another learning rate at step 2: at the next evaluation the
+    fingerprints differ and the run stops with RankMismatchError naming the rank."""
+    d = setup
+    drift = _patched_entry(
+        d,
+        "drift.py",
+        """
+        lr = real(self, step)
+        return lr * 2 if step == 2 and os.environ.get("RANK") == "1" else lr
+        """,
+    )
+    r = torchrun(d, [str(drift)], "train", *common(d), *ARGS, "-o", "drift.zst")
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "RankMismatchError" in out, out[-3000:]
+    assert "rank(s) [1]" in out and "at step 3" in out
+    assert not (d / "drift.zst").exists()

@@ -96,6 +96,7 @@ def test_data_parallel_matches_one_process_and_replays(setup):
     r = torchrun(d, ["-m", "mezo_ckpt"], "train", *common(d), *ARGS, "-o", "dp.zst")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert r.stdout.count("Wrote dp.zst") == 1  # rank 0 speaks for the run
+    assert r.stdout.count("data parallel: 2 ranks (gloo), each a share of the batch") == 1
     s = single(d, "train", *common(d), *ARGS, "-o", "sp.zst")
     assert s.returncode == 0, s.stderr[-2000:]
     a, b = read_trajectory(d / "dp.zst"), read_trajectory(d / "sp.zst")
@@ -222,3 +223,26 @@ def test_ranks_whose_weights_drift_apart_stop_with_rank_mismatch(setup):
     assert r.returncode != 0 and "RankMismatchError" in out, out[-3000:]
     assert "rank(s) [1]" in out and "at step 3" in out
     assert not (d / "drift.zst").exists()
+
+
+def test_accelerate_launch_with_the_console_script(setup):
+    """The README's `accelerate launch --multi_gpu --num_processes N --no_python mezo-ckpt`
+    line starts N ranks (accelerate hands it to torchrun) and trains data parallel. Without
+    --multi_gpu (or an `accelerate config`), accelerate starts one process."""
+    bindir = Path(sys.executable).parent
+    accelerate, console = bindir / "accelerate", bindir / "mezo-ckpt"
+    if not (accelerate.exists() and console.exists()):
+        pytest.skip("accelerate or the mezo-ckpt console script is not installed here")
+    d = setup
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--no_python"]
+    cmd += [str(console), "train", *common(d), *ARGS, "-o", "acc.zst"]
+    r = subprocess.run(cmd, cwd=d, env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.stdout.count("Wrote acc.zst") == 1
+    assert "data parallel: 2 ranks (gloo)" in r.stdout  # not one process in disguise
+    s = d / "sp.zst"
+    if not s.exists():
+        single(d, "train", *common(d), *ARGS, "-o", "sp.zst")
+    a, b = read_trajectory(d / "acc.zst"), read_trajectory(s)
+    np.testing.assert_allclose(a.records.losses, b.records.losses, rtol=1e-5, atol=1e-6)

@@ -1,9 +1,10 @@
 """Scale-out on torch.distributed: data parallelism that exchanges only scalars.
 
-``torchrun --nproc-per-node N --no-python mezo-ckpt train ...`` (or ``accelerate launch``)
-starts N copies; each finds its rank in the environment (``RANK``, ``WORLD_SIZE``,
-``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``) and joins one process group (gloo on
-CPU, NCCL on GPU). Two ways to share a step:
+``torchrun --nproc-per-node N --no-python mezo-ckpt train ...`` (or ``accelerate launch
+--multi_gpu --num_processes N --no_python mezo-ckpt train ...``; without ``--multi_gpu``
+accelerate starts one process) starts N copies; each finds its rank in the environment
+(``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``) and joins one
+process group (gloo on CPU, NCCL on GPU). Two ways to share a step:
 
 * ``data`` (default): every rank evaluates every direction on its shard of the global
   batch (examples ``rank, rank + N, ...`` of the step's batch); the ranks all-reduce the

@@ -591,6 +591,12 @@ class MezoRecipe:
             config=cfg.to_dict(),
         )
         self.message(self.selection.describe())
+        if self.dist.active:
+            share = "batch" if self.dist.mode == "data" else "n-SPSA directions"
+            self.message(
+                f"data parallel: {self.dist.world} ranks ({self.dist.backend}), each a share "
+                f"of the {share}"
+            )
         self._note_truncation()
         if self.resume is not None and self.start > 0:
             self._redo_missing(upto=self.start)

@@ -221,7 +221,12 @@ class TrainConfig:
     max_length: int = _f(
         96, "Longest prompt + answer in tokens; longer prompts are cut from the left.", DATA
     )
-    max_new_tokens: int = _f(16, "Generation: longest greedy answer at evaluation.", DATA)
+    max_new_tokens: int = _f(
+        16,
+        "Generation: longest greedy answer, at evaluation and for the f1/exact_match/user "
+        "objectives under each perturbation.",
+        DATA,
+    )
     stop: list[str] = _f(["\n"], "Generation: strings that end an answer.", DATA)
     train_examples: int | None = _f(
         None, "Use only the first N training examples (unset or 0: all).", DATA

@@ -29,9 +29,8 @@ of tests/tinymodels.py. Prints one markdown table.
    computed in registers (no traffic). Fraction = rate * bytes / peak HBM bandwidth
    (4.8 TB/s for an H200; other devices: 'n/a').
 
-Until mezo_ckpt dispatches CUDA tensors to the Triton kernels itself, this script routes
-``apply_updates`` / ``perturbed_copy`` / ``perturbed_rows`` on CUDA tensors to them (the
-'engine' row says which happened). ``--dry-run`` runs every code path on the CPU with a
+mezo_ckpt sends CUDA tensors to its Triton kernels itself (the 'engine' row says whether
+it did here). ``--dry-run`` runs every code path on the CPU with a
 tiny model and few steps (Triton in its interpreter), to catch typos before a GPU run.
 
     python benchmarks/gpu_check.py            # on the GPU machine (about 5-8 minutes)
@@ -43,7 +42,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
-import inspect
 import json
 import math
 import os
@@ -173,71 +171,6 @@ def build_model(shape: dict, dtype, device: str, seed: int = 1234):
             p.copy_((1.0 + 0.0625 * z if norm else 0.02 * z).view_as(p))
     sync(device)
     return model
-
-
-def integrated() -> bool:
-    """Whether mezo_ckpt itself sends CUDA tensors to the Triton kernels."""
-    from mezo_ckpt import stream, update
-
-    return "_triton" in inspect.getsource(update) or "_triton" in inspect.getsource(stream)
-
-
-def install_triton_dispatch(device_type: str) -> None:
-    """Route the update rule and the perturbed copies of ``device_type`` tensors to
-    mezo_ckpt._triton (what the project's own dispatch will do)."""
-    import torch
-
-    from mezo_ckpt import _triton as TT
-    from mezo_ckpt import stream as S
-    from mezo_ckpt import update as U
-    from mezo_ckpt.trainer import perturb as P
-
-    orig_apply, orig_copy, orig_rows = U.apply_updates, U.perturbed_copy, U.perturbed_rows
-    ok = (torch.float32, torch.bfloat16, torch.float16)
-
-    def mine(t: torch.Tensor, backend: str) -> bool:
-        return backend == "auto" and t.device.type == device_type and t.dtype in ok
-
-    def apply_updates(tensor, key, batch, *, kind, rounding="nearest", start=0, backend="auto"):
-        if not (mine(tensor, backend) and tensor.is_contiguous() and len(batch)):
-            return orig_apply(
-                tensor, key, batch, kind=kind, rounding=rounding, start=start, backend=backend
-            )
-        mode = TT.ROUND_STOCHASTIC if rounding == "stochastic" else TT.ROUND_NEAREST
-        TT.replay(
-            tensor,
-            start,
-            key[0],
-            key[1],
-            batch.steps,
-            batch.coefs,
-            batch.decay,
-            S.KIND_CODES[kind],
-            mode,
-        )
-
-    def perturbed_copy(w, key, step, lane, scale, *, kind, start=0, backend="auto"):
-        if not mine(w, backend):
-            return orig_copy(w, key, step, lane, scale, kind=kind, start=start, backend=backend)
-        src = w.detach().reshape(-1).contiguous()
-        out = torch.empty_like(src)
-        TT.perturb(src, out, start, step, lane, key[0], key[1], scale, S.KIND_CODES[kind])
-        return out.view(w.shape)
-
-    def perturbed_rows(w, rows, key, step, lane, scale, *, kind, backend="auto"):
-        if not (mine(w, backend) and w.is_contiguous()):
-            return orig_rows(w, rows, key, step, lane, scale, kind=kind, backend=backend)
-        out = torch.empty(len(rows), w.shape[1], dtype=w.dtype, device=w.device)
-        code = S.KIND_CODES[kind]
-        TT.perturb_rows(w.detach(), rows, out, step, lane, key[0], key[1], scale, code)
-        return out
-
-    U.apply_updates = apply_updates
-    U.perturbed_copy = P.perturbed_copy = perturbed_copy
-    U.perturbed_rows = P.perturbed_rows = perturbed_rows
-
-
-# ----------------------------------------------------------------------------- part 1
 
 
 def kernel_tests(budget: Budget, dry: bool) -> None:
@@ -742,12 +675,10 @@ def run(args: argparse.Namespace) -> None:
         f"torch {torch.__version__}, triton "
         f"{__import__('triton').__version__}, Triton available: {TT.available()}",
     )
-    if integrated():
-        engine = "mezo_ckpt's own dispatch"
-    else:
-        install_triton_dispatch(device)
-        engine = f"gpu_check shim (mezo_ckpt does not dispatch to _triton yet) on {device}"
-    row("0 setup", "engine for CUDA tensors", engine)
+    from mezo_ckpt.stream import use_triton
+
+    engine = "Triton kernels" if use_triton(device) else "eager torch (no Triton here)"
+    row("0 setup", f"engine for {device} tensors", f"mezo_ckpt's own dispatch: {engine}")
 
     with part("1 exactness", "kernel spot checks", budget, 20 if not dry else 1) as go:
         if go:

@@ -530,3 +530,35 @@ def test_token_f1():
 )
 def test_cut_at_stop(text, stop, out):
     assert cut_at_stop(text, stop) == out
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "opt"])
+def test_candidate_only_scoring_equals_full_logits_scoring(tok, arch):
+    """Single-token label words scored from the candidates' output rows alone (what the
+    trainer does to skip perturbing the whole head) give the full head's log-softmax up to
+    a per-example constant: the same predictions and the same candidate cross-entropy."""
+    from tinymodels import tiny_model
+
+    from mezo_ckpt.trainer.tasks import head_rows_supported, score_candidates
+
+    model = tiny_model(arch)
+    assert head_rows_supported(model)
+    task = PromptTask(template="{text} =", verbalizer={"a": "+", "b": "-", "c": "?"})
+    exs = [{"text": t, "label": lab} for t, lab in (("ab", "a"), ("xyz w", "c"), ("q", "b"))]
+    enc = task.encode(tok, exs)
+    seen = []
+
+    def rows(head, ids):
+        seen.append(ids.tolist())
+        return head.weight[ids]
+
+    with torch.inference_mode():
+        fast = score_candidates(model, enc, rows=rows)
+        full = score_candidates(model, enc)
+    assert seen == [sorted(set(ids("+-?")))]  # only the candidates' rows were asked for
+    f, g = fast.view(3, 3), full.view(3, 3)
+    torch.testing.assert_close(
+        f - f.logsumexp(1, keepdim=True), g - g.logsumexp(1, keepdim=True), rtol=1e-5, atol=1e-5
+    )
+    assert torch.equal(f.argmax(1), g.argmax(1))
+    torch.testing.assert_close(cross_entropy(fast, enc), cross_entropy(full, enc))

@@ -523,8 +523,52 @@ def test_report_to_tensorboard_writes_events(folders, tmp_path):
     acc = EventAccumulator(str(events[0].parent))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
-    assert {"train/loss", "train/lr", "dev/accuracy", "dev/loss"} <= tags
+    assert {"train/loss", "train/lr", "train/coef0", "dev/accuracy", "dev/loss"} <= tags
     assert [e.step for e in acc.Scalars("train/loss")] == [1, 2]
+    coefs = read_trajectory(out).records.coefs[:, 0]
+    got = [e.value for e in acc.Scalars("train/coef0")]
+    assert got == pytest.approx([float(c) for c in coefs], rel=1e-6)
+
+
+def test_report_to_wandb_logs_every_step_and_evaluation(folders, tmp_path, monkeypatch):
+    """wandb's own run object gets the config, a row per step and per evaluation, and is
+    finished; the import happens only when asked for (a stand-in module records the calls)."""
+    import types
+
+    calls: list[tuple] = []
+
+    class Run:
+        def log(self, values, step):
+            calls.append(("log", step, dict(values)))
+
+        def finish(self):
+            calls.append(("finish",))
+
+    def init(**kw):
+        calls.append(("init", kw["project"], kw["name"], kw["config"]["steps"]))
+        return Run()
+
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=init))
+    out = tmp_path / "w.zst"
+    ok(
+        *train_args(folders),
+        "--steps",
+        "2",
+        "--eval-every",
+        "1",
+        "-q",
+        "-o",
+        out,
+        "--report-to",
+        "wandb",
+    )
+    assert calls[0] == ("init", "mezo-ckpt", "w.zst", 2) and calls[-1] == ("finish",)
+    logged = [c for c in calls if c[0] == "log"]
+    steps = [c[1] for c in logged if "train/loss" in c[2]]
+    assert steps == [1, 2]
+    assert all({"train/lr", "train/coef0"} <= set(c[2]) for c in logged if "train/loss" in c[2])
+    evals = sorted({c[1] for c in logged if "dev/accuracy" in c[2]})
+    assert evals == [0, 1, 2]
 
 
 def test_info_plot_writes_a_png(runs, tmp_path):

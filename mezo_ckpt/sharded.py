@@ -1,8 +1,9 @@
 """Replay that streams: a base larger than memory, one safetensors shard at a time.
 
 ``replay_folder`` never holds the whole model: it reads one shard of the base, checks
-and replays its tensors, writes the shard of the output, and drops it, so the peak is
-about one shard plus a block of the update kernel. The checks are those of a replay
+and replays its tensors one at a time, each written into the output shard as soon as it
+is replayed (:class:`~mezo_ckpt.stfile.ShardWriter`), so the peak is about one tensor
+plus the input shard's memory-mapped pages. The checks are those of a replay
 from a loaded model (docs/FORMAT.md §14), computed on the way: every tensor's digest
 (from the shards as read), the manifest (from the model class, built on the meta device
 without memory), the config and tokenizer files. The output is staged and renamed into
@@ -36,6 +37,7 @@ from mezo_ckpt.hashing import (
     tokenizer_digests,
 )
 from mezo_ckpt.header import TENSOR_DIGEST_HEX, BaseIdentity, TensorEntry
+from mezo_ckpt.stfile import ShardWriter
 from mezo_ckpt.stream import param_key
 from mezo_ckpt.update import UpdateSpec, apply_updates
 
@@ -100,7 +102,6 @@ def replay_folder(
         VerificationError: the replayed tensors miss the trainer's fingerprint.
     """
     from safetensors import safe_open
-    from safetensors.torch import save_file
 
     from mezo_ckpt.base import GENERATION_CONFIG_FILE, parse_dtype
 
@@ -125,38 +126,43 @@ def replay_folder(
     if h.base.tensors_sha256 is None:  # a 1.0 file pins the base by its trainable tensors
         base_trainable = _trainable_fingerprint(folder, files, of, sorted(trainable), dtype)
     with staged_folder(out, replace=replace) as tmp:
+        seen: set[str] = set()
         for file, names in files.items():
-            shard: dict[str, torch.Tensor] = {}
             with safe_open(str(folder / file), "pt") as f:
+                keep = []  # a tied tensor stored twice: keep the first
                 for stored in names:
-                    t = f.get_tensor(stored).to(dtype).contiguous()
-                    canon = of.get(stored, stored)
-                    if canon in digests:  # a tied tensor stored twice: keep the first
-                        continue
-                    d = tensor_digest(canon, t)
-                    digests[canon] = d
-                    entries[canon] = TensorEntry(
-                        canon,
-                        aliases.get(canon, ()),
-                        tuple(t.shape),
-                        dtype_name(t.dtype),
-                        d.hex()[:TENSOR_DIGEST_HEX],
-                    )
-                    if canon in trainable:
-                        b = batch if canon in spec.decay_params else nodecay
-                        apply_updates(
-                            t,
-                            param_key(spec.seed, canon),
-                            b,
-                            kind=spec.kind,
-                            rounding=spec.rounding,
+                    if of.get(stored, stored) not in seen:
+                        seen.add(of.get(stored, stored))
+                        keep.append((stored, dtype, f.get_slice(stored).get_shape()))
+                # each tensor is written as soon as it is replayed: the peak is one tensor
+                # (plus the input's mapped pages), not a shard and its serialised copy
+                with ShardWriter(tmp / file, keep, metadata={"format": "pt"}) as writer:
+                    for stored, _, _ in keep:
+                        t = f.get_tensor(stored).to(dtype).contiguous()
+                        canon = of.get(stored, stored)
+                        d = tensor_digest(canon, t)
+                        digests[canon] = d
+                        entries[canon] = TensorEntry(
+                            canon,
+                            aliases.get(canon, ()),
+                            tuple(t.shape),
+                            dtype_name(t.dtype),
+                            d.hex()[:TENSOR_DIGEST_HEX],
                         )
-                        element_steps += t.numel() * len(batch)
-                        if progress is not None:
-                            progress(t.numel() * len(batch))
-                    shard[stored] = t
-            save_file(shard, str(tmp / file), metadata={"format": "pt"})
-            del shard
+                        if canon in trainable:
+                            b = batch if canon in spec.decay_params else nodecay
+                            apply_updates(
+                                t,
+                                param_key(spec.seed, canon),
+                                b,
+                                kind=spec.kind,
+                                rounding=spec.rounding,
+                            )
+                            element_steps += t.numel() * len(batch)
+                            if progress is not None:
+                                progress(t.numel() * len(batch))
+                        writer.write(stored, t)
+                        del t
         # the checks, computed on the way: refuse before anything is renamed into place
         got = _identity(h.base, model, digests, entries, folder, base_trainable)
         from mezo_ckpt.base import diff_identities

@@ -36,6 +36,7 @@ from mezo_ckpt.errors import (
     CorruptFrameError,
     HeaderError,
     RecordError,
+    RunLockedError,
     TrajectoryNotFoundError,
     TruncatedError,
     UnsupportedError,
@@ -856,6 +857,36 @@ def write_trajectory(path: str | os.PathLike, traj: Trajectory) -> None:
     atomic_write_bytes(path, serialize(traj))
 
 
+def _open_locked(path: Path):
+    """Open a journal for appending, holding an exclusive ``flock`` on it while open.
+
+    The lock lives with the file itself, so two writers are kept apart whatever their
+    cache folders, users or containers (the trainer's run lock lives in the cache).
+    Where the file system has no locks, only the run lock guards the journal.
+
+    Raises:
+        RunLockedError: another process (or another handle) holds the journal.
+        OutputError: the file cannot be opened.
+    """
+    with os_errors(path, "append to"):
+        f = open(path, "ab")  # noqa: SIM115 - long-lived handle, closed by the writer
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        return f
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise RunLockedError(
+            f"another process is writing the journal {path} (it holds the file's lock): "
+            "wait for it to finish, or choose another output"
+        ) from None
+    except OSError:  # ENOLCK, EOPNOTSUPP: a file system without locks
+        pass
+    return f
+
+
 class TrajectoryWriter:
     """Appends frames to a journal file, each write flushed (and fsynced) before returning.
 
@@ -872,6 +903,7 @@ class TrajectoryWriter:
         record_bytes: bytes = b"",
         *,
         fsync: bool = True,
+        handle: Any = None,
     ) -> None:
         self.path = Path(path)
         self.header = header
@@ -880,8 +912,7 @@ class TrajectoryWriter:
         self._rs = header_record_size(header)
         self._records = bytearray(record_bytes)
         self.num_steps = len(record_bytes) // self._rs
-        with os_errors(self.path, "append to"):
-            self._f = open(self.path, "ab")  # noqa: SIM115 - long-lived handle
+        self._f = handle if handle is not None else _open_locked(self.path)
 
     @classmethod
     def create(cls, path: str | os.PathLike, header: Header | dict, *, fsync: bool = True):
@@ -890,12 +921,18 @@ class TrajectoryWriter:
         header = Header.coerce(header)
         header_bytes = dump_json(header.to_json())
         frame = header_frame(header_bytes)
-        with os_errors(p, "write"), open(p, "wb") as f:
-            f.write(preamble(_minor(header)) + frame)
-            f.flush()
-            if fsync:
-                os.fsync(f.fileno())
-        return cls(p, header, header_bytes, fsync=fsync)
+        f = _open_locked(p)  # locked before anything is cut: a live run's journal survives
+        try:
+            with os_errors(p, "write"):
+                f.truncate(0)
+                f.write(preamble(_minor(header)) + frame)
+                f.flush()
+                if fsync:
+                    os.fsync(f.fileno())
+        except BaseException:
+            f.close()
+            raise
+        return cls(p, header, header_bytes, fsync=fsync, handle=f)
 
     @classmethod
     def open_for_resume(
@@ -903,13 +940,20 @@ class TrajectoryWriter:
     ) -> tuple[TrajectoryWriter, Trajectory]:
         """Read a journal, cut any torn tail, and reopen it for appending."""
         p = Path(path)
-        traj = read_trajectory(p, allow_truncated_tail=True)
-        if traj.truncated_tail:
-            with os_errors(p, "repair"), open(p, "r+b") as f:
-                f.truncate(traj.valid_length)
-                f.flush()
-                os.fsync(f.fileno())
-        w = cls(p, traj.header, traj.header_bytes, traj.record_bytes, fsync=fsync)
+        if not p.exists():
+            read_trajectory(p)  # the typed "no such trajectory" error, before creating one
+        f = _open_locked(p)  # locked before it is read: no other writer is appending
+        try:
+            traj = read_trajectory(p, allow_truncated_tail=True)
+            if traj.truncated_tail:
+                with os_errors(p, "repair"):
+                    f.truncate(traj.valid_length)
+                    f.flush()
+                    os.fsync(f.fileno())
+        except BaseException:
+            f.close()
+            raise
+        w = cls(p, traj.header, traj.header_bytes, traj.record_bytes, fsync=fsync, handle=f)
         return w, traj
 
     def chain_at(self, step: int) -> str | None:

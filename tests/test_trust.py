@@ -702,6 +702,58 @@ def test_two_runs_at_one_output_cannot_both_write(runs: dict[str, Run], tmp_path
     assert traj.checkpoints == read_trajectory(run.traj).checkpoints
 
 
+def test_the_journal_itself_is_locked_whatever_the_cache(
+    runs: dict[str, Run], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A second process with another cache folder (another user, a container) does not see
+    the first one's run lock, but the journal's own lock stops it before it cuts a byte:
+    neither --overwrite nor --resume touches the live journal."""
+    run = runs["gpt2"]
+    out = tmp_path / "same.zst"
+    journal = out.with_name(out.name + ".partial")
+    first = slow_train(run.cli_args(out), 0.3, tmp_path / "first.log")
+    try:
+        wait_for_steps(journal, 1, first)
+        monkeypatch.setenv("MEZO_CKPT_CACHE", str(tmp_path / "other-cache"))
+        for extra in (["--overwrite"], ["--resume", str(out)]):
+            args = (
+                run.cli_args(out, *extra)
+                if extra[0] == "--overwrite"
+                else ["train", *extra, *run.paths()]
+            )
+            before = journal.read_bytes()
+            res = cli(*args)
+            refused(res, "RunLockedError")
+            assert "holds the file's lock" in res.output
+            now = journal.read_bytes()
+            assert now[: len(before)] == before  # still the live run's, only appended to
+        assert first.wait(timeout=120) == 0, (tmp_path / "first.log").read_text()
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    traj = read_trajectory(out)
+    assert traj.complete and traj.checkpoints == read_trajectory(run.traj).checkpoints
+
+
+def test_a_held_journal_cannot_be_reopened_in_the_same_process(tmp_path: Path):
+    from mezo_ckpt.format import TrajectoryWriter
+
+    traj = read_trajectory(Path(__file__).parent / "golden" / "llama-fp32-normal16.zst")
+    p = tmp_path / "j.zst.partial"
+    with TrajectoryWriter.create(p, traj.header) as w:
+        w.append_steps(traj.records.slice(0, 1))
+        data = p.read_bytes()
+        with pytest.raises(RunLockedError, match="holds the file's lock"):
+            TrajectoryWriter.create(p, traj.header)
+        with pytest.raises(RunLockedError):
+            TrajectoryWriter.open_for_resume(p)
+        assert p.read_bytes() == data
+    w2, again = TrajectoryWriter.open_for_resume(p)  # released on close
+    w2.close()
+    assert again.num_steps == 1
+
+
 def test_busy_output_is_refused_with_run_locked_error(tmp_path: Path):
     from mezo_ckpt.fsutil import exclusive_lock
 

@@ -112,6 +112,8 @@ def attach(model: torch.nn.Module, kind: str, config: Mapping[str, Any], seed: i
     with warnings.catch_warnings():
         # peft asks transformers a deprecated question while wrapping (not ours to fix)
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        # GPT-2's Conv1D layers: peft sets fan_in_fan_out itself, and says so each time
+        warnings.filterwarnings("ignore", message=".*fan_in_fan_out is set to False.*")
         wrapped = peft.get_peft_model(model, peft_config(kind, config))
     wrapped.eval()
     params = canonical_parameters(wrapped)

@@ -136,21 +136,23 @@ def test_replay_equals_training_and_base_untouched(data, tmp_path, arch, kind):
         assert torch.equal(loaded(input_ids=ids).logits, r.model(input_ids=ids).logits)
 
 
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("kind", ["lora", "prefix"])
-def test_lr_zero_leaves_base_and_adapter_at_init(data, tmp_path, kind):
-    r = run(data, "llama", kind, tmp_path / "z.zst", lr=0.0, steps=3)
+def test_lr_zero_leaves_base_and_adapter_at_init(data, tmp_path, arch, kind):
+    r = run(data, arch, kind, tmp_path / "z.zst", lr=0.0, steps=3)
     traj = read_trajectory(tmp_path / "z.zst")
-    fresh = attach(tiny_model("llama"), kind, dict(traj.header.peft.config), traj.header.seed)
+    fresh = attach(tiny_model(arch), kind, dict(traj.header.peft.config), traj.header.seed)
     a, b = adapter_state(r.model), adapter_state(fresh)
     assert all(torch.equal(a[n], b[n]) for n in a)
     x, y = base_state(r.model), base_state(fresh)
     assert all(torch.equal(x[n], y[n]) for n in x)
 
 
-def test_resume_equals_straight_run(data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("arch, kind", [("llama", "lora"), ("gpt2", "prefix"), ("opt", "lora")])
+def test_resume_equals_straight_run(data, tmp_path, monkeypatch, arch, kind):
     from mezo_ckpt.trainer.config import TrainConfig
 
-    straight = run(data, "llama", "lora", tmp_path / "a.zst", steps=6)
+    straight = run(data, arch, kind, tmp_path / "a.zst", steps=6)
     real = TrainConfig.lr_at
 
     def dying(self, step):
@@ -160,12 +162,12 @@ def test_resume_equals_straight_run(data, tmp_path, monkeypatch):
 
     monkeypatch.setattr(TrainConfig, "lr_at", dying)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        run(data, "llama", "lora", tmp_path / "b.zst", steps=6)
+        run(data, arch, kind, tmp_path / "b.zst", steps=6)
     monkeypatch.setattr(TrainConfig, "lr_at", real)
     d, bases = data
     resumed = train(
         resume=tmp_path / "b.zst",
-        model=str(bases["llama"]),
+        model=str(bases[arch]),
         train_file=str(d / "train.jsonl"),
         dev_file=str(d / "dev.jsonl"),
         progress=False,

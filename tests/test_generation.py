@@ -151,8 +151,15 @@ def test_replay_equals_training_and_lr_zero_is_identity(base, tmp_path, objectiv
     assert_same(before, state(zero.model))
 
 
-def test_generation_resume_after_a_crash_equals_the_straight_run(base, tmp_path, monkeypatch):
-    straight = run(base, tmp_path / "a.zst", objective="f1", steps=6)
+@pytest.mark.parametrize("objective", ["f1", "ce", "python"])
+def test_generation_resume_after_a_crash_equals_the_straight_run(
+    base, tmp_path, monkeypatch, objective, request
+):
+    again = {}  # what a resume names again on its own command line
+    if objective == "python":
+        objective = f"python:{request.getfixturevalue('user_module')}:first_letter"
+        again = {"objective": objective}
+    straight = run(base, tmp_path / "a.zst", objective=objective, steps=6)
     real = TrainConfig.lr_at
 
     def dying(self, step):
@@ -162,7 +169,7 @@ def test_generation_resume_after_a_crash_equals_the_straight_run(base, tmp_path,
 
     monkeypatch.setattr(TrainConfig, "lr_at", dying)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        run(base, tmp_path / "b.zst", objective="f1", steps=6)
+        run(base, tmp_path / "b.zst", objective=objective, steps=6)
     monkeypatch.setattr(TrainConfig, "lr_at", real)
     with pytest.raises((ConfigError, DataError), match="train"):  # other examples: refused
         train(
@@ -171,7 +178,17 @@ def test_generation_resume_after_a_crash_equals_the_straight_run(base, tmp_path,
             data={"train": qa_rows(64, 5), "dev": qa_rows(24, 1)},
             progress=False,
             log=lambda s: None,
+            **again,
         )
+    if again:  # the file never makes mezo-ckpt import code by itself
+        with pytest.raises(ConfigError, match="python:"):
+            train(
+                resume=tmp_path / "b.zst",
+                model=base,
+                data={"train": qa_rows(64, 0), "dev": qa_rows(24, 1)},
+                progress=False,
+                log=lambda s: None,
+            )
     resumed = train(
         resume=tmp_path / "b.zst",
         model=base,
@@ -179,6 +196,7 @@ def test_generation_resume_after_a_crash_equals_the_straight_run(base, tmp_path,
         progress=False,
         log=lambda s: None,
         keep_model=True,
+        **again,
     )
     assert_same(state(straight.model), state(resumed.model))
     a, b = read_trajectory(tmp_path / "a.zst"), read_trajectory(tmp_path / "b.zst")

@@ -125,6 +125,7 @@ def replay_folder(
     base_trainable = None
     if h.base.tensors_sha256 is None:  # a 1.0 file pins the base by its trainable tensors
         base_trainable = _trainable_fingerprint(folder, files, of, sorted(trainable), dtype)
+    _precheck(h.base, model, folder, files, of, trainable, base_trainable)
     with staged_folder(out, replace=replace) as tmp:
         seen: set[str] = set()
         for file, names in files.items():
@@ -209,6 +210,37 @@ def replay_folder(
         "element_steps": element_steps,
         "shards": len(files),
     }
+
+
+def _precheck(
+    want: BaseIdentity,
+    model,
+    folder: Path,
+    files: dict[str, list[str]],
+    of: dict[str, str],
+    trainable: set[str],
+    base_trainable: str | None,
+) -> None:
+    """Refuse a wrong base before any replay work: everything but the tensors' contents
+    (architecture, manifest, names present, config, generation config, tokenizer) is
+    known without reading a weight. The contents are checked on the way."""
+    import dataclasses
+
+    from mezo_ckpt.base import diff_identities
+
+    got = dataclasses.replace(
+        _identity(want, model, {}, {}, folder, base_trainable),
+        tensors=want.tensors,
+        tensors_sha256=want.tensors_sha256,
+    )
+    present = {of.get(n, n) for names in files.values() for n in names}
+    diffs, _ = diff_identities(want, got, missing=sorted(trainable - present), folder=folder)
+    if diffs:
+        raise BaseMismatchError(
+            "the offered base model is not the one this trajectory was trained from; "
+            "refusing to replay",
+            diffs,
+        )
 
 
 def _identity(

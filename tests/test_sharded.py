@@ -118,3 +118,57 @@ def test_streaming_replay_refuses_a_wrong_base_and_writes_nothing(tmp_path):
     )
     assert r.exit_code == 2 and "BaseMismatchError" in r.output and frozen in r.output
     assert not dest.exists() and not list(tmp_path.glob(".out.tmp-*"))
+
+
+def test_a_wrong_config_or_tokenizer_is_refused_before_any_replay_work(tmp_path, monkeypatch):
+    """What needs no weight read (config, tokenizer, manifest) is checked before the pass."""
+    import shutil
+
+    from mezo_ckpt import sharded
+
+    base = tmp_path / "base"
+    sharded_base(base)
+    write_jsonl(tmp_path / "t.jsonl", toy_sentiment(32))
+    out = tmp_path / "r.zst"
+    train(
+        model=str(base),
+        task="custom",
+        train_file=str(tmp_path / "t.jsonl"),
+        template="{text} =",
+        verbalizer={"pos": " p", "neg": " n"},
+        steps=2,
+        eval_every=0,
+        output=str(out),
+        fsync=False,
+        progress=False,
+        log=lambda s: None,
+    )
+
+    def no_work(*a, **k):
+        raise AssertionError("replayed a tensor of a base that was already known to be wrong")
+
+    monkeypatch.setattr(sharded, "apply_updates", no_work)
+    edits = {
+        "rms_norm_eps": (
+            "config.json",
+            lambda p: p.write_text(
+                p.read_text().replace('"rms_norm_eps": 1e-06', '"rms_norm_eps": 1e-05')
+            ),
+        ),
+        "tokenizer.json": (
+            "tokenizer.json",
+            lambda p: p.write_text(p.read_text().replace("=", "~", 1)),
+        ),
+    }
+    for what, (name, edit) in edits.items():
+        wrong = tmp_path / f"wrong-{what}"
+        shutil.copytree(base, wrong)
+        before = (wrong / name).read_text()
+        edit(wrong / name)
+        assert (wrong / name).read_text() != before
+        dest = tmp_path / f"out-{what}"
+        r = CliRunner().invoke(
+            main, ["replay", str(out), "--base", str(wrong), "-o", str(dest), "--stream"]
+        )
+        assert r.exit_code == 2 and "BaseMismatchError" in r.output, r.output
+        assert what in r.output and not dest.exists()

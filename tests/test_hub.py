@@ -662,3 +662,22 @@ def test_base_of_the_wrong_size_is_a_typed_error(
     assert res.exit_code == 2 and "IntegrityError" in res.output, res.output
     assert "Traceback" not in res.output and not (tmp_path / "out").exists()
     assert not any(mhub.replay_cache_root().glob("*/step-*"))
+
+
+def test_license_override_and_a_base_without_one(
+    hub: FakeHub, trained: Trained, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    pub = mhub.build_publication(trained.hub_traj, REPO, license="apache-2.0")
+    assert ModelCard(pub.card).data.license == "apache-2.0"  # --license wins over the base's
+    assert "License: see the base model" not in pub.card
+
+    from mezo_ckpt.hub import publish
+
+    monkeypatch.setattr(publish, "base_license", lambda *a, **k: (None, False))
+    pub = mhub.build_publication(trained.hub_traj, REPO)
+    assert ModelCard(pub.card).data.license is None  # nothing claimed
+    assert "License: see the base model" in pub.card and BASE in pub.card
+    assert any("no license found" in n and "--license" in n for n in pub.notes)
+    res = cli("push", trained.hub_traj, REPO, "--license", "mit", "--dry-run", tmp_path / "x")
+    assert res.exit_code == 0, res.output
+    assert ModelCard.load(tmp_path / "x" / "README.md").data.license == "mit"

@@ -161,7 +161,11 @@ def setup(args: argparse.Namespace, *, tiny_data: bool) -> Setup:
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
 
     cfg = TrainConfig(
-        model=str(folder), dtype=args.dtype, batch_size=args.batch_size, threads=args.threads
+        model=str(folder),
+        dtype=args.dtype,
+        rounding=args.rounding,
+        batch_size=args.batch_size,
+        threads=args.threads,
     )
     if tiny_data:
         sys.path.insert(0, str(ROOT / "tests"))
@@ -194,6 +198,7 @@ def setup(args: argparse.Namespace, *, tiny_data: bool) -> Setup:
         "model_type": str(getattr(model.config, "model_type", "?")),
         "parameters": n_params,
         "dtype": args.dtype,
+        "rounding": args.rounding,
         "data": data_name,
         "examples": len(idx),
         "candidates": sum(enc.n_cands),
@@ -475,6 +480,8 @@ def child_command(mode: str, args: argparse.Namespace, model: str | None) -> lis
         str(args.threads),
         "--dtype",
         args.dtype,
+        "--rounding",
+        args.rounding,
         "--memory-steps",
         str(args.memory_steps),
     ]
@@ -529,6 +536,12 @@ def main() -> None:
     )
     ap.add_argument(
         "--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="(float32)"
+    )
+    ap.add_argument(
+        "--rounding",
+        default="nearest",
+        choices=("nearest", "stochastic"),
+        help="rounding of bf16/fp16 updates (nearest)",
     )
     ap.add_argument(
         "--tiny",

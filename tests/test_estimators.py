@@ -368,3 +368,15 @@ def test_plain_runs_keep_the_plain_layout(bases, tmp_path):
     run(bases["float32"], tmp_path / "p.zst", steps=2)
     h = read_trajectory(tmp_path / "p.zst").header
     assert "history" not in h.raw["records"] and HISTORY_FEATURE not in h.requires
+
+
+def test_readers_without_the_history_feature_refuse_momentum_files(bases, tmp_path, monkeypatch):
+    """A reader that does not know history-v1 must refuse the file (it would replay other
+    weights), with UnsupportedError naming the feature."""
+    from mezo_ckpt import header as H
+    from mezo_ckpt.errors import UnsupportedError
+
+    run(bases["float32"], tmp_path / "m.zst", momentum=0.5, momentum_window=2, steps=2)
+    monkeypatch.setattr(H, "KNOWN_FEATURES", H.KNOWN_FEATURES - {HISTORY_FEATURE})
+    with pytest.raises(UnsupportedError, match=HISTORY_FEATURE):
+        read_trajectory(tmp_path / "m.zst")

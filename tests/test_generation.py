@@ -268,3 +268,27 @@ def test_generation_objectives_need_a_generation_task(base, tmp_path):
             progress=False,
             log=lambda s: None,
         )
+
+
+def test_stop_strings_end_generation_early_with_the_same_answers():
+    """Rows stop generating once their answer holds a stop string: the answers equal a run
+    to max_new_tokens cut afterwards, in fewer forwards. A stop string that spans the
+    prompt's end does not count."""
+    from tinymodels import tiny_model, tiny_tokenizer
+
+    from mezo_ckpt.trainer.tasks import PromptTask, generate
+
+    model, tok = tiny_model("llama").eval(), tiny_tokenizer()
+    task = PromptTask(template="Q: {question} A:", target_field="answer")
+    enc = task.encode(tok, qa_rows(6, 3))
+    calls = []
+    model.register_forward_pre_hook(lambda m, a: calls.append(1))
+    full = generate(model, tok, enc, max_new_tokens=12, stop=[])
+    n_full = len(calls)
+    assert n_full == 12 and all(len(t) >= 3 for t in full)
+    for stop in ([t[1] for t in full], [t[2] for t in full], ["A:" + full[0][0]], [":"]):
+        calls.clear()
+        got = generate(model, tok, enc, max_new_tokens=12, stop=stop)
+        assert got == [cut_at_stop(t, stop) for t in full], stop
+        if all(any(s in t for s in stop) for t in full[:]) and stop[0] != ":":
+            assert len(calls) < n_full  # every row stopped early

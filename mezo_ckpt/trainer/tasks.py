@@ -521,6 +521,9 @@ def generate(model, tokenizer, enc: Encoded, *, max_new_tokens: int, stop: Seque
     pad = tokenizer.pad_token_id
     if pad is None:
         pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    from transformers import StoppingCriteriaList
+
+    width = enc.prompt_ids.shape[1]
     with torch.inference_mode():
         out = model.generate(
             input_ids=enc.prompt_ids.to(dev),
@@ -533,10 +536,36 @@ def generate(model, tokenizer, enc: Encoded, *, max_new_tokens: int, stop: Seque
             temperature=None,
             top_p=None,
             top_k=None,
+            stopping_criteria=StoppingCriteriaList([_StopInAnswer(tokenizer, stop, width)]),
         )
-    new = out[:, enc.prompt_ids.shape[1] :]
+    new = out[:, width:]
     texts = tokenizer.batch_decode(new, skip_special_tokens=True)
     return [cut_at_stop(t, stop) for t in texts]
+
+
+class _StopInAnswer:
+    """Ends a row's greedy generation once its decoded answer holds a stop string.
+
+    Only the generated tokens are decoded (a stop string spanning the prompt's end never
+    counts), the same way the answer is decoded and cut afterwards: a stop string seen in
+    an answer so far is at the same place in the whole answer (decoding is prefix-stable
+    up to an unfinished character at the end), so the cut text is the one a run to
+    ``max_new_tokens`` gives, with fewer forwards."""
+
+    def __init__(self, tokenizer, stop: Sequence[str], width: int) -> None:
+        self.tokenizer = tokenizer
+        self.stop = [s for s in stop if s]
+        self.width = width
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        if self.stop:
+            texts = self.tokenizer.batch_decode(
+                input_ids[:, self.width :], skip_special_tokens=True
+            )
+            for i, t in enumerate(texts):
+                done[i] = any(s in t for s in self.stop)
+        return done
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:

@@ -17,7 +17,7 @@ Tasks:
 The target of issue 14: reach plain MeZO's dev accuracy at the end of the budget (its
 100-step value for budget 200) with at most a third of its forward passes.
 
-    PYTHONPATH=. python benchmarks/bench_convergence.py --task toy              # ~2 min
+    PYTHONPATH=. python benchmarks/bench_convergence.py --task toy              # ~1 min
     PYTHONPATH=. python benchmarks/bench_convergence.py --task sentiment --backprop \\
         --plot convergence.png                                              # ~2 h, 2 cores
 """

@@ -216,16 +216,19 @@ def test_safetensors_and_delta_refused_for_adapters(data, tmp_path):
         assert res.exit_code == 2 and "--format peft" in res.output
 
 
+def replay_cli(traj, base, fmt: str, folder):
+    return CliRunner().invoke(
+        main, ["replay", str(traj), "--base", str(base), "--format", fmt, "-o", str(folder)]
+    )
+
+
 def test_exported_adapter_loads_with_auto_peft_class(data, tmp_path):
     """`AutoPeftModelForCausalLM.from_pretrained(folder)` finds the base from the folder alone."""
     d, bases = data
     out = tmp_path / "a.zst"
     r = run(data, "llama", "lora", out, steps=2)
     folder = tmp_path / "adapter"
-    res = CliRunner().invoke(
-        main,
-        ["replay", str(out), "--base", str(bases["llama"]), "--format", "peft", "-o", str(folder)],
-    )
+    res = replay_cli(out, bases["llama"], "peft", folder)
     assert res.exit_code == 0, res.output
     loaded = peft.AutoPeftModelForCausalLM.from_pretrained(str(folder))
     ids = torch.randint(1, 90, (2, 9))
@@ -238,10 +241,7 @@ def test_lora_replay_hf_writes_merged_weights(data, tmp_path):
     out = tmp_path / "m.zst"
     r = run(data, "llama", "lora", out, steps=2)
     folder = tmp_path / "merged"
-    res = CliRunner().invoke(
-        main,
-        ["replay", str(out), "--base", str(bases["llama"]), "--format", "hf", "-o", str(folder)],
-    )
+    res = replay_cli(out, bases["llama"], "hf", folder)
     assert res.exit_code == 0, res.output
     from mezo_ckpt.base import load_folder
 
@@ -261,10 +261,7 @@ def test_prefix_run_has_no_merged_form(data, tmp_path):
     out = tmp_path / "p.zst"
     run(data, "llama", "prefix", out, steps=2)
     folder = tmp_path / "merged"
-    res = CliRunner().invoke(
-        main,
-        ["replay", str(out), "--base", str(bases["llama"]), "--format", "hf", "-o", str(folder)],
-    )
+    res = replay_cli(out, bases["llama"], "hf", folder)
     assert res.exit_code == 2 and "no merged weights" in res.output
     assert "Traceback" not in res.output
     assert not folder.exists()

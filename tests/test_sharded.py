@@ -85,7 +85,8 @@ def test_streaming_replay_equals_whole_model_replay(tmp_path):
         assert len(list(a.glob("model-*.safetensors"))) > 2  # the shards were kept
 
 
-def test_streaming_replay_refuses_a_wrong_base_and_writes_nothing(tmp_path):
+def short_run(tmp_path, **kw):
+    """A 2-step run on a many-shard tiny Llama: (base folder, trajectory)."""
     base = tmp_path / "base"
     sharded_base(base)
     write_jsonl(tmp_path / "t.jsonl", toy_sentiment(32))
@@ -102,8 +103,13 @@ def test_streaming_replay_refuses_a_wrong_base_and_writes_nothing(tmp_path):
         fsync=False,
         progress=False,
         log=lambda s: None,
-        trainable=["model.layers.0.*"],
+        **kw,
     )
+    return base, out
+
+
+def test_streaming_replay_refuses_a_wrong_base_and_writes_nothing(tmp_path):
+    base, out = short_run(tmp_path, trainable=["model.layers.0.*"])
     index = json.loads((base / "model.safetensors.index.json").read_text())["weight_map"]
     frozen = "model.layers.1.mlp.up_proj.weight"
     shard = base / index[frozen]
@@ -126,23 +132,7 @@ def test_a_wrong_config_or_tokenizer_is_refused_before_any_replay_work(tmp_path,
 
     from mezo_ckpt import sharded
 
-    base = tmp_path / "base"
-    sharded_base(base)
-    write_jsonl(tmp_path / "t.jsonl", toy_sentiment(32))
-    out = tmp_path / "r.zst"
-    train(
-        model=str(base),
-        task="custom",
-        train_file=str(tmp_path / "t.jsonl"),
-        template="{text} =",
-        verbalizer={"pos": " p", "neg": " n"},
-        steps=2,
-        eval_every=0,
-        output=str(out),
-        fsync=False,
-        progress=False,
-        log=lambda s: None,
-    )
+    base, out = short_run(tmp_path)
 
     def no_work(*a, **k):
         raise AssertionError("replayed a tensor of a base that was already known to be wrong")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _machine import cpu_model  # noqa: E402
+from _synthetic import plain_header  # noqa: E402
 
 
 def main() -> None:
@@ -61,32 +62,7 @@ def main() -> None:
             files=loaded.files,
         )
         times["identity"].append(time.perf_counter() - t)
-        header = Header.from_json(
-            {
-                "requires": [],
-                "tool": {"name": "bench", "version": "0"},
-                "base": ident.to_json(),
-                "trainable": trainable,
-                "perturbation": {
-                    "generator": "philox4x32-10",
-                    "key_rule": "sha256-seed-name-v1",
-                    "z": "normal16",
-                    "seed": 0,
-                    "eps": 1e-3,
-                    "n_directions": 1,
-                },
-                "update": {
-                    "arithmetic": "exact-v1",
-                    "rounding": "nearest",
-                    "weight_decay": 0.0,
-                    "decay_params": [],
-                },
-                "records": {"decay": False, "losses": False},
-                "total_steps": 0,
-                "optimizer": {},
-                "config": {},
-            }
-        )
+        header = Header.from_json(plain_header(ident.to_json(), trainable, 0))
         t = time.perf_counter()
         verify_base(header, loaded.model, offered=loaded)
         times["check"].append(time.perf_counter() - t)

@@ -15,7 +15,9 @@ import argparse
 import datetime
 import os
 import platform
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,6 +29,9 @@ from mezo_ckpt.replay import replay_model
 from mezo_ckpt.runtime import set_threads
 from mezo_ckpt.update import round_coefficient
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _synthetic import plain_header  # noqa: E402
+
 
 def synthetic(model, steps: int, kind: str, dtype: str) -> Trajectory:
     from mezo_ckpt.base import describe_base
@@ -37,31 +42,15 @@ def synthetic(model, steps: int, kind: str, dtype: str) -> Trajectory:
     coefs = np.array(
         [[round_coefficient(1e-5 * x)] for x in rng.standard_normal(steps)], np.float32
     )
-    header = {
-        "requires": [],
-        "tool": {"name": "mezo-ckpt", "version": "bench"},
-        "created": "2026-11-22T00:00:00Z",
-        "base": describe_base(model, names),
-        "trainable": names,
-        "perturbation": {
-            "generator": "philox4x32-10",
-            "key_rule": "sha256-seed-name-v1",
-            "z": kind,
-            "seed": 1,
-            "eps": 1e-3,
-            "n_directions": 1,
-        },
-        "update": {
-            "arithmetic": "exact-v1",
-            "rounding": "nearest",
-            "weight_decay": 0.0,
-            "decay_params": [],
-        },
-        "optimizer": {},
-        "records": {"decay": False, "losses": False},
-        "total_steps": steps,
-        "config": {},
-    }
+    header = plain_header(
+        describe_base(model, names).to_json(),
+        names,
+        steps,
+        z=kind,
+        seed=1,
+        tool=("mezo-ckpt", "bench"),
+    )
+    header["created"] = "2026-11-22T00:00:00Z"
     rec = StepRecords(np.zeros(steps, np.uint8), coefs, np.ones(steps, np.float32), None)
     return Trajectory(header, rec)
 

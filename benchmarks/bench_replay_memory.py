@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _machine import cpu_model  # noqa: E402
+from _synthetic import plain_header  # noqa: E402
 
 CHILD = r"""
 import json, sys, time
@@ -80,30 +81,7 @@ def main() -> None:
         [[round_coefficient(v)] for v in rng.standard_normal(args.steps) * 1e-4], np.float32
     )
     rec = StepRecords(np.zeros(args.steps, np.uint8), coefs, np.ones(args.steps, np.float32), None)
-    header = {
-        "requires": [],
-        "tool": {"name": "bench", "version": "0"},
-        "base": ident.to_json(),
-        "trainable": trainable,
-        "perturbation": {
-            "generator": "philox4x32-10",
-            "key_rule": "sha256-seed-name-v1",
-            "z": "normal16",
-            "seed": 0,
-            "eps": 1e-3,
-            "n_directions": 1,
-        },
-        "update": {
-            "arithmetic": "exact-v1",
-            "rounding": "nearest",
-            "weight_decay": 0.0,
-            "decay_params": [],
-        },
-        "records": {"decay": False, "losses": False},
-        "total_steps": args.steps,
-        "optimizer": {},
-        "config": {},
-    }
+    header = plain_header(ident.to_json(), trainable, args.steps)
     header["integrity"] = {"chain": CHAIN_RULE}
     traj = Trajectory(header, rec)
     from mezo_ckpt.replay import replay_model

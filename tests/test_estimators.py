@@ -93,18 +93,16 @@ def assert_same(a, b):
 def test_replay_equals_training_for_every_estimator(
     bases, tmp_path, estimator, n, beta, dtype, rounding
 ):
-    lr = 3e-3 if estimator != "fzoo" else 1e-3
-    r = run(
-        bases[dtype],
-        tmp_path / "t.zst",
+    settings = dict(
         estimator=estimator,
         n_directions=n,
         momentum=beta,
         momentum_window=3,
         dtype=dtype,
         rounding=rounding,
-        lr=lr,
     )
+    lr = 3e-3 if estimator != "fzoo" else 1e-3
+    r = run(bases[dtype], tmp_path / "t.zst", lr=lr, **settings)
     traj = read_trajectory(tmp_path / "t.zst")
     h = traj.header
     assert h.optimizer.extra["estimator"] == estimator
@@ -119,17 +117,7 @@ def test_replay_equals_training_for_every_estimator(
     assert_same(state(r.model), state(model))
     before = state(load_base(bases[dtype], dtype=dtype).model)
     assert any(not torch.equal(before[k], v) for k, v in state(r.model).items())
-    zero = run(
-        bases[dtype],
-        tmp_path / "z.zst",
-        estimator=estimator,
-        n_directions=n,
-        momentum=beta,
-        momentum_window=3,
-        dtype=dtype,
-        rounding=rounding,
-        lr=0.0,
-    )
+    zero = run(bases[dtype], tmp_path / "z.zst", lr=0.0, **settings)
     assert_same(before, state(zero.model))
 
 

@@ -30,7 +30,7 @@ CHILD = r"""
 import json, sys, time
 t = time.perf_counter()
 from mezo_ckpt.api import replay_to
-import transformers, numba, mezo_ckpt._kernels, mezo_ckpt.sharded  # what both modes import
+import transformers, numba, mezo_ckpt._kernels, mezo_ckpt.rebuild  # what both modes import
 base_kib = 0
 for line in open("/proc/self/status"):
     if line.startswith("VmRSS:"):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
-import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -13,8 +13,8 @@ import numpy as np
 
 from mezo_ckpt.errors import ModelLoadError, OutputError
 from mezo_ckpt.format import FLAG_SKIPPED, Trajectory, read_trajectory
-from mezo_ckpt.fsutil import check_output, same_path
-from mezo_ckpt.hashing import canonical_parameters, file_sha256
+from mezo_ckpt.fsutil import check_output, is_inside
+from mezo_ckpt.hashing import file_sha256
 from mezo_ckpt.runtime import quiet_progress, set_threads
 
 #: Output formats of `replay` and the kind of path each writes.
@@ -105,209 +105,133 @@ def replay_to(
 ) -> dict[str, Any]:
     """Replay a trajectory file onto its base and write the weights (see `mezo-ckpt replay`).
 
-    ``stream``: replay an ``hf`` output shard by shard (peak memory: one shard) instead of
-    loading the whole base; None decides by size (see :func:`should_stream`).
+    ``stream``: replay an ``hf`` output shard by shard (peak memory: about one tensor)
+    instead of loading the whole base; None decides by size (see :func:`should_stream`).
 
     Everything that can be checked before the work is: the file, the step (and that a
     checkpoint covers it), the output path (not an input, writable, not existing unless
-    ``overwrite``); then the base is loaded and its whole identity checked before a weight
-    is touched.
+    ``overwrite``); then the base's whole identity is checked before a weight is touched.
     """
-    from tqdm.auto import tqdm
-
-    from mezo_ckpt.base import verify_base
-    from mezo_ckpt.export import (
-        DELTA_RULE,
-        delta_tensors,
-        export_hf,
-        export_safetensors,
-        provenance,
-        state_dict_tensors,
-    )
-    from mezo_ckpt.replay import check_verifiable, element_steps, replay_model, resolve_step
+    from mezo_ckpt import rebuild as rb
 
     if fmt not in OUTPUT_KINDS:
         raise OutputError(f"unknown output format {fmt!r}; use {', '.join(OUTPUT_KINDS)}")
     set_threads(threads)
     path = Path(trajectory)
     traj = read_trajectory(path)
-    if traj.header.peft is not None and fmt in ("safetensors", "delta"):
-        raise OutputError(
-            f"this is a parameter-efficient ({traj.header.peft.type}) run: use --format peft "
-            "(the adapter folder) or --format hf (the base with the adapter merged)"
-        )
-    if traj.header.peft is not None and traj.header.peft.type == "prefix" and fmt == "hf":
-        raise OutputError(
-            "a prefix-tuning run has no merged weights (its virtual tokens are extra inputs, "
-            "not a change to any weight): use --format peft and load it with peft"
-        )
-    if traj.header.peft is None and fmt == "peft":
-        raise OutputError(
-            "--format peft is for parameter-efficient runs; this run trains the model"
-        )
-    target = resolve_step(traj, step)
-    check_verifiable(traj, target, allow_unverified=allow_unverified)
-    out = Path(output) if output is not None else default_output(path, target, fmt)
+    check_format(traj, fmt)
+    plan = rb.Plan.make(traj, step, verify=verify, allow_unverified=allow_unverified, path=path)
+    out = Path(output) if output is not None else default_output(path, plan.step, fmt)
     inputs: list[Path] = [path]
     if base is not None and Path(os.path.expanduser(base)).exists():
         inputs.append(Path(os.path.expanduser(base)))
     check_output(out, kind=OUTPUT_KINDS[fmt], overwrite=overwrite, inputs=inputs)
-    if fmt == "hf" and traj.header.peft is None and not ignore_base_mismatch and verify:
-        from mezo_ckpt.base import locate_base
-
-        spec, revision = _base_spec(traj, base)
-        where = locate_base(spec, revision=revision, progress=progress, hub_only=base is None)
-        if should_stream(where.folder, stream):
-            return _replay_streaming(traj, path, where, target, out, overwrite, progress)
-    with quiet_progress(progress):
-        loaded = load_base_for(traj, base)
-    if loaded.folder is not None and (
-        same_path(out, loaded.folder) or out.resolve().is_relative_to(loaded.folder.resolve())
-    ):
-        raise OutputError(f"-o {out} would write into the base model folder {loaded.folder}")
-    model = loaded.model
-    from mezo_ckpt.adapters import prepare
-
-    check = verify_base(traj.header, model, offered=loaded, allow_mismatch=ignore_base_mismatch)
-    model = prepare(traj.header, model)
-    if check.overridden:
+    plan = dataclasses.replace(plan, sha256=file_sha256(path))
+    source = open_source(
+        traj,
+        base,
+        fmt=fmt,
+        stream=stream,
+        progress=progress,
+        ignore_base_mismatch=ignore_base_mismatch,
+    )
+    if source.folder is not None and is_inside(out, source.folder):
+        raise OutputError(f"-o {out} would write into the base model folder {source.folder}")
+    sinks = {
+        "hf": rb.ShardSink if source.streams else rb.HfFolderSink,
+        "safetensors": rb.SafetensorsSink,
+        "delta": rb.DeltaSink,
+        "peft": rb.PeftSink,
+    }
+    done = rb.rebuild(
+        plan,
+        source,
+        sinks[fmt](out, replace=overwrite),
+        ignore_base_mismatch=ignore_base_mismatch,
+        progress=progress,
+        desc="replay (streaming)" if source.streams else "replay",
+    )
+    if done.check.overridden:
         from mezo_ckpt.text import clean
 
         warnings.warn(
             "replaying onto a base that differs from the trajectory's (--ignore-base-mismatch):\n"
-            + "\n".join(f"  - {clean(d)}" for d in check.overridden),
+            + "\n".join(f"  - {clean(d)}" for d in done.check.overridden),
             stacklevel=2,
         )
-    params = canonical_parameters(model)
-    trainable = list(traj.header.trainable)
-    before = {n: params[n].detach().clone() for n in trainable} if fmt == "delta" else None
-    total = element_steps(traj, model, target)
-    with tqdm(
-        total=total,
-        unit="el-step",
-        unit_scale=True,
-        desc="replay",
-        disable=not progress,
-        leave=False,
-    ) as bar:
-        report = replay_model(
-            traj,
-            model,
-            step=target,
-            verify=verify,
-            check_base=False,
-            allow_unverified=allow_unverified,
-            progress=bar.update,
-        )
-    meta = provenance(
-        traj,
-        target,
-        file_sha256(path),
-        verified=report.verified,
-        checked=check.checked,
-        base_mismatch=check.overridden or None,
-    )
-    if fmt == "peft":
-        from mezo_ckpt.export import export_adapter_folder
-
-        export_adapter_folder(
-            model, out, header=traj.header, folder=loaded.folder, meta=meta, replace=overwrite
-        )
-    elif fmt == "hf":
-        if traj.header.peft is not None:
-            from mezo_ckpt.adapters import merged
-
-            model = merged(model)
-            meta["merged"] = (
-                "the adapter was merged by peft (a matrix product in the parameters' dtype: "
-                "not bit-stable across machines; the adapter itself is)"
-            )
-        export_hf(model, out, tokenizer_from=loaded.folder, meta=meta, replace=overwrite)
-    elif fmt == "safetensors":
-        export_safetensors(state_dict_tensors(model), out, {**meta, "kind": "weights"})
-    else:
-        assert before is not None
-        from mezo_ckpt.hashing import tensors_sha256
-
-        delta, fixes = delta_tensors(before, dict(params), trainable)
-        meta.update(
-            kind="delta",
-            rule=DELTA_RULE,
-            exact=True,
-            fixed_elements=fixes,
-            tuned_sha256=tensors_sha256(params, trainable),
-        )
-        export_safetensors(delta, out, meta)
     return {
         "trajectory": str(path),
-        "step": target,
-        "applied_steps": report.applied_steps,
-        "element_steps": report.element_steps,
-        "seconds": report.seconds,
-        "rate": report.rate if math.isfinite(report.rate) else 0.0,
-        "verified": report.verified,
-        "verification": report.describe(),
-        "checked": check.checked,
-        "base_mismatch": check.overridden,
-        "fingerprint": report.fingerprint,
+        "step": plan.step,
+        "applied_steps": len(plan.batch),
+        "element_steps": done.element_steps,
+        "seconds": done.seconds,
+        "rate": done.rate,
+        "verified": done.verdict.verified,
+        "verification": done.verdict.describe(),
+        "checked": done.check.checked,
+        "base_mismatch": done.check.overridden,
+        "fingerprint": done.verdict.fingerprint,
         "format": fmt,
         "output": str(out),
+        "streamed": done.streamed,
     }
 
 
-def _replay_streaming(
-    traj, path: Path, where, target: int, out: Path, overwrite: bool, progress: bool
-) -> dict[str, Any]:
-    import time
+def check_format(traj: Trajectory, fmt: str) -> None:
+    """Refuse an output format the run cannot have, before any work.
 
-    from tqdm.auto import tqdm
-
-    from mezo_ckpt.export import provenance
-    from mezo_ckpt.fsutil import is_inside
-    from mezo_ckpt.sharded import replay_folder
-
-    if is_inside(out, where.folder):
-        raise OutputError(f"-o {out} would write into the base model folder {where.folder}")
-    meta = provenance(traj, target, file_sha256(path))
-    params = {t.name: t for t in traj.header.base.tensors or ()}
-    total = None
-    if params:
-        total = sum(math.prod(params[n].shape) for n in traj.header.trainable if n in params)
-        total *= len(traj.update_batch(target))
-    t0 = time.perf_counter()
-    with tqdm(
-        total=total,
-        unit="el-step",
-        unit_scale=True,
-        desc="replay (streaming)",
-        disable=not progress,
-        leave=False,
-    ) as bar:
-        r = replay_folder(
-            traj, where.folder, out, step=target, meta=meta, replace=overwrite, progress=bar.update
+    Raises:
+        OutputError: saying which format to use instead.
+    """
+    peft = traj.header.peft
+    if peft is not None and peft.type == "prefix" and fmt != "peft":
+        raise OutputError(
+            "a prefix-tuning run has no merged weights (its virtual tokens are extra inputs, "
+            "not a change to any weight): use --format peft and load it with peft"
         )
-    seconds = time.perf_counter() - t0
-    words = {
-        "fingerprint": "verified: the weights match the trainer's fingerprint at this step",
-        "records": "records verified by a later checkpoint (no weight fingerprint at this step)",
-    }
-    return {
-        "trajectory": str(path),
-        "step": target,
-        "applied_steps": len(traj.update_batch(target)),
-        "element_steps": r["element_steps"],
-        "seconds": seconds,
-        "rate": r["element_steps"] / seconds if seconds > 0 else 0.0,
-        "verified": r["verified"],
-        "verification": words.get(str(r["verified"]), "NOT verified: nothing binds these records"),
-        "checked": r["checked"],
-        "base_mismatch": [],
-        "fingerprint": r["fingerprint"],
-        "format": "hf",
-        "output": str(out),
-        "streamed": True,
-        "shards": r["shards"],
-    }
+    if peft is not None and fmt in ("safetensors", "delta"):
+        raise OutputError(
+            f"this is a parameter-efficient ({peft.type}) run: use --format peft "
+            "(the adapter folder) or --format hf (the base with the adapter merged)"
+        )
+    if peft is None and fmt == "peft":
+        raise OutputError(
+            "--format peft is for parameter-efficient runs; this run trains the model"
+        )
+
+
+def open_source(
+    traj: Trajectory,
+    base: str | None,
+    *,
+    fmt: str = "hf",
+    stream: bool | None = None,
+    progress: bool = True,
+    ignore_base_mismatch: bool = False,
+):
+    """The base of a rebuild: streamed from its folder (an hf output of a full-parameter
+    run, when asked or when the weights would not fit in half the free memory) or loaded.
+    A base named by the trajectory is fetched from the Hub, never looked up as a path."""
+    from mezo_ckpt.rebuild import FolderStream, ModelSource
+
+    streamable = fmt == "hf" and traj.header.peft is None and not ignore_base_mismatch
+    if streamable and stream is not False:
+        from mezo_ckpt.base import locate_base
+
+        spec, revision = _base_spec(traj, base)
+        with quiet_progress(progress):
+            where = locate_base(spec, revision=revision, progress=progress, hub_only=base is None)
+        if any(where.folder.glob("*.safetensors")) and should_stream(where.folder, stream):
+            return FolderStream(where.folder)
+    if stream and not streamable:
+        raise OutputError(
+            "--stream writes an hf folder of a full-parameter run from a checked base "
+            "(not with --ignore-base-mismatch, --format "
+            f"{fmt}{' or a LoRA/prefix run' if traj.header.peft is not None else ''})"
+        )
+    with quiet_progress(progress):
+        loaded = load_base_for(traj, base)
+    return ModelSource.of(loaded)
 
 
 def _stats(x: np.ndarray) -> dict[str, float] | None:
@@ -390,69 +314,66 @@ def apply_delta_file(
 ) -> dict[str, Any]:
     """Base + an exact delta (``replay --format delta``) -> a from_pretrained folder.
 
-    The result is checked against the trained fingerprint the delta records.
+    The base's whole identity (every tensor, config, tokenizer) is checked against the one
+    the delta records before it is patched, and the result against the tuned fingerprint.
+
+    Raises:
+        DeltaError: a malformed delta, or one that records nothing to verify against.
+        BaseMismatchError: the base is not the one the delta was made from.
+        VerificationError: the patched weights miss the delta's fingerprint.
     """
+    from mezo_ckpt import rebuild as rb
     from mezo_ckpt.base import load_base
-    from mezo_ckpt.errors import BaseMismatchError
-    from mezo_ckpt.export import apply_delta, export_hf, load_delta
-    from mezo_ckpt.hashing import tensors_sha256
+    from mezo_ckpt.export import load_delta
+    from mezo_ckpt.header import is_repo_id
 
     path = Path(delta)
     tensors, prov = load_delta(path)
+    edit = rb.DeltaEdit.from_file(tensors, prov, str(path))
     inputs: list[Path] = [path]
     if base is not None and Path(os.path.expanduser(base)).exists():
         inputs.append(Path(os.path.expanduser(base)))
     check_output(output, kind="folder", overwrite=overwrite, inputs=inputs)
-    b = prov.get("base") or {}
+    b = prov["base"]
     if base is None:
         if b.get("kind") == "embedded":
             spec, revision = None, None
-        elif b.get("kind") == "hub" and b.get("repo_id"):
+        elif b.get("kind") == "hub" and isinstance(b.get("repo_id"), str):
             spec, revision = b["repo_id"], b.get("revision")
+            if not is_repo_id(spec) or not (revision is None or isinstance(revision, str)):
+                raise ModelLoadError(f"the delta names an invalid base repo {str(spec)[:80]!r}")
         else:
             raise ModelLoadError(
                 "this delta was made from a local base folder: pass it with --base PATH"
             )
     else:
         spec, revision = base, None
-    from mezo_ckpt.header import is_repo_id
-
-    if base is None and spec is not None and not is_repo_id(spec):
-        raise ModelLoadError(f"the delta names an invalid base repo {str(spec)[:80]!r}")
+    dtype = b.get("dtype") if b.get("dtype") in ("float32", "bfloat16", "float16") else None
+    if dtype is None:
+        raise ModelLoadError(f"{path}: the delta names no usable base dtype")
     with quiet_progress(progress):
-        loaded = load_base(
-            spec, dtype=b.get("dtype", "float32"), revision=revision, hub_only=base is None
-        )
-    model = loaded.model
-    params = canonical_parameters(model)
-    names = sorted(k for k in tensors if "::" not in k)
-    if b.get("trainable_sha256") and tensors_sha256(params, names) != b.get("trainable_sha256"):
-        raise BaseMismatchError(
-            "the base is not the one this delta was made from (the fingerprint of its "
-            "trained tensors differs); refusing to patch it"
-        )
-    apply_delta(model, tensors, expected=prov.get("tuned_sha256"))
-    meta = {**prov, "kind": "weights", "from_delta": str(path), "verified": "fingerprint"}
-    export_hf(model, output, tokenizer_from=loaded.folder, meta=meta, replace=overwrite)
+        loaded = load_base(spec, dtype=dtype, revision=revision, hub_only=base is None)
+    if loaded.folder is not None and is_inside(output, loaded.folder):
+        raise OutputError(f"-o {output} would write into the base model folder {loaded.folder}")
+    done = rb.rebuild(
+        edit,
+        rb.ModelSource.of(loaded),
+        rb.HfFolderSink(Path(output), replace=overwrite, verified="fingerprint"),
+        progress=progress,
+        desc="apply-delta",
+    )
     return {
         "delta": str(path),
         "output": str(output),
-        "tensors": len(names),
-        "step": prov.get("step"),
+        "tensors": len(edit.trained),
+        "step": edit.step,
+        "verified": done.verdict.verified,
+        "verification": done.verdict.describe(),
+        "checked": done.check.checked,
     }
 
 
 # ----------------------------------------------------------------------------- diff
-
-_LAYER = re.compile(r"^(.*?\.(?:layers|h|layer|blocks|decoder\.layers)\.\d+)\.")
-
-
-def layer_of(name: str) -> str:
-    """The layer a parameter belongs to (``model.layers.3``), else its module path."""
-    m = _LAYER.match(name)
-    if m:
-        return m.group(1)
-    return name.rsplit(".", 1)[0] if "." in name else name
 
 
 def diff_trajectories(
@@ -465,95 +386,40 @@ def diff_trajectories(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Per-tensor and per-layer change between two steps of a trajectory, or between two
-    trajectories on the same base. Streams tensor by tensor: one base model in memory
-    plus two copies of the tensor being compared.
+    trajectories on the same base, rebuilt through the same pipeline as ``replay`` (the
+    whole base checked, adapters prepared, each state's fingerprint verified where the
+    file records one). Memory: one base model plus two copies of the tensor compared.
     """
-    import torch
-    from tqdm.auto import tqdm
-
-    from mezo_ckpt.base import verify_base
-    from mezo_ckpt.errors import BaseMismatchError
-    from mezo_ckpt.replay import check_verifiable, resolve_step
-    from mezo_ckpt.stream import param_key
-    from mezo_ckpt.update import UpdateSpec, apply_updates
+    from mezo_ckpt import rebuild as rb
 
     ta = read_trajectory(a)
     tb = read_trajectory(b) if b is not None else ta
     if b is None:
-        sa = resolve_step(ta, 0 if step_a is None else step_a)
-        sb = resolve_step(tb, step_b)
+        pa = rb.Plan.make(ta, 0 if step_a is None else step_a)
     else:
-        sa, sb = resolve_step(ta, step_a), resolve_step(tb, step_b)
-    check_verifiable(ta, sa)
-    check_verifiable(tb, sb)
+        pa = rb.Plan.make(ta, step_a)
+    pb = rb.Plan.make(tb, step_b)
     if b is not None:
-        ba, bb = ta.header.base, tb.header.base
-        same = (ba.tensors_sha256 or ba.manifest_sha256) == (
-            bb.tensors_sha256 or bb.manifest_sha256
-        )
-        if not same or ba.dtype != bb.dtype:
-            raise BaseMismatchError("the two trajectories were not trained from the same base")
+        from mezo_ckpt.base import diff_identities
+        from mezo_ckpt.errors import BaseMismatchError
+
+        differs, _ = diff_identities(ta.header.base, tb.header.base)
+        if differs:  # known from the two headers, before any base is loaded
+            raise BaseMismatchError(
+                "the two trajectories were not trained from the same base", differs
+            )
     with quiet_progress(progress):
         loaded = load_base_for(ta, base)
-    verify_base(ta.header, loaded.model, offered=loaded)
-    params = canonical_parameters(loaded.model)
-    names = sorted(set(ta.header.trainable) | set(tb.header.trainable))
-    per: dict[str, dict[str, float]] = {}
-    layers: dict[str, dict[str, float]] = {}
-
-    def replayed(traj: Trajectory, step: int, name: str, x: torch.Tensor) -> torch.Tensor:
-        if name not in traj.header.trainable:
-            return x
-        spec = UpdateSpec.from_header(traj.header)
-        batch = traj.update_batch(step)
-        if name not in spec.decay_params:
-            batch = type(batch)(batch.steps, batch.coefs, np.ones_like(batch.decay))
-        apply_updates(x, param_key(spec.seed, name), batch, kind=spec.kind, rounding=spec.rounding)
-        return x
-
-    with torch.no_grad():
-        for name in tqdm(names, desc="diff", unit="tensor", disable=not progress, leave=False):
-            p = params[name].detach()
-            xa = replayed(ta, sa, name, p.clone().contiguous())
-            xb = replayed(tb, sb, name, p.clone().contiguous())
-            d = xb.double() - xa.double()
-            sq, ref = float((d * d).sum()), float((xa.double() ** 2).sum())
-            row = {
-                "elements": float(p.numel()),
-                "norm": math.sqrt(sq),
-                "relative": math.sqrt(sq) / math.sqrt(ref) if ref > 0 else math.inf,
-                "max_abs": float(d.abs().max()) if p.numel() else 0.0,
-                "changed": float((xa != xb).sum()),
-            }
-            per[name] = row
-            agg = layers.setdefault(
-                layer_of(name), {"sq": 0.0, "ref": 0.0, "max_abs": 0.0, "elements": 0.0}
-            )
-            agg["sq"] += sq
-            agg["ref"] += ref
-            agg["max_abs"] = max(agg["max_abs"], row["max_abs"])
-            agg["elements"] += row["elements"]
-            del xa, xb, d
-    layer_rows = {
-        k: {
-            "elements": v["elements"],
-            "norm": math.sqrt(v["sq"]),
-            "relative": math.sqrt(v["sq"] / v["ref"]) if v["ref"] > 0 else math.inf,
-            "max_abs": v["max_abs"],
-        }
-        for k, v in layers.items()
-    }
-    total_sq = sum(v["sq"] for v in layers.values())
-    total_ref = sum(v["ref"] for v in layers.values())
+    done = rb.rebuild(
+        [pa, pb], rb.ModelSource.of(loaded), rb.DiffSink(), progress=progress, desc="diff"
+    )
     return {
-        "a": {"trajectory": str(a), "step": sa},
-        "b": {"trajectory": str(b if b is not None else a), "step": sb},
-        "total": {
-            "norm": math.sqrt(total_sq),
-            "relative": math.sqrt(total_sq / total_ref) if total_ref > 0 else math.inf,
-            "max_abs": max((v["max_abs"] for v in per.values()), default=0.0),
-            "tensors": len(per),
+        "a": {"trajectory": str(a), "step": pa.step, "verified": done.verdicts[0].verified},
+        "b": {
+            "trajectory": str(b if b is not None else a),
+            "step": pb.step,
+            "verified": done.verdicts[1].verified,
         },
-        "layers": layer_rows,
-        "tensors": per,
+        "checked": done.check.checked,
+        **done.output,
     }

@@ -12,7 +12,6 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 from mezo_ckpt.errors import EmbeddedModelMissing
 from mezo_ckpt.fsutil import staged_folder
+from mezo_ckpt.runtime import cache_root
 
 __all__ = [
     "DEFAULT_MODEL_NAME",
@@ -101,15 +101,6 @@ def _package_version() -> str | None:
         return None
 
 
-def cache_root() -> Path:
-    """``$MEZO_CKPT_CACHE``, else ``$XDG_CACHE_HOME/mezo-ckpt``, else ``~/.cache/mezo-ckpt``."""
-    if env := os.environ.get("MEZO_CKPT_CACHE"):
-        return Path(env).expanduser()
-    if xdg := os.environ.get("XDG_CACHE_HOME"):
-        return Path(xdg).expanduser() / "mezo-ckpt"
-    return Path.home() / ".cache" / "mezo-ckpt"
-
-
 def embedded_identity() -> dict[str, Any]:
     """Identity of the embedded model source: GGUF name, sha256 and package version."""
     sha = gguf_sha256()
@@ -186,8 +177,10 @@ def _convert(gguf: Path, out: Path, identity: dict[str, Any], progress: bool) ->
     except ImportError:  # older transformers always dequantize GGUF files
         pass
 
+    from mezo_ckpt.runtime import bars_wanted
+
     bars_were_on = hf_logging.is_progress_bar_enabled()
-    if not progress:
+    if not bars_wanted(progress):
         hf_logging.disable_progress_bar()
     try:
         folder, name = str(gguf.parent), gguf.name

@@ -85,6 +85,10 @@ class UnverifiedStepError(TrajectoryError, ValueError):
 # ----------------------------------------------------------------------------- training
 
 
+class DeltaError(MezoCkptError, ValueError):
+    """A delta file is malformed, or lacks what verifying its result needs."""
+
+
 class ConfigError(MezoCkptError, ValueError):
     """A training configuration value is invalid."""
 

@@ -780,12 +780,22 @@ def read_trajectory(path: str | os.PathLike, *, allow_truncated_tail: bool = Fal
     Only regular files are read, at most MAX_FILE_BYTES of them (a device or FIFO is
     refused without reading or blocking).
     """
+    return parse_trajectory(read_trajectory_bytes(path), allow_truncated_tail=allow_truncated_tail)
+
+
+def read_trajectory_bytes(path: str | os.PathLike) -> bytes:
+    """A trajectory file's bytes (a regular file of at most MAX_FILE_BYTES), to parse and
+    hash the same bytes.
+
+    Raises:
+        TrajectoryNotFoundError, CorruptFrameError, OutputError: missing, too large or not
+            a regular file, unreadable.
+    """
     p = Path(path)
     try:
-        data = read_regular_file(p, MAX_FILE_BYTES, "trajectory", CorruptFrameError)
+        return read_regular_file(p, MAX_FILE_BYTES, "trajectory", CorruptFrameError)
     except FileNotFoundError:
         raise TrajectoryNotFoundError(f"no such trajectory file: {p}") from None
-    return parse_trajectory(data, allow_truncated_tail=allow_truncated_tail)
 
 
 # ----------------------------------------------------------------------------- writing

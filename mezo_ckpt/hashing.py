@@ -82,13 +82,41 @@ def tensors_sha256(tensors: Mapping[str, torch.Tensor], names: Iterable[str] | N
     """
     h = hashlib.sha256()
     for name in sorted(tensors if names is None else names):
-        t = tensors[name]
-        t = (t() if callable(t) else t).detach()
-        h.update(name.encode("utf-8") + b"\x00")
-        h.update(dtype_name(t.dtype).encode() + b"\x00")
-        h.update(json.dumps(list(t.shape)).encode() + b"\x00")
-        _feed(h, t)
+        feed_named(h, name, tensors[name])
     return h.hexdigest()
+
+
+def feed_named(h, name: str, t) -> None:
+    """Feed one named tensor to a hash as every fingerprint lays it out:
+    ``name NUL dtype NUL shape NUL raw-little-endian-bytes``."""
+    t = (t() if callable(t) else t).detach()
+    h.update(name.encode("utf-8") + b"\x00")
+    h.update(dtype_name(t.dtype).encode() + b"\x00")
+    h.update(json.dumps(list(t.shape)).encode() + b"\x00")
+    _feed(h, t)
+
+
+class Fingerprint:
+    """:func:`tensors_sha256` of ``names``, fed one tensor at a time in sorted order (a
+    rebuild that streams tensors never holds them all)."""
+
+    def __init__(self, names) -> None:
+        self._todo = sorted(names)
+        self._at = 0
+        self._h = hashlib.sha256()
+
+    def wants(self, name: str) -> bool:
+        return self._at < len(self._todo) and self._todo[self._at] == name
+
+    def add(self, name: str, t) -> None:
+        if not self.wants(name):
+            raise ValueError(f"fingerprint fed {name!r} out of sorted order")
+        feed_named(self._h, name, t)
+        self._at += 1
+
+    def hexdigest(self) -> str | None:
+        """The fingerprint, or None when a name was never fed (missing from the base)."""
+        return self._h.hexdigest() if self._at == len(self._todo) else None
 
 
 def file_sha256(path, chunk: int = 1 << 22) -> str:
@@ -150,13 +178,8 @@ def _feed(h, t) -> None:
 
 def tensor_digest(name: str, t) -> bytes:
     """sha256 (32 bytes) of one tensor, encoded as in :func:`tensors_sha256`."""
-    if callable(t):
-        t = t()
     h = hashlib.sha256()
-    h.update(name.encode("utf-8") + b"\x00")
-    h.update(dtype_name(t.dtype).encode() + b"\x00")
-    h.update(json.dumps(list(t.shape)).encode() + b"\x00")
-    _feed(h, t)
+    feed_named(h, name, t)
     return h.digest()
 
 
@@ -219,20 +242,6 @@ def json_sha256(obj) -> str:
 
 def is_tokenizer_file(name: str) -> bool:
     return name.startswith(TOKENIZER_PREFIXES) or name.endswith(TOKENIZER_SUFFIXES)
-
-
-def content_sha256(path) -> str:
-    """sha256 of a file's *content*: canonical JSON for ``.json`` files that parse (so a
-    re-serialised identical file matches), the raw bytes otherwise."""
-    from pathlib import Path
-
-    p = Path(path)
-    if p.suffix == ".json":
-        try:
-            return json_sha256(json.loads(p.read_text(encoding="utf-8")))
-        except (ValueError, UnicodeDecodeError):
-            pass
-    return file_sha256(p)
 
 
 def tokenizer_digests(folder) -> dict[str, str]:

@@ -37,6 +37,9 @@ MAX_HISTORY = 64
 CHAIN_RULE = "sha256-records-v1"
 MAX_STEPS = 2**32 - 1
 MAX_DIRECTIONS = 64
+#: How the trainer estimates the step's coefficients (recorded in optimizer.estimator; a
+#: reader never needs it: every update is the stored coefficients).
+ESTIMATORS = ("spsa", "one-sided", "fzoo")
 #: Hex digits kept of each tensor's sha256 in ``base.tensors`` (the full digests feed
 #: ``base.tensors_sha256``).
 TENSOR_DIGEST_HEX = 16

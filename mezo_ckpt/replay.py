@@ -49,14 +49,50 @@ class ReplayReport:
         return self.element_steps / self.seconds if self.seconds > 0 else math.inf
 
     def describe(self) -> str:
-        if self.verified == "fingerprint":
-            return "verified: the weights match the trainer's fingerprint at this step"
-        if self.verified == "records":
-            return (
-                f"records verified by the checkpoint at step {self.covered_by} (no weight "
-                "fingerprint was recorded at this step)"
+        return describe_verification(self.verified, self.covered_by)
+
+
+def describe_verification(verified: str | None, covered_by: int | None = None) -> str:
+    """The one sentence every command prints for what a rebuild verified."""
+    if verified == "fingerprint":
+        return "verified: the weights match the trainer's fingerprint at this step"
+    if verified == "records":
+        where = (
+            f"the checkpoint at step {covered_by}"
+            if covered_by is not None
+            else "a later checkpoint"
+        )
+        return f"records verified by {where} (no weight fingerprint was recorded at this step)"
+    return "NOT verified: nothing in the file binds these records"
+
+
+def judge(
+    traj: Trajectory, step: int, fingerprint: str | None, *, verify: bool = True
+) -> tuple[str | None, int | None]:
+    """What a rebuild to ``step`` may claim, given the fingerprint of its trained tensors.
+
+    Returns:
+        (verified, covered_by): see the module docstring.
+
+    Raises:
+        VerificationError: ``verify`` and the file records a different fingerprint at
+            ``step``.
+    """
+    expected = traj.checkpoints.get(step)
+    verified: str | None = None
+    if verify and expected is not None:
+        if fingerprint != expected:
+            got = "none" if fingerprint is None else f"{fingerprint[:16]}..."
+            raise VerificationError(
+                f"replayed weights at step {step} have fingerprint {got}, the trajectory "
+                f"recorded {expected[:16]}...: the base or the replay arithmetic differs "
+                "from training"
             )
-        return "NOT verified: nothing in the file binds these records"
+        verified = "fingerprint"
+    covered = traj.covered_by(step) if traj.bound else None
+    if verified is None and covered is not None:
+        verified = "records"
+    return verified, covered
 
 
 #: Metrics that rank evaluated steps, in order of preference (higher is better).
@@ -166,20 +202,9 @@ def replay_tensors(
     )
     seconds = time.perf_counter() - t0
     fingerprint = None
-    verified: str | None = None
-    expected = traj.checkpoints.get(upto)
-    if verify and expected is not None:
+    if verify and upto in traj.checkpoints:
         fingerprint = tensors_sha256(tensors, h.trainable)
-        if fingerprint != expected:
-            raise VerificationError(
-                f"replayed weights at step {upto} have fingerprint {fingerprint[:16]}..., the "
-                f"trajectory recorded {expected[:16]}...: the base or the replay arithmetic "
-                "differs from training"
-            )
-        verified = "fingerprint"
-    covered = traj.covered_by(upto) if traj.bound else None
-    if verified is None and covered is not None:
-        verified = "records"
+    verified, covered = judge(traj, upto, fingerprint, verify=verify)
     return ReplayReport(upto, len(batch), total, seconds, fingerprint, verified, covered)
 
 
@@ -215,10 +240,3 @@ def replay_model(
             progress=progress,
             backend=backend,
         )
-
-
-def element_steps(traj: Trajectory, model: torch.nn.Module, step: int) -> int:
-    """How many element-steps a replay to ``step`` performs (for progress bars)."""
-    params = canonical_parameters(model)
-    n = sum(params[name].numel() for name in traj.header.trainable if name in params)
-    return n * len(traj.update_batch(step))

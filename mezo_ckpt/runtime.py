@@ -6,8 +6,19 @@ import contextlib
 import os
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 from mezo_ckpt.errors import ConfigError
+
+
+def cache_root() -> Path:
+    """``$MEZO_CKPT_CACHE``, else ``$XDG_CACHE_HOME/mezo-ckpt``, else ``~/.cache/mezo-ckpt``:
+    the converted embedded model, the replay cache and the run locks live there."""
+    if env := os.environ.get("MEZO_CKPT_CACHE"):
+        return Path(env).expanduser()
+    if xdg := os.environ.get("XDG_CACHE_HOME"):
+        return Path(xdg).expanduser() / "mezo-ckpt"
+    return Path.home() / ".cache" / "mezo-ckpt"
 
 
 def set_threads(threads: int | None) -> None:
@@ -35,10 +46,18 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def bars_wanted(progress: bool) -> bool:
+    """Whether to draw progress bars: asked for, and stderr is a terminal (in a log file a
+    bar is a line of carriage returns)."""
+    import sys
+
+    return progress and bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+
 @contextlib.contextmanager
 def quiet_progress(progress: bool) -> Iterator[None]:
     """Silence huggingface_hub's and transformers' progress bars (and transformers' info
-    logging) when ``progress`` is False; restore them afterwards."""
+    logging) unless ``progress`` and stderr is a terminal; restore them afterwards."""
     from huggingface_hub.utils import (
         are_progress_bars_disabled,
         disable_progress_bars,
@@ -46,7 +65,7 @@ def quiet_progress(progress: bool) -> Iterator[None]:
     )
     from transformers.utils import logging as hf_logging
 
-    if progress:
+    if bars_wanted(progress):
         yield
         return
     hub_was_on = not are_progress_bars_disabled()

@@ -275,11 +275,6 @@ def use_triton(device: str | torch.device) -> bool:
     return torch.device(device).type == "cuda" and triton_kernels() is not None
 
 
-def compiled_available() -> bool:
-    """Whether the compiled CPU kernels (numba) can be used."""
-    return compiled_kernels() is not None
-
-
 def _check_kind(kind: str) -> int:
     if kind not in KIND_CODES:
         raise ValueError(f"unknown z kind {kind!r}; known: {', '.join(Z_KINDS)}")

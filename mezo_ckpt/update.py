@@ -520,22 +520,39 @@ def apply_to_tensors(
     Returns:
         element-steps performed.
     """
-    nodecay = batch.without_decay()
     total = 0
     for name in spec.trainable:
-        t = tensors[name]
-        data = t.data if isinstance(t, torch.nn.Parameter) else t
-        b = batch if name in spec.decay_params else nodecay
-        apply_updates(
-            data,
-            param_key(spec.seed, name),
-            b,
-            kind=spec.kind,
-            rounding=spec.rounding,
-            backend=backend,
-        )
-        done = t.numel() * len(batch)  # element-steps (history terms not counted)
+        done = replay_tensor(tensors[name], name, spec, batch, backend=backend)
         total += done
         if progress is not None:
             progress(done)
     return total
+
+
+def replay_tensor(
+    tensor: torch.Tensor,
+    name: str,
+    spec: UpdateSpec,
+    batch: UpdateBatch,
+    *,
+    backend: str = "auto",
+) -> int:
+    """Apply a batch of steps to one trainable tensor (canonical ``name``), in place.
+
+    The one place that decides what a tensor receives: its Philox key from the name, the
+    decay multipliers only for ``spec.decay_params``, the history terms of a momentum run
+    always. Training, every replay path and diff call this.
+
+    Returns:
+        element-steps performed (history terms not counted).
+    """
+    data = tensor.data if isinstance(tensor, torch.nn.Parameter) else tensor
+    apply_updates(
+        data,
+        param_key(spec.seed, name),
+        batch if name in spec.decay_params else batch.without_decay(),
+        kind=spec.kind,
+        rounding=spec.rounding,
+        backend=backend,
+    )
+    return tensor.numel() * len(batch)

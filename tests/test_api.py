@@ -128,5 +128,14 @@ def test_summarize(run):
     assert s["steps"] == 4 and s["complete"] and s["state"] == "complete"
     assert s["last_verified_step"] == 4
     assert [e["step"] for e in s["evaluations"]] == [0, 2, 4]
-    assert api.layer_of("model.layers.3.mlp.up_proj.weight") == "model.layers.3"
-    assert api.layer_of("lm_head.weight") == "lm_head"
+    from mezo_ckpt.rebuild.sinks import layer_of, natural_key
+
+    assert layer_of("model.layers.3.mlp.up_proj.weight") == "model.layers.3"
+    assert layer_of("lm_head.weight") == "lm_head"
+    names = ["model.layers.20", "model.layers.3", "lm_head", "model.layers.10"]
+    assert sorted(names, key=natural_key) == [
+        "lm_head",
+        "model.layers.3",
+        "model.layers.10",
+        "model.layers.20",
+    ]

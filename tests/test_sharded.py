@@ -130,14 +130,14 @@ def test_a_wrong_config_or_tokenizer_is_refused_before_any_replay_work(tmp_path,
     """What needs no weight read (config, tokenizer, manifest) is checked before the pass."""
     import shutil
 
-    from mezo_ckpt import sharded
+    from mezo_ckpt.rebuild import plan
 
     base, out = short_run(tmp_path)
 
     def no_work(*a, **k):
         raise AssertionError("replayed a tensor of a base that was already known to be wrong")
 
-    monkeypatch.setattr(sharded, "apply_updates", no_work)
+    monkeypatch.setattr(plan, "replay_tensor", no_work)
     edits = {
         "rms_norm_eps": (
             "config.json",

@@ -90,7 +90,7 @@ def diff(
         f"norm), max |change| {_num(t['max_abs'])}"
     )
     click.echo(f"\n{'layer':<40} {'norm':>10} {'relative':>10} {'max abs':>10}")
-    for name, row in sorted(r["layers"].items()):
+    for name, row in r["layers"].items():  # in layer order (layers.3 before layers.20)
         click.echo(
             f"{clean(name)[:40]:<40} {_num(row['norm']):>10} "
             f"{_num(row['relative']):>10} {_num(row['max_abs']):>10}"
@@ -149,5 +149,7 @@ def apply_delta(
         return
     click.echo(
         f"Applied {r['tensors']} tensors of {clean(r['delta'])} (step {r['step']}); "
-        f"verified against the trainer's fingerprint. Wrote {clean(r['output'])}"
+        f"{r['verification']}."
     )
+    click.echo(f"Base checked: {clean('; '.join(r['checked']))}.")
+    click.echo(f"Wrote hf -> {clean(r['output'])}")

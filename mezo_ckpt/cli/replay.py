@@ -57,11 +57,11 @@ Examples:
     type=click.Choice(FORMATS),
     default="hf",
     show_default=True,
-    help="hf: a folder AutoModelForCausalLM.from_pretrained loads (for a LoRA/prefix run: "
-    "the adapter merged into the base); safetensors: one file under the model's state-dict "
-    "names (model.load_state_dict(load_file(f)) works); delta: an exact patch, trained "
-    "minus base for the trained tensors; peft: the adapter folder of a LoRA/prefix run "
-    "(PeftModel.from_pretrained loads it).",
+    help="hf: a folder AutoModelForCausalLM.from_pretrained loads (for a LoRA run: the "
+    "adapter merged into the base; a prefix run has no merged form); safetensors: one "
+    "file under the model's state-dict names (model.load_state_dict(load_file(f)) "
+    "works); delta: an exact patch, trained minus base for the trained tensors; peft: "
+    "the adapter folder of a LoRA/prefix run (PeftModel.from_pretrained loads it).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @click.option(

@@ -142,10 +142,11 @@ Examples:
   mezo-ckpt train -c recipe.yaml --set lr=5e-7 --set seed=3
   mezo-ckpt train -c sst2 --model facebook/opt-1.3b  # MeZO's SST-2 recipe (packaged)
   mezo-ckpt train --peft lora --lr 3e-3 --eps 1e-2  # MeZO-LoRA (q_proj, v_proj; r 8)
-  mezo-ckpt train --estimator fzoo --n-directions 4 --z rademacher --lr 2e-3
+  mezo-ckpt train --estimator fzoo --n-directions 4 --z rademacher --lr 5e-3
   mezo-ckpt train --momentum 0.8 --momentum-window 8 --lr 1e-5
-  mezo-ckpt train --target-field label --template "Review: {text}\nSentiment:" \
-      --max-new-tokens 2                           # answer with a word: generation
+  mezo-ckpt train --target-field label --max-new-tokens 2 \\
+      --template "Review: {text}\\nIs this review positive or negative? Answer:"
+                                                   # answer with a word: generation
   mezo-ckpt train --model ./my-model --train-file train.jsonl --dev-file dev.jsonl \\
       --template "{text} It was" --verbalizer "positive= great,negative= terrible"
   mezo-ckpt train --train-file data.csv --columns text=review,label=stars ...
@@ -193,6 +194,7 @@ In --template, --option-template, --target-template, --stop and --verbalizer, a 
 @_run_option(
     "-q", "--quiet", is_flag=True, help="No progress bar or library chatter; results only."
 )
+@_run_option("--no-test", "old_no_test", is_flag=True, hidden=True)  # 0.1 name of --no-eval-test
 def train(
     config_file: Path | None,
     sets: tuple[str, ...],
@@ -200,6 +202,7 @@ def train(
     overwrite: bool,
     print_config: bool,
     quiet: bool,
+    old_no_test: bool,
     **flags: Any,
 ) -> None:
     """Fine-tune a causal LM with MeZO and write a trajectory file.
@@ -219,6 +222,13 @@ def train(
     from mezo_ckpt.trainer.config import resolve_config
     from mezo_ckpt.trainer.recipe import train as run
 
+    if old_no_test:
+        click.echo(
+            "Note: --no-test is deprecated and will be removed in 0.4; use --no-eval-test.",
+            err=True,
+        )
+        if flags.get("eval_test") is None:
+            flags["eval_test"] = False
     flags = {k: unescape_text(v) if k in ESCAPED else v for k, v in flags.items()}
     sets = tuple(_unescape_set(item) for item in sets)
     if resume is not None:

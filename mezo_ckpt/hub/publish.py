@@ -21,19 +21,16 @@ from mezo_ckpt.errors import (
     MezoCkptError,
     OutputExistsError,
     PushRefusedError,
-    TrajectoryNotFoundError,
 )
-from mezo_ckpt.format import MAX_FILE_BYTES, CorruptFrameError, Trajectory, parse_trajectory
-from mezo_ckpt.fsutil import check_output, os_errors, read_regular_file
+from mezo_ckpt.format import Trajectory, parse_trajectory, read_trajectory_bytes
+from mezo_ckpt.fsutil import check_output, os_errors
 from mezo_ckpt.header import HEX40, is_repo_file, is_repo_id
 from mezo_ckpt.hub.card import EMBEDDED_LICENSE, card_base_model, human_bytes, render_card
 from mezo_ckpt.hub.client import download_snapshot, hub_errors, offline
+from mezo_ckpt.hub.record import META_FILE, SCHEMA, SCHEMA_VERSION
 
-META_FILE = "mezo_ckpt.json"
 CARD_FILE = "README.md"
 DEFAULT_TRAJECTORY_NAME = "trajectory.zst"
-SCHEMA = "mezo-ckpt/hub"
-SCHEMA_VERSION = 1
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 PLOT_FILE = "training_curve.png"
 
@@ -243,13 +240,6 @@ def build_meta(
             "python": f'model, tok = mezo_ckpt.load("{repo_id}")',
         },
     }
-
-
-def read_trajectory_bytes(path: Path) -> bytes:
-    try:
-        return read_regular_file(path, MAX_FILE_BYTES, "trajectory", CorruptFrameError)
-    except FileNotFoundError:
-        raise TrajectoryNotFoundError(f"no such trajectory file: {path}") from None
 
 
 def build_publication(

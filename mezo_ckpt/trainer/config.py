@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from mezo_ckpt.errors import ConfigError
-from mezo_ckpt.header import DTYPES, PEFT_TYPES
+from mezo_ckpt.header import DTYPES, ESTIMATORS, MAX_DIRECTIONS, MAX_HISTORY, PEFT_TYPES
 from mezo_ckpt.stream import Z_KINDS
 from mezo_ckpt.trainer.schedule import SCHEDULES, learning_rate
 from mezo_ckpt.update import ROUNDING_MODES
@@ -54,7 +54,6 @@ REPORTERS = ("none", "tensorboard", "wandb")
 PEFT_MODES = ("none", *PEFT_TYPES)
 #: --dist-mode under torchrun: shard the batch, or each rank its own n-SPSA directions.
 DIST_MODES = ("data", "directions")
-ESTIMATORS = ("spsa", "one-sided", "fzoo")
 #: Settings people often type under another name (used for "did you mean").
 ALIASES = {
     "learning_rate": "lr",
@@ -405,8 +404,8 @@ class TrainConfig:
                 raise bad(name, "must be a positive integer")
         if self.steps > 2**32 - 1:
             raise bad("steps", "must be below 2**32")
-        if self.n_directions > 64:
-            raise bad("n_directions", "at most 64 directions per step")
+        if self.n_directions > MAX_DIRECTIONS:
+            raise bad("n_directions", f"at most {MAX_DIRECTIONS} directions per step")
         if self.estimator == "fzoo" and self.n_directions < 2:
             raise bad(
                 "estimator",
@@ -415,8 +414,8 @@ class TrainConfig:
             )
         if not 0.0 <= self.momentum < 1.0:
             raise bad("momentum", "must be in [0, 1)")
-        if not 1 <= self.momentum_window <= 64:
-            raise bad("momentum_window", "must be in [1, 64]")
+        if not 1 <= self.momentum_window <= MAX_HISTORY:
+            raise bad("momentum_window", f"must be in [1, {MAX_HISTORY}]")
         for name in ("lr", "weight_decay", "min_lr_ratio", "lora_dropout"):
             if getattr(self, name) < 0:
                 raise bad(name, "must be >= 0")

@@ -182,15 +182,6 @@ class Dist:
         assert box[0] is not None
         return box[0]
 
-    def broadcast_object(self, obj: Any) -> Any:
-        if not self.active:
-            return obj
-        import torch.distributed as td
-
-        box = [obj if self.is_main else None]
-        self._collective("a broadcast", lambda: td.broadcast_object_list(box, src=0))
-        return box[0]
-
     def barrier(self) -> None:
         if self.active:
             import torch.distributed as td

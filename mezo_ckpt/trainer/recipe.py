@@ -44,7 +44,6 @@ from mezo_ckpt.errors import (
     OutputError,
     OutputExistsError,
     TrainingDivergedError,
-    VerificationError,
 )
 from mezo_ckpt.format import Evaluation, Trajectory, TrajectoryWriter, compact
 from mezo_ckpt.fsutil import (
@@ -88,24 +87,12 @@ from mezo_ckpt.trainer.tasks import (
     score_candidates,
     token_f1,
 )
-from mezo_ckpt.update import UpdateSpec, apply_to_tensors
+from mezo_ckpt.update import UpdateSpec
 
 #: Salt of the per-step batch sampler (ASCII "mezo").
 BATCH_SALT = 0x6D657A6F
 #: Consecutive steps with non-finite losses after which a run counts as diverged.
 DIVERGED_AFTER = 3
-#: Settings that describe the machine or the paths of a run, not the fine-tune (a resumed
-#: run may differ in them).
-VOLATILE_CONFIG = (
-    "output",
-    "log_file",
-    "save_model",
-    "fsync",
-    "threads",
-    "device",
-    "report_to",
-    "steps",
-)
 
 
 @dataclass
@@ -312,9 +299,12 @@ class Objective:
             return LossTerms(-float(sum(scores)), n, float(sum(scores)))
         return loss_terms(score_candidates(self.model, enc, self.rows), enc, self.objective)
 
-    def evaluate(self, split: Split, batch_size: int) -> tuple[dict[str, float], int]:
+    def evaluate(
+        self, split: Split, batch_size: int, progress: Callable[[int], None] | None = None
+    ) -> tuple[dict[str, float], int]:
         """(metrics, prompts truncated) of the current weights on a split (under
-        torchrun each rank evaluates its share and the sums are added up)."""
+        torchrun each rank evaluates its share and the sums are added up); ``progress``
+        gets the number of examples of each batch done."""
         total = LossTerms(0.0, 0, 0.0)
         em = f1 = 0.0
         truncated = 0
@@ -334,6 +324,8 @@ class Objective:
                     for t, r in zip(self._generate(enc), enc.references):
                         em += exact_match(t, r)
                         f1 += token_f1(t, r)
+                if progress is not None:
+                    progress(enc.n_examples)
         if dist is not None and dist.active:
             ls, cnt, cor, em, f1, truncated = dist.sum_floats(
                 [total.loss_sum, float(total.count), total.correct, em, f1, float(truncated)]
@@ -641,7 +633,6 @@ class MezoRecipe:
         from mezo_ckpt.base import LoadedBase, load_base
 
         cfg = self.cfg
-        t0 = time.perf_counter()
         if self._model_arg is not None:
             model = self._model_arg
             model.eval()
@@ -668,7 +659,6 @@ class MezoRecipe:
                 )
         self.model = self.loaded.model
         self.offload = OffloadedWeights(self.model, [], None)  # read access, for hashing
-        self.load_seconds = time.perf_counter() - t0
 
     def _offload_dir(self) -> Path:
         if self.cfg.offload_folder:
@@ -883,28 +873,18 @@ class MezoRecipe:
         """Replay the resumed steps onto the base, stopping where an evaluation or a
         checkpoint is missing (a kill between a step and its evaluation) to make it, and
         checking every recorded fingerprint on the way."""
+        from mezo_ckpt.rebuild import ModelSink, Plan, TensorsSource, rebuild
+
         traj = self.traj
         done = {(e.step, e.split) for e in self.evaluations}
         plan = self.eval_plan(upto)
         stops = sorted({s for s, _ in plan} | set(traj.checkpoints) | {upto})
-        batch = traj.update_batch(upto)
         at = 0
         with torch.no_grad():
             for s in (s for s in stops if s <= upto):
-                seg = (batch.steps >= at) & (batch.steps < s)
-                apply_to_tensors(
-                    self.params,
-                    self.spec,
-                    batch.select(seg),
-                )
+                # the steps [at, s) on the weights, the fingerprint at s checked if recorded
+                rebuild(Plan(traj, s, start=at), TensorsSource(self.params), ModelSink())
                 at = s
-                if s in traj.checkpoints and (
-                    tensors_sha256(self.params, self.header.trainable) != traj.checkpoints[s]
-                ):
-                    raise VerificationError(
-                        f"replaying the run to step {s} does not give the fingerprint it "
-                        "recorded: the base or the arithmetic differs from the run's"
-                    )
                 missing = [sp for st, sp in plan if st == s and (st, sp) not in done]
                 if missing:
                     self.message(f"Redoing what the interrupted run left out at step {s}")
@@ -931,9 +911,11 @@ class MezoRecipe:
                 continue
             if any(e.step == at and e.split == split for e in self.evaluations):
                 continue
-            metrics, truncated = self.objective.evaluate(
-                self.splits[split], self.cfg.eval_batch_size
-            )
+            n = len(self.splits[split])
+            with self.reporter.evaluating(at, split, n) as progress:
+                metrics, truncated = self.objective.evaluate(
+                    self.splits[split], self.cfg.eval_batch_size, progress
+                )
             if truncated and at == 0:
                 self.message(
                     f"Note: {truncated} of {len(self.splits[split])} {split} prompts are longer "

@@ -11,11 +11,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -180,6 +181,38 @@ class Reporter:
                     f"step {done}/{self.total} ({100 * done / max(1, self.total):.0f}%)  "
                     f"loss {est.loss:.4f}  lr {lr:.2e}  {per:.2f} s/step  ETA {_duration(eta)}"
                 )
+
+    @contextlib.contextmanager
+    def evaluating(self, step: int, split: str, n: int) -> Iterator[Callable[[int], None]]:
+        """Progress of one evaluation (``n`` examples): a transient bar on a terminal, a
+        line at the start and every ``PLAIN_EVERY_S`` seconds in a log; the function it
+        yields takes the number of examples just evaluated."""
+        from tqdm.auto import tqdm
+
+        if self.plain:
+            self._log(f"evaluating {split} at step {step}: {n} examples")
+        done = 0
+        last = time.perf_counter()
+        with tqdm(
+            total=n,
+            desc=f"eval {split}",
+            unit="ex",
+            leave=False,
+            disable=self.bar.disable,
+            dynamic_ncols=True,
+            file=self.stream,
+        ) as bar:
+
+            def update(k: int) -> None:
+                nonlocal done, last
+                done += k
+                bar.update(k)
+                now = time.perf_counter()
+                if self.plain and now - last >= PLAIN_EVERY_S and done < n:
+                    last = now
+                    self._log(f"evaluating {split} at step {step}: {done}/{n} examples")
+
+            yield update
 
     def evaluation(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
         self._jsonl({"event": "eval", "step": step, "split": split, **metrics})

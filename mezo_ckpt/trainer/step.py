@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from mezo_ckpt.format import FLAG_SKIPPED, StepRecords
+from mezo_ckpt.header import ESTIMATORS
 from mezo_ckpt.trainer.perturb import Perturber
 from mezo_ckpt.trainer.tasks import Encoded, LossTerms
 from mezo_ckpt.update import (
@@ -51,7 +52,6 @@ from mezo_ckpt.update import (
 Measure = Callable[[Encoded], LossTerms]
 #: Sums loss terms over data-parallel ranks (identity in one process).
 Reduce = Callable[[Sequence[LossTerms]], list[LossTerms]]
-ESTIMATORS = ("spsa", "one-sided", "fzoo")
 
 
 @dataclass

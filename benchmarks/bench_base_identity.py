@@ -4,7 +4,7 @@ Format 1.1 fingerprints every tensor of the base (frozen ones too), its config a
 tokenizer files, on every path (train, replay, pull, load, resume). This script loads the
 base and computes its identity, round robin, and prints the medians side by side:
 
-* load: ``mezo_ckpt.base.load_base`` (from_pretrained of the cached fp32 folder);
+* load: ``mezo_ckpt.models.base.load_base`` (from_pretrained of the cached fp32 folder);
 * identity: ``describe_base`` (sha256 of every tensor in parallel, config, tokenizer);
 * check: ``verify_base`` against a header holding that identity (what replay runs).
 
@@ -35,10 +35,10 @@ def main() -> None:
 
     import torch
 
-    from mezo_ckpt.base import describe_base, load_base, verify_base
-    from mezo_ckpt.hashing import canonical_parameters
-    from mezo_ckpt.header import Header
-    from mezo_ckpt.runtime import set_threads
+    from mezo_ckpt.core.hashing import canonical_parameters
+    from mezo_ckpt.models.base import describe_base, load_base, verify_base
+    from mezo_ckpt.trajectory.header import Header
+    from mezo_ckpt.util.runtime import set_threads
 
     set_threads(args.threads)
     times: dict[str, list[float]] = {"load": [], "load + read": [], "identity": [], "check": []}

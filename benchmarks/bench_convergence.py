@@ -128,8 +128,8 @@ def task_settings(task: str, tmp: Path) -> tuple[dict, dict | None]:
 
 
 def run_method(m: Method, seed: int, task: str, args, tmp: Path) -> Curve:
-    from mezo_ckpt.format import read_trajectory
     from mezo_ckpt.trainer import train
+    from mezo_ckpt.trajectory import read_trajectory
 
     base, data = task_settings(task, tmp)
     fps = m.forwards_per_step
@@ -166,16 +166,11 @@ def run_backprop(seed: int, task: str, args, tmp: Path) -> Curve:
     """AdamW on the same batches (batch_indices of the trainer), full fine-tuning."""
     import torch
 
-    from mezo_ckpt.base import load_base
+    from mezo_ckpt.models.base import load_base
     from mezo_ckpt.trainer import TrainConfig
+    from mezo_ckpt.trainer.inputs import batch_indices, build_task, load_splits, load_tokenizer
+    from mezo_ckpt.trainer.objectives import Objective
     from mezo_ckpt.trainer.perturb import Perturber
-    from mezo_ckpt.trainer.recipe import (
-        Objective,
-        batch_indices,
-        build_task,
-        load_splits,
-        load_tokenizer,
-    )
     from mezo_ckpt.trainer.tasks import cross_entropy, score_candidates
 
     base, data = task_settings(task, tmp)

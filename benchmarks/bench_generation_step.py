@@ -45,14 +45,15 @@ def main() -> None:
 
     import torch
 
-    from mezo_ckpt.base import load_base
+    from mezo_ckpt.core.hashing import canonical_parameters
+    from mezo_ckpt.core.update import UpdateSpec
     from mezo_ckpt.data import load_split
-    from mezo_ckpt.hashing import canonical_parameters
+    from mezo_ckpt.models.base import load_base
     from mezo_ckpt.trainer import TrainConfig
+    from mezo_ckpt.trainer.inputs import batch_indices, build_task, load_tokenizer
+    from mezo_ckpt.trainer.objectives import Objective
     from mezo_ckpt.trainer.perturb import Perturber
-    from mezo_ckpt.trainer.recipe import Objective, batch_indices, build_task, load_tokenizer
     from mezo_ckpt.trainer.step import MezoStep
-    from mezo_ckpt.update import UpdateSpec
 
     torch.set_num_threads(args.threads)
     loaded = load_base(None, progress=False)

@@ -22,19 +22,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mezo_ckpt.base import load_base
-from mezo_ckpt.format import StepRecords, Trajectory
-from mezo_ckpt.hashing import canonical_parameters
-from mezo_ckpt.replay import replay_model
-from mezo_ckpt.runtime import set_threads
-from mezo_ckpt.update import round_coefficient
+from mezo_ckpt.core.hashing import canonical_parameters
+from mezo_ckpt.core.update import round_coefficient
+from mezo_ckpt.models.base import load_base
+from mezo_ckpt.rebuild import replay_model
+from mezo_ckpt.trajectory import StepRecords, Trajectory
+from mezo_ckpt.util.runtime import set_threads
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _synthetic import plain_header  # noqa: E402
 
 
 def synthetic(model, steps: int, kind: str, dtype: str) -> Trajectory:
-    from mezo_ckpt.base import describe_base
+    from mezo_ckpt.models.base import describe_base
 
     params = canonical_parameters(model)
     names = sorted(params)

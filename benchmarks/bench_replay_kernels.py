@@ -35,8 +35,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_stream import machine_line, timed_rounds  # noqa: E402
 
-from mezo_ckpt import stream as S  # noqa: E402
-from mezo_ckpt import update as U  # noqa: E402
+from mezo_ckpt.core import stream as S  # noqa: E402
+from mezo_ckpt.core import update as U  # noqa: E402
 
 KEY = (0x12345678, 0x9ABCDEF0)
 

@@ -30,7 +30,7 @@ CHILD = r"""
 import json, sys, time
 t = time.perf_counter()
 from mezo_ckpt.api import replay_to
-import transformers, numba, mezo_ckpt._kernels, mezo_ckpt.rebuild  # what both modes import
+import transformers, numba, mezo_ckpt.core.kernels_cpu, mezo_ckpt.rebuild  # what both modes import
 base_kib = 0
 for line in open("/proc/self/status"):
     if line.startswith("VmRSS:"):
@@ -57,11 +57,11 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from mezo_ckpt.base import describe_base, load_base
-    from mezo_ckpt.format import StepRecords, Trajectory
-    from mezo_ckpt.hashing import canonical_parameters
-    from mezo_ckpt.header import CHAIN_RULE
-    from mezo_ckpt.update import round_coefficient
+    from mezo_ckpt.core.hashing import canonical_parameters
+    from mezo_ckpt.core.update import round_coefficient
+    from mezo_ckpt.models.base import describe_base, load_base
+    from mezo_ckpt.trajectory import StepRecords, Trajectory
+    from mezo_ckpt.trajectory.header import CHAIN_RULE
 
     work = Path(tempfile.mkdtemp(prefix="mezo-bench-mem-"))
     loaded = load_base(args.model, progress=False)
@@ -71,7 +71,7 @@ def main() -> None:
         (base / p.name).write_bytes(p.read_bytes())
     shards = sorted(base.glob("*.safetensors"))
     del loaded
-    from mezo_ckpt.base import load_folder
+    from mezo_ckpt.models.base import load_folder
 
     model = load_folder(base, "float32")
     trainable = sorted(canonical_parameters(model))
@@ -84,11 +84,11 @@ def main() -> None:
     header = plain_header(ident.to_json(), trainable, args.steps)
     header["integrity"] = {"chain": CHAIN_RULE}
     traj = Trajectory(header, rec)
-    from mezo_ckpt.replay import replay_model
+    from mezo_ckpt.rebuild import replay_model
 
     replay_model(traj, model, verify=False, check_base=False, allow_unverified=True)
-    from mezo_ckpt.format import TrajectoryWriter, compact
-    from mezo_ckpt.hashing import tensors_sha256
+    from mezo_ckpt.core.hashing import tensors_sha256
+    from mezo_ckpt.trajectory import TrajectoryWriter, compact
 
     with TrajectoryWriter.create(work / "t.partial", header, fsync=False) as w:
         w.append_steps(rec)

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from mezo_ckpt.format import (
+from mezo_ckpt.core.update import decay_multiplier, round_coefficient
+from mezo_ckpt.trajectory import (
     StepRecords,
     Trajectory,
     TrajectoryWriter,
     read_trajectory,
     write_trajectory,
 )
-from mezo_ckpt.update import decay_multiplier, round_coefficient
 
 
 def header(steps: int, n: int, *, losses: bool, decay: bool) -> dict:

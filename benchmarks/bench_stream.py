@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from _machine import cpu_model
 
-from mezo_ckpt import _kernels as K
-from mezo_ckpt import stream as S
+from mezo_ckpt.core import kernels_cpu as K
+from mezo_ckpt.core import stream as S
 
 KEY = (0x12345678, 0x9ABCDEF0)
 

@@ -132,22 +132,22 @@ class Setup:
 
 
 def default_folder() -> Path:
-    from mezo_ckpt import embedded  # stdlib-only module: no numba
+    from mezo_ckpt.models import embedded  # stdlib-only module: no numba
 
     return embedded.default_model_dir()
 
 
 def setup(args: argparse.Namespace, *, tiny_data: bool) -> Setup:
-    """Load the model (as mezo_ckpt.base.load_folder does, but through transformers
+    """Load the model (as mezo_ckpt.models.base.load_folder does, but through transformers
     directly: no numba import) and encode the batch every mode uses."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from mezo_ckpt.base import parse_dtype
+    from mezo_ckpt.models.base import parse_dtype
     from mezo_ckpt.trainer.config import BUILTIN_TASKS, TrainConfig
     from mezo_ckpt.trainer.data import Split
-    from mezo_ckpt.trainer.recipe import batch_indices
+    from mezo_ckpt.trainer.inputs import batch_indices
     from mezo_ckpt.trainer.tasks import PromptTask
 
     hf_logging.disable_progress_bar()
@@ -233,12 +233,13 @@ def make_forward2(s: Setup) -> Callable[[], None]:
 
 def make_mezo(s: Setup) -> Callable[[], None]:
     """One training step exactly as mezo_ckpt/trainer/recipe.py runs it (MezoStep)."""
-    from mezo_ckpt.hashing import canonical_parameters
+    from mezo_ckpt.core.hashing import canonical_parameters
+    from mezo_ckpt.core.update import UpdateSpec
+    from mezo_ckpt.trainer.inputs import build_task
+    from mezo_ckpt.trainer.objectives import Objective
     from mezo_ckpt.trainer.params import decay_params, select_trainable
     from mezo_ckpt.trainer.perturb import Perturber
-    from mezo_ckpt.trainer.recipe import Objective, build_task
     from mezo_ckpt.trainer.step import MezoStep
-    from mezo_ckpt.update import UpdateSpec
 
     model, enc, cfg = s.model, s.enc, s.cfg
     params = canonical_parameters(model)
@@ -265,16 +266,17 @@ SHARED_MODEL = True
 
 
 def make_lora(s: Setup) -> Callable[[], None]:
-    """A MeZO-LoRA step as the trainer runs it (adapter from mezo_ckpt.adapters, portable
+    """A MeZO-LoRA step as the trainer runs it (adapter from mezo_ckpt.models.adapters, portable
     init); on a copy of the model when other modes share it."""
     import copy
 
-    from mezo_ckpt.adapters import adapter_config, adapter_names, attach
-    from mezo_ckpt.hashing import canonical_parameters
+    from mezo_ckpt.core.hashing import canonical_parameters
+    from mezo_ckpt.core.update import UpdateSpec
+    from mezo_ckpt.models.adapters import adapter_config, adapter_names, attach
+    from mezo_ckpt.trainer.inputs import build_task
+    from mezo_ckpt.trainer.objectives import Objective
     from mezo_ckpt.trainer.perturb import Perturber
-    from mezo_ckpt.trainer.recipe import Objective, build_task
     from mezo_ckpt.trainer.step import MezoStep
-    from mezo_ckpt.update import UpdateSpec
 
     cfg = s.cfg
     base = copy.deepcopy(s.model) if SHARED_MODEL else s.model
@@ -381,8 +383,8 @@ def set_all_threads(mode: str, threads: int) -> None:
     import torch
 
     if mode in ("mezo", "lora"):
-        from mezo_ckpt import _kernels  # noqa: F401  (the step's first call would import it)
-        from mezo_ckpt.runtime import set_threads
+        from mezo_ckpt.core import kernels_cpu  # noqa: F401  (the step's first call would import it)
+        from mezo_ckpt.util.runtime import set_threads
 
         set_threads(threads)
     else:
@@ -598,7 +600,7 @@ def run(args: argparse.Namespace, modes: list[str], load_before: str, t_begin: f
     import torch
     import transformers
 
-    from mezo_ckpt.runtime import set_threads
+    from mezo_ckpt.util.runtime import set_threads
 
     s = setup(args, tiny_data=args.tiny)
     set_threads(args.threads)

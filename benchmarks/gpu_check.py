@@ -11,8 +11,8 @@ of tests/tinymodels.py. Prints one markdown table.
    bf16 stochastic rounding (normal16, two directions, weight decay); each trajectory is
    replayed from a CPU copy of the base on this machine's CPU (numba kernels), on CUDA
    through the project's replay (``replay_tensors``), and on CUDA by calling
-   ``mezo_ckpt._triton.replay`` directly: all fingerprints must equal the one the trainer
-   recorded. A smaller model trained on the CPU (fp16 nearest rademacher, bf16
+   ``mezo_ckpt.core.kernels_triton.replay`` directly: all fingerprints must equal the one
+   the trainer recorded. A smaller model trained on the CPU (fp16 nearest rademacher, bf16
    stochastic normal16) is replayed on CUDA the same ways.
 2. Step time at batch 16 x 256 tokens (random ids, next-token cross-entropy, bf16): two
    plain forwards vs a mezo-ckpt step (``MezoStep``: two perturbed forwards, coefficient,
@@ -145,8 +145,8 @@ def build_model(shape: dict, dtype, device: str, seed: int = 1234):
     from tinymodels import VOCAB
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from mezo_ckpt import stream as S
-    from mezo_ckpt.hashing import canonical_parameters
+    from mezo_ckpt.core import stream as S
+    from mezo_ckpt.core.hashing import canonical_parameters
 
     cfg = LlamaConfig(
         vocab_size=VOCAB, max_position_embeddings=512, tie_word_embeddings=True, **shape
@@ -162,7 +162,7 @@ def build_model(shape: dict, dtype, device: str, seed: int = 1234):
             key = S.param_key(seed, "init/" + name)
             z = torch.empty(p.numel(), dtype=torch.float32, device=device)
             if z.is_cuda:
-                from mezo_ckpt import _triton as TT
+                from mezo_ckpt.core import kernels_triton as TT
 
                 TT.z_fill(z, 0, 0, 0, key[0], key[1], S.KIND_CODES["normal16"])
             else:
@@ -223,9 +223,9 @@ def kernel_spot_checks(device: str, dry: bool) -> None:
     import numpy as np
     import torch
 
-    from mezo_ckpt import _triton as TT
-    from mezo_ckpt import stream as S
-    from mezo_ckpt import update as U
+    from mezo_ckpt.core import kernels_triton as TT
+    from mezo_ckpt.core import stream as S
+    from mezo_ckpt.core import update as U
 
     key = (0x9E3779B9, 0x01234567)
     n = 600 if dry else 5000
@@ -336,15 +336,15 @@ def train_run(model, tok, device: str, dtype_name: str, out: Path, data: dict, *
 
 def replay_fingerprints(traj_path: Path, base_cpu: dict, replay_device: str) -> dict[str, str]:
     """Fingerprints of the replayed trainable tensors: CPU (project), device (project),
-    device (mezo_ckpt._triton.replay called directly)."""
+    device (mezo_ckpt.core.kernels_triton.replay called directly)."""
     import torch
 
-    from mezo_ckpt import _triton as TT
-    from mezo_ckpt import stream as S
-    from mezo_ckpt.format import read_trajectory
-    from mezo_ckpt.hashing import tensors_sha256
-    from mezo_ckpt.replay import replay_tensors
-    from mezo_ckpt.update import UpdateSpec
+    from mezo_ckpt.core import kernels_triton as TT
+    from mezo_ckpt.core import stream as S
+    from mezo_ckpt.core.hashing import tensors_sha256
+    from mezo_ckpt.core.update import UpdateSpec
+    from mezo_ckpt.rebuild import replay_tensors
+    from mezo_ckpt.trajectory import read_trajectory
 
     traj = read_trajectory(traj_path)
     names = list(traj.header.trainable)
@@ -400,8 +400,8 @@ def exactness_run(
     import torch
     from tinymodels import tiny_tokenizer
 
-    from mezo_ckpt.format import read_trajectory
-    from mezo_ckpt.hashing import canonical_parameters, tensors_sha256
+    from mezo_ckpt.core.hashing import canonical_parameters, tensors_sha256
+    from mezo_ckpt.trajectory import read_trajectory
 
     with part("1 exactness", label, budget, need) as go:
         if not go:
@@ -474,11 +474,11 @@ def step_time_and_memory(
     import torch
     import torch.nn.functional as F
 
-    from mezo_ckpt.hashing import canonical_parameters
+    from mezo_ckpt.core.hashing import canonical_parameters
+    from mezo_ckpt.core.update import UpdateSpec
     from mezo_ckpt.trainer.perturb import Perturber
     from mezo_ckpt.trainer.step import MezoStep
     from mezo_ckpt.trainer.tasks import LossTerms
-    from mezo_ckpt.update import UpdateSpec
 
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1, 96, (batch, tokens), generator=g).to(device)
@@ -589,9 +589,9 @@ def replay_throughput(model, device: str, steps: int, budget: Budget, dry: bool)
     import numpy as np
     import torch
 
-    from mezo_ckpt import _triton as TT
-    from mezo_ckpt import stream as S
-    from mezo_ckpt.hashing import canonical_parameters
+    from mezo_ckpt.core import kernels_triton as TT
+    from mezo_ckpt.core import stream as S
+    from mezo_ckpt.core.hashing import canonical_parameters
 
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     bw = next((v for k, v in HBM_BYTES_PER_S.items() if k in name), None)
@@ -666,7 +666,7 @@ def run(args: argparse.Namespace) -> None:
     budget = Budget(args.budget)
     from tinymodels import toy_sentiment
 
-    from mezo_ckpt import _triton as TT
+    from mezo_ckpt.core import kernels_triton as TT
 
     row(
         "0 setup",
@@ -675,7 +675,7 @@ def run(args: argparse.Namespace) -> None:
         f"torch {torch.__version__}, triton "
         f"{__import__('triton').__version__}, Triton available: {TT.available()}",
     )
-    from mezo_ckpt.stream import use_triton
+    from mezo_ckpt.core.backends import use_triton
 
     engine = "Triton kernels" if use_triton(device) else "eager torch (no Triton here)"
     row("0 setup", f"engine for {device} tensors", f"mezo_ckpt's own dispatch: {engine}")

@@ -11,11 +11,11 @@ from typing import Any
 
 import numpy as np
 
+from mezo_ckpt.core.hashing import file_sha256
 from mezo_ckpt.errors import ModelLoadError, OutputError
-from mezo_ckpt.format import FLAG_SKIPPED, Trajectory, read_trajectory
-from mezo_ckpt.fsutil import check_output, is_inside
-from mezo_ckpt.hashing import file_sha256
-from mezo_ckpt.runtime import quiet_progress, set_threads
+from mezo_ckpt.trajectory import FLAG_SKIPPED, Trajectory, read_trajectory
+from mezo_ckpt.util.fsutil import check_output, is_inside
+from mezo_ckpt.util.runtime import quiet_progress, set_threads
 
 #: Output formats of `replay` and the kind of path each writes.
 OUTPUT_KINDS = {"hf": "folder", "safetensors": "file", "delta": "file", "peft": "folder"}
@@ -48,7 +48,7 @@ def _base_spec(traj: Trajectory, base: str | None) -> tuple[str | None, str | No
 def load_base_for(traj: Trajectory, base: str | None = None, *, device: str = "cpu"):
     """Load the trajectory's base (or the one given) in the trajectory's dtype. A base
     named by the trajectory is fetched from the Hub, never looked up as a local path."""
-    from mezo_ckpt.base import load_base
+    from mezo_ckpt.models.base import load_base
 
     spec, revision = _base_spec(traj, base)
     return load_base(
@@ -58,23 +58,6 @@ def load_base_for(traj: Trajectory, base: str | None = None, *, device: str = "c
         revision=revision,
         hub_only=base is None,
     )
-
-
-def _available_memory() -> int | None:
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - not Linux
-        return None
-
-
-def should_stream(folder: Path, requested: bool | None) -> bool:
-    """Stream when asked, or (by default) when the weights would not fit in half of the
-    memory available now."""
-    if requested is not None:
-        return requested
-    size = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
-    free = _available_memory()
-    return free is not None and size > free // 2
 
 
 def default_output(trajectory: Path, step: int, fmt: str) -> Path:
@@ -106,7 +89,8 @@ def replay_to(
     """Replay a trajectory file onto its base and write the weights (see `mezo-ckpt replay`).
 
     ``stream``: replay an ``hf`` output shard by shard (peak memory: about one tensor)
-    instead of loading the whole base; None decides by size (see :func:`should_stream`).
+    instead of loading the whole base; None decides by size
+    (:func:`mezo_ckpt.rebuild.sources.should_stream`).
 
     Everything that can be checked before the work is: the file, the step (and that a
     checkpoint covers it), the output path (not an input, writable, not existing unless
@@ -152,7 +136,7 @@ def replay_to(
         desc="replay (streaming)" if source.streams else "replay",
     )
     if done.check.overridden:
-        from mezo_ckpt.text import clean
+        from mezo_ckpt.util.text import clean
 
         warnings.warn(
             "replaying onto a base that differs from the trajectory's (--ignore-base-mismatch):\n"
@@ -213,10 +197,11 @@ def open_source(
     run, when asked or when the weights would not fit in half the free memory) or loaded.
     A base named by the trajectory is fetched from the Hub, never looked up as a path."""
     from mezo_ckpt.rebuild import FolderStream, ModelSource
+    from mezo_ckpt.rebuild.sources import should_stream
 
     streamable = fmt == "hf" and traj.header.peft is None and not ignore_base_mismatch
     if streamable and stream is not False:
-        from mezo_ckpt.base import locate_base
+        from mezo_ckpt.models.base import locate_base
 
         spec, revision = _base_spec(traj, base)
         with quiet_progress(progress):
@@ -250,7 +235,7 @@ def _stats(x: np.ndarray) -> dict[str, float] | None:
 def summarize(path: str | os.PathLike) -> dict[str, Any]:
     """Everything `mezo-ckpt info` shows, as plain data."""
     from mezo_ckpt.errors import StepOutOfRangeError
-    from mezo_ckpt.replay import best_step
+    from mezo_ckpt.trajectory.steps import best_step
 
     p = Path(path)
     traj = read_trajectory(p)
@@ -323,9 +308,9 @@ def apply_delta_file(
         VerificationError: the patched weights miss the delta's fingerprint.
     """
     from mezo_ckpt import rebuild as rb
-    from mezo_ckpt.base import load_base
-    from mezo_ckpt.export import load_delta
-    from mezo_ckpt.header import is_repo_id
+    from mezo_ckpt.models.base import load_base
+    from mezo_ckpt.models.export import load_delta
+    from mezo_ckpt.trajectory.header import is_repo_id
 
     path = Path(delta)
     tensors, prov = load_delta(path)
@@ -400,8 +385,8 @@ def diff_trajectories(
         pa = rb.Plan.make(ta, step_a)
     pb = rb.Plan.make(tb, step_b)
     if b is not None:
-        from mezo_ckpt.base import diff_identities
         from mezo_ckpt.errors import BaseMismatchError
+        from mezo_ckpt.models.base import diff_identities
 
         differs, _ = diff_identities(ta.header.base, tb.header.base)
         if differs:  # known from the two headers, before any base is loaded

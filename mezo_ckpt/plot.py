@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from mezo_ckpt.errors import ConfigError
-from mezo_ckpt.format import FLAG_SKIPPED, Trajectory, read_trajectory
-from mezo_ckpt.fsutil import atomic_write_bytes
-from mezo_ckpt.text import clean
+from mezo_ckpt.trajectory import FLAG_SKIPPED, Trajectory, read_trajectory
+from mezo_ckpt.util.fsutil import atomic_write_bytes
+from mezo_ckpt.util.text import clean
 
 #: Steps averaged per point of the smoothed loss curve (at most this many points).
 MAX_LOSS_POINTS = 400

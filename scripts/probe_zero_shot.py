@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from mezo_ckpt.data import load_split
-from mezo_ckpt.embedded import default_model_dir
+from mezo_ckpt.models.embedded import default_model_dir
 
 CHAT_PREFIX = (
     "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"

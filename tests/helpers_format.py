@@ -132,8 +132,8 @@ def set_path(obj: dict, path: str, value: Any, *, delete: bool = False) -> dict:
 
 def header_for_model(model, trainable: Iterable[str] | None = None, **kw: Any) -> dict:
     """A header whose ``base`` describes ``model`` (a torch module), for replay tests."""
-    from mezo_ckpt.base import describe_base
-    from mezo_ckpt.hashing import canonical_parameters
+    from mezo_ckpt.core.hashing import canonical_parameters
+    from mezo_ckpt.models.base import describe_base
 
     params = canonical_parameters(model)
     names = sorted(trainable if trainable is not None else params)
@@ -146,7 +146,7 @@ def header_for_model(model, trainable: Iterable[str] | None = None, **kw: Any) -
 
 
 def coef13(x: float) -> float:
-    """Round to 13 significant bits, ties to even (independent of mezo_ckpt.update)."""
+    """Round to 13 significant bits, ties to even (independent of mezo_ckpt.core.update)."""
     if x == 0.0:
         return 0.0
     m, e = np.frexp(np.float64(x))
@@ -164,7 +164,7 @@ def make_records(
     scale: float = 1e-3,
 ):
     """Deterministic valid StepRecords (coefficients rounded to 13 bits)."""
-    from mezo_ckpt.format import StepRecords
+    from mezo_ckpt.trajectory import StepRecords
 
     rng = np.random.default_rng(seed)
     raw = rng.standard_normal((n_steps, n_directions)) * scale
@@ -196,8 +196,8 @@ def make_trajectory(
     **header_kw: Any,
 ):
     """A Trajectory object (not written anywhere)."""
-    from mezo_ckpt.format import Evaluation, Trajectory
-    from mezo_ckpt.header import Header
+    from mezo_ckpt.trajectory import Evaluation, Trajectory
+    from mezo_ckpt.trajectory.header import Header
 
     header_kw.setdefault("total_steps", max(n_steps, 1) + 4)
     h = make_header(**header_kw)
@@ -219,7 +219,7 @@ def make_trajectory(
 
 def trajectory_bytes(n_steps: int = 12, **kw: Any) -> bytes:
     """Compact bytes of :func:`make_trajectory` written by mezo_ckpt's serializer."""
-    from mezo_ckpt.format import serialize
+    from mezo_ckpt.trajectory import serialize
 
     return serialize(make_trajectory(n_steps, **kw))
 

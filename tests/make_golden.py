@@ -25,11 +25,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from tinymodels import tiny_model  # noqa: E402
 
-from mezo_ckpt.base import describe_base  # noqa: E402
-from mezo_ckpt.format import StepRecords, Trajectory, write_trajectory  # noqa: E402
-from mezo_ckpt.hashing import canonical_parameters, tensors_sha256  # noqa: E402
-from mezo_ckpt.replay import replay_model  # noqa: E402
-from mezo_ckpt.update import decay_multiplier, round_coefficient  # noqa: E402
+from mezo_ckpt.core.hashing import canonical_parameters, tensors_sha256  # noqa: E402
+from mezo_ckpt.core.update import decay_multiplier, round_coefficient  # noqa: E402
+from mezo_ckpt.models.base import describe_base  # noqa: E402
+from mezo_ckpt.rebuild import replay_model  # noqa: E402
+from mezo_ckpt.trajectory import StepRecords, Trajectory, write_trajectory  # noqa: E402
 
 HERE = Path(__file__).parent / "golden"
 
@@ -100,6 +100,17 @@ CASES_V11 = {
         steps=20,
         peft="lora",
     ),
+    "llama-fp32-momentum-chained": dict(
+        arch="llama",
+        dtype="float32",
+        tie=True,
+        z="normal16",
+        rounding="nearest",
+        n=2,
+        wd=0.0,
+        steps=18,
+        history=3,
+    ),
     "gpt2-fp32-prefix-rademacher-chained": dict(
         arch="gpt2",
         dtype="float32",
@@ -114,23 +125,37 @@ CASES_V11 = {
 }
 
 
-def synthetic_records(steps: int, n: int, wd: float, seed: int) -> StepRecords:
-    """Deterministic coefficients of realistic scale (integer arithmetic only)."""
+def synthetic_records(steps: int, n: int, wd: float, seed: int, history: int = 0) -> StepRecords:
+    """Deterministic coefficients of realistic scale (integer arithmetic only); with a
+    momentum window, history coefficients for every earlier step the window reaches."""
     coefs = np.zeros((steps, n), np.float32)
     flags = np.zeros(steps, np.uint8)
     decay = np.ones(steps, np.float32)
+    hist = np.zeros((steps, history, n), np.float32) if history else None
     state = seed
+
+    def draw() -> float:
+        nonlocal state
+        state = (state * 6364136223846793005 + 1442695040888963407) % 2**64
+        mant = ((state >> 33) % 8191) - 4095  # [-4095, 4095]
+        return round_coefficient(mant * 2.0**-21)  # |c| < 2e-3
+
     for t in range(steps):
         for j in range(n):
-            state = (state * 6364136223846793005 + 1442695040888963407) % 2**64
-            mant = ((state >> 33) % 8191) - 4095  # [-4095, 4095]
-            coefs[t, j] = round_coefficient(mant * 2.0**-21)  # |c| < 2e-3
+            coefs[t, j] = draw()
         if wd:
             decay[t] = decay_multiplier(1e-2, wd)
+    if hist is not None:  # drawn after the coefficients: the plain cases keep their bits
+        for t in range(steps):
+            for k in range(1, history + 1):
+                for j in range(n):
+                    hist[t, k - 1, j] = draw() if t - k >= 0 else 0.0
     flags[steps // 3] = 1  # one skipped step
     coefs[steps // 3] = 0.0
     decay[steps // 3] = 1.0
-    return StepRecords(flags, coefs, decay, None)
+    if hist is not None:
+        hist[steps // 3] = 0.0
+    return StepRecords(flags, coefs, decay, None, hist)
 
 
 def build(name: str, c: dict) -> tuple[Trajectory, dict]:
@@ -177,7 +202,7 @@ def golden_model(c: dict):
     """The tiny base of a case (with its adapter attached for peft cases)."""
     model = tiny_model(c["arch"], dtype=getattr(torch, c["dtype"]), tie=c["tie"])
     if c.get("peft"):
-        from mezo_ckpt.adapters import adapter_config, attach
+        from mezo_ckpt.models.adapters import adapter_config, attach
 
         conf = (
             adapter_config("lora", r=2, lora_alpha=4.0, target_modules=["q_proj", "v_proj"])
@@ -196,9 +221,9 @@ def build_v11(name: str, c: dict) -> tuple[bytes, dict]:
     """A 1.1 file written by the journal writer (chain digests) and compacted."""
     import tempfile
 
-    from mezo_ckpt.adapters import adapter_names, info_for
-    from mezo_ckpt.format import TrajectoryWriter, compact
-    from mezo_ckpt.header import CHAIN_RULE
+    from mezo_ckpt.models.adapters import adapter_names, info_for
+    from mezo_ckpt.trajectory import TrajectoryWriter, compact
+    from mezo_ckpt.trajectory.header import CHAIN_RULE
 
     plain = tiny_model(c["arch"], dtype=getattr(torch, c["dtype"]), tie=c["tie"])
     base = describe_base(plain, [] if c.get("peft") else sorted(canonical_parameters(plain)))
@@ -206,8 +231,9 @@ def build_v11(name: str, c: dict) -> tuple[bytes, dict]:
     params = canonical_parameters(model)
     trainable = adapter_names(model) if c.get("peft") else sorted(params)
     peft = info_for(model, c["peft"], conf) if c.get("peft") else None
+    window = c.get("history", 0)
     header = {
-        "requires": ["peft-v1"] if peft else [],
+        "requires": (["peft-v1"] if peft else []) + (["history-v1"] if window else []),
         "tool": {"name": "mezo-ckpt", "version": "golden"},
         "created": "2026-12-01T00:00:00Z",
         "base": base.to_json(),
@@ -227,14 +253,14 @@ def build_v11(name: str, c: dict) -> tuple[bytes, dict]:
             "decay_params": [],
         },
         "optimizer": {"lr": 1e-2, "schedule": "constant"},
-        "records": {"decay": False, "losses": False},
+        "records": {"decay": False, "losses": False, **({"history": window} if window else {})},
         "total_steps": c["steps"],
         "config": {"golden": name},
         "integrity": {"chain": CHAIN_RULE},
     }
     if peft:
         header["peft"] = peft.to_json()
-    rec = synthetic_records(c["steps"], c["n"], c["wd"], seed=len(name))
+    rec = synthetic_records(c["steps"], c["n"], c["wd"], seed=len(name), history=window)
     expected = {}
     for step in (c["steps"] // 2, c["steps"]):
         m, _ = golden_model(c)

@@ -11,12 +11,12 @@ from test_trainer import write_jsonl
 from tinymodels import save_tiny, tiny_model, toy_sentiment
 
 import mezo_ckpt
-from mezo_ckpt.adapters import adapter_config, adapter_names, attach, initial_values
 from mezo_ckpt.cli import main
+from mezo_ckpt.core.hashing import canonical_parameters
 from mezo_ckpt.errors import UnsupportedError
-from mezo_ckpt.format import read_trajectory
-from mezo_ckpt.hashing import canonical_parameters
+from mezo_ckpt.models.adapters import adapter_config, adapter_names, attach, initial_values
 from mezo_ckpt.trainer import train
+from mezo_ckpt.trajectory import read_trajectory
 
 peft = pytest.importorskip("peft")
 
@@ -126,7 +126,7 @@ def test_replay_equals_training_and_base_untouched(data, tmp_path, arch, kind):
     assert res.exit_code == 0, res.output
     cfg = json.loads((folder / "adapter_config.json").read_text())
     assert cfg["base_model_name_or_path"] == str(bases[arch].resolve())
-    from mezo_ckpt.base import load_folder
+    from mezo_ckpt.models.base import load_folder
 
     loaded = peft.PeftModel.from_pretrained(load_folder(bases[arch], "float32"), str(folder))
     got, want = adapter_state(loaded), adapter_state(r.model)
@@ -198,7 +198,7 @@ def test_load_returns_peft_model_and_merge(data, tmp_path):
 def test_old_readers_refuse_peft_files(data, tmp_path, monkeypatch):
     out = tmp_path / "o.zst"
     run(data, "gpt2", "lora", out, steps=2)
-    from mezo_ckpt import header as H
+    from mezo_ckpt.trajectory import header as H
 
     monkeypatch.setattr(H, "KNOWN_FEATURES", frozenset())
     with pytest.raises(UnsupportedError, match="peft-v1"):
@@ -243,7 +243,7 @@ def test_lora_replay_hf_writes_merged_weights(data, tmp_path):
     folder = tmp_path / "merged"
     res = replay_cli(out, bases["llama"], "hf", folder)
     assert res.exit_code == 0, res.output
-    from mezo_ckpt.base import load_folder
+    from mezo_ckpt.models.base import load_folder
 
     model = load_folder(folder, "float32")
     assert not any("lora" in n for n, _ in model.named_parameters())

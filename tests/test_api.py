@@ -12,8 +12,8 @@ from tinymodels import save_tiny, toy_sentiment
 
 from mezo_ckpt import api
 from mezo_ckpt.errors import ModelLoadError, OutputError, OutputExistsError
-from mezo_ckpt.format import read_trajectory
 from mezo_ckpt.trainer import train
+from mezo_ckpt.trajectory import read_trajectory
 
 
 @pytest.fixture(scope="module")
@@ -48,17 +48,6 @@ def test_default_output_names():
     assert api.default_output(p, 7, "safetensors") == Path("/x/run-step7.safetensors")
     assert api.default_output(p, 7, "delta") == Path("/x/run-step7-delta.safetensors")
     assert api.default_output(Path("/x/run.zst.partial"), 2, "peft") == Path("/x/run-step2-adapter")
-
-
-def test_should_stream(tmp_path, monkeypatch):
-    (tmp_path / "model.safetensors").write_bytes(b"x" * 1000)
-    assert api.should_stream(tmp_path, True) and not api.should_stream(tmp_path, False)
-    monkeypatch.setattr(api, "_available_memory", lambda: 1500)
-    assert api.should_stream(tmp_path, None)  # 1000 bytes > half of 1500
-    monkeypatch.setattr(api, "_available_memory", lambda: 10_000)
-    assert not api.should_stream(tmp_path, None)
-    monkeypatch.setattr(api, "_available_memory", lambda: None)  # unknown: never by default
-    assert not api.should_stream(tmp_path, None)
 
 
 def test_a_local_base_must_be_named(run):
@@ -107,9 +96,9 @@ def test_delta_round_trip_and_diff(run, tmp_path):
     )
     assert res["output"] == str(tmp_path / "t2")
     traj = read_trajectory(out)
-    from mezo_ckpt.base import load_base
-    from mezo_ckpt.hashing import canonical_parameters
-    from mezo_ckpt.replay import replay_model
+    from mezo_ckpt.core.hashing import canonical_parameters
+    from mezo_ckpt.models.base import load_base
+    from mezo_ckpt.rebuild import replay_model
 
     model = load_base(str(base)).model
     replay_model(traj, model, step=2)

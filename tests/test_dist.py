@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from tinymodels import save_tiny, toy_sentiment
 
-from mezo_ckpt.format import read_trajectory
+from mezo_ckpt.trajectory import read_trajectory
 
 pytestmark = pytest.mark.slow
 

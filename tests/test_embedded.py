@@ -1,4 +1,4 @@
-"""Tests of the embedded default model (mezo_ckpt.embedded)."""
+"""Tests of the embedded default model (mezo_ckpt.models.embedded)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mezo_ckpt import embedded
-from mezo_ckpt.embedded import (
+from mezo_ckpt.models import embedded
+from mezo_ckpt.models.embedded import (
     DEFAULT_MODEL_NAME,
     GGUF_FILE,
     INSTALL_HINT,

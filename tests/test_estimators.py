@@ -17,22 +17,22 @@ import torch
 from reference_numpy import _bits, _to_np32, np_apply, np_key
 from tinymodels import save_tiny, toy_sentiment
 
-from mezo_ckpt import update as U
-from mezo_ckpt.base import load_base
+from mezo_ckpt.core import update as U
+from mezo_ckpt.core.hashing import canonical_parameters
 from mezo_ckpt.errors import ConfigError, HeaderError, RecordError
-from mezo_ckpt.format import (
+from mezo_ckpt.models.base import load_base
+from mezo_ckpt.rebuild import replay_model
+from mezo_ckpt.trainer import TrainConfig, train
+from mezo_ckpt.trainer.step import MezoStep
+from mezo_ckpt.trainer.tasks import LossTerms
+from mezo_ckpt.trajectory import (
     StepRecords,
     decode_records,
     encode_records,
     read_trajectory,
     record_size,
 )
-from mezo_ckpt.hashing import canonical_parameters
-from mezo_ckpt.header import HISTORY_FEATURE, Header
-from mezo_ckpt.replay import replay_model
-from mezo_ckpt.trainer import TrainConfig, train
-from mezo_ckpt.trainer.step import MezoStep
-from mezo_ckpt.trainer.tasks import LossTerms
+from mezo_ckpt.trajectory.header import HISTORY_FEATURE, Header
 
 ESTIMATORS = [
     ("spsa", 1, 0.0),
@@ -361,8 +361,8 @@ def test_plain_runs_keep_the_plain_layout(bases, tmp_path):
 def test_readers_without_the_history_feature_refuse_momentum_files(bases, tmp_path, monkeypatch):
     """A reader that does not know history-v1 must refuse the file (it would replay other
     weights), with UnsupportedError naming the feature."""
-    from mezo_ckpt import header as H
     from mezo_ckpt.errors import UnsupportedError
+    from mezo_ckpt.trajectory import header as H
 
     run(bases["float32"], tmp_path / "m.zst", momentum=0.5, momentum_window=2, steps=2)
     monkeypatch.setattr(H, "KNOWN_FEATURES", H.KNOWN_FEATURES - {HISTORY_FEATURE})

@@ -30,7 +30,7 @@ from click.testing import CliRunner
 from tinymodels import save_tiny, tiny_model, tiny_tokenizer, toy_sentiment
 
 from mezo_ckpt.cli import main
-from mezo_ckpt.format import read_trajectory
+from mezo_ckpt.trajectory import read_trajectory
 
 try:
     from test_trainer import write_jsonl
@@ -489,15 +489,15 @@ def test_summary_reports_seconds_per_step_apart_from_the_total(folders, tmp_path
 def test_seconds_per_step_excludes_evaluation_time(folders, tmp_path, monkeypatch):
     import time
 
-    from mezo_ckpt.trainer import recipe
+    from mezo_ckpt.trainer import objectives
 
-    real = recipe.Objective.evaluate
+    real = objectives.Objective.evaluate
 
-    def slow(self, split, batch_size):
+    def slow(self, split, batch_size, progress=None):
         time.sleep(1.0)
-        return real(self, split, batch_size)
+        return real(self, split, batch_size, progress)
 
-    monkeypatch.setattr(recipe.Objective, "evaluate", slow)
+    monkeypatch.setattr(objectives.Objective, "evaluate", slow)
     out = tmp_path / "t.zst"
     r = ok(*train_args(folders), "--steps", "2", "-o", out)
     steps = [

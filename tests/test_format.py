@@ -36,7 +36,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import mezo_ckpt.errors as E
-from mezo_ckpt.format import (
+from mezo_ckpt.trajectory import (
     Evaluation,
     StepRecords,
     Trajectory,
@@ -65,7 +65,7 @@ BUILTIN: dict[str, type[Exception]] = {
 def walk_frames(data: bytes) -> list[tuple[int, int]]:
     """(start, end) of every complete frame after the preamble, from the zstd frame format
     alone (RFC 8878: frame header descriptor, window/dictionary/content-size fields, block
-    headers, optional checksum), independent of mezo_ckpt.format. Stops at the first
+    headers, optional checksum), independent of mezo_ckpt.trajectory. Stops at the first
     thing that is not a complete zstd frame (mutated data in the fuzz tests)."""
     if len(data) < 8:
         return []
@@ -664,7 +664,7 @@ def test_chain_vectors_documented():
     """docs/FORMAT.md §7.3 and §16, recomputed with hashlib from the text."""
     import hashlib
 
-    from mezo_ckpt.format import chain_digest
+    from mezo_ckpt.trajectory import chain_digest
 
     h = b'{"x":1}'
     recs = bytes([0, 0x00, 0x80, 0x3C]) + bytes([1, 0, 0, 0])

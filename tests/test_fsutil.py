@@ -1,4 +1,4 @@
-"""mezo_ckpt.fsutil: atomic writes, staged files and folders, output checks, locks, reads."""
+"""mezo_ckpt.util.fsutil: atomic writes, staged files and folders, output checks, locks, reads."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from mezo_ckpt import fsutil
 from mezo_ckpt.errors import OutputError, OutputExistsError, RunLockedError
-from mezo_ckpt.fsutil import (
+from mezo_ckpt.util import fsutil
+from mezo_ckpt.util.fsutil import (
     TMP_MARK,
     atomic_write_bytes,
     check_output,
@@ -618,7 +618,7 @@ def test_staged_outputs_get_the_default_file_mode(tmp_path):
     import os
     import stat
 
-    from mezo_ckpt.fsutil import staged_file, staged_folder
+    from mezo_ckpt.util.fsutil import staged_file, staged_folder
 
     mask = os.umask(0o022)
     try:

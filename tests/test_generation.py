@@ -14,14 +14,14 @@ import pytest
 import torch
 from tinymodels import save_tiny
 
-from mezo_ckpt.base import load_base
+from mezo_ckpt.core.hashing import canonical_parameters
 from mezo_ckpt.errors import ConfigError, DataError
-from mezo_ckpt.format import read_trajectory
-from mezo_ckpt.hashing import canonical_parameters
-from mezo_ckpt.replay import replay_model
+from mezo_ckpt.models.base import load_base
+from mezo_ckpt.rebuild import replay_model
 from mezo_ckpt.trainer import TrainConfig, train
 from mezo_ckpt.trainer.objectives import load_user_objective
 from mezo_ckpt.trainer.tasks import cut_at_stop, exact_match, normalize_answer, token_f1
+from mezo_ckpt.trajectory import read_trajectory
 
 USER_OBJECTIVE = '''
 SEEN = []

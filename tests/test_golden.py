@@ -18,11 +18,11 @@ import pytest
 import torch
 from tinymodels import tiny_model
 
-from mezo_ckpt.adapters import prepare
-from mezo_ckpt.base import verify_base
-from mezo_ckpt.format import read_trajectory
-from mezo_ckpt.hashing import canonical_parameters, tensors_sha256
-from mezo_ckpt.replay import replay_model, replay_tensors
+from mezo_ckpt.core.hashing import canonical_parameters, tensors_sha256
+from mezo_ckpt.models.adapters import prepare
+from mezo_ckpt.models.base import verify_base
+from mezo_ckpt.rebuild import replay_model, replay_tensors
+from mezo_ckpt.trajectory import read_trajectory
 
 GOLDEN = Path(__file__).parent / "golden"
 INDEX = json.loads((GOLDEN / "HASHES.json").read_text())
@@ -71,10 +71,10 @@ SCRIPT = r"""
 import json, sys, torch
 sys.path.insert(0, sys.argv[1])
 from tinymodels import tiny_model
-from mezo_ckpt.adapters import prepare
-from mezo_ckpt.format import read_trajectory
-from mezo_ckpt.hashing import canonical_parameters, tensors_sha256
-from mezo_ckpt.replay import replay_model
+from mezo_ckpt.models.adapters import prepare
+from mezo_ckpt.trajectory import read_trajectory
+from mezo_ckpt.core.hashing import canonical_parameters, tensors_sha256
+from mezo_ckpt.rebuild import replay_model
 from pathlib import Path
 golden = Path(sys.argv[1]) / "golden"
 index = json.loads((golden / "HASHES.json").read_text())
@@ -115,3 +115,35 @@ def test_golden_in_fresh_process(env, backend):
     for name, info in INDEX.items():
         final = info["replayed_sha256"][str(info["case"]["steps"])]
         assert got[name] == final, name
+
+
+def test_momentum_golden_matches_the_independent_numpy_rule():
+    """The history-v1 golden file's committed hashes are what the independent NumPy
+    implementation of docs/FORMAT.md computes (not only what our replay computed once)."""
+    import hashlib
+
+    import numpy as np
+    from reference_numpy import _to_np32, np_apply, np_key
+
+    from mezo_ckpt.core.hashing import dtype_name
+
+    name = "llama-fp32-momentum-chained"
+    info = INDEX[name]
+    traj = read_trajectory(GOLDEN / f"{name}.zst")
+    assert traj.header.records.history == 3
+    h = traj.header
+    for step, expected in info["replayed_sha256"].items():
+        batch = traj.update_batch(int(step))
+        params = canonical_parameters(base_for(info["case"]))
+        digest = hashlib.sha256()
+        for pname in sorted(h.trainable):
+            p = params[pname].detach()
+            y = np_apply(
+                _to_np32(p).reshape(-1), "float32", np_key(h.perturbation.seed, pname),
+                batch.steps, batch.coefs, batch.decay, h.perturbation.z, h.update.rounding,
+                history=batch.history,
+            )  # fmt: skip
+            digest.update(pname.encode() + b"\x00" + dtype_name(p.dtype).encode() + b"\x00")
+            digest.update(json.dumps(list(p.shape)).encode() + b"\x00")
+            digest.update(np.ascontiguousarray(y, "<f4").tobytes())
+        assert digest.hexdigest() == expected, f"step {step}"

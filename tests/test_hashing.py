@@ -7,7 +7,7 @@ import struct
 
 import torch
 
-from mezo_ckpt.hashing import ParamInfo, manifest_sha256, tensors_sha256
+from mezo_ckpt.core.hashing import ParamInfo, manifest_sha256, tensors_sha256
 
 # ============================================================================ fingerprints
 
@@ -39,7 +39,7 @@ def test_whole_base_vectors_documented():
     """docs/FORMAT.md §11.4 and §16: per-tensor digests, the root, the semantic config."""
     import json
 
-    from mezo_ckpt.hashing import json_sha256, semantic_json, tensor_digest, tensors_root
+    from mezo_ckpt.core.hashing import json_sha256, semantic_json, tensor_digest, tensors_root
 
     ts = {"b": torch.tensor([1.0, -2.0]), "a": torch.ones(2, 2, dtype=torch.bfloat16)}
     da = hashlib.sha256(b"a\x00bfloat16\x00[2, 2]\x00" + struct.pack("<4H", *[0x3F80] * 4))
@@ -72,7 +72,7 @@ def test_whole_base_vectors_documented():
 def test_state_tensors_cover_parameters_aliases_and_buffers():
     from tinymodels import tiny_model
 
-    from mezo_ckpt.hashing import state_tensors
+    from mezo_ckpt.core.hashing import state_tensors
 
     m = tiny_model("gpt2", tie=True)
     st = state_tensors(m)

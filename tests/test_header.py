@@ -1,4 +1,5 @@
-"""mezo_ckpt.header: typed header of a real trajectory, round trips, requires, field errors."""
+"""mezo_ckpt.trajectory.header: typed header of a real trajectory, round trips, requires,
+field errors."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import pytest
 from tinymodels import save_tiny, toy_sentiment
 
 from mezo_ckpt.errors import HeaderError, TrajectoryFormatError, UnsupportedError
-from mezo_ckpt.format import read_trajectory
-from mezo_ckpt.header import (
+from mezo_ckpt.trajectory import read_trajectory
+from mezo_ckpt.trajectory.header import (
     ADAPTER_INIT_RULE,
     HISTORY_FEATURE,
     KNOWN_FEATURES,

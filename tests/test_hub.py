@@ -22,10 +22,10 @@ from huggingface_hub import HfApi, ModelCard, constants
 import mezo_ckpt
 from mezo_ckpt import hub as mhub
 from mezo_ckpt.cli import main
+from mezo_ckpt.core.hashing import file_sha256
 from mezo_ckpt.errors import BaseMismatchError, MezoCkptError
-from mezo_ckpt.format import Trajectory, read_trajectory, write_trajectory
-from mezo_ckpt.hashing import file_sha256
-from mezo_ckpt.header import Header
+from mezo_ckpt.trajectory import Trajectory, read_trajectory, write_trajectory
+from mezo_ckpt.trajectory.header import Header
 
 try:
     from hubserver import FakeHub, patch_hf_client
@@ -207,7 +207,7 @@ def test_push_then_load_bit_exact_and_cached(
     def no_replay(*a: object, **k: object) -> None:
         raise AssertionError("replayed again")
 
-    monkeypatch.setattr("mezo_ckpt.replay.replay_model", no_replay)
+    monkeypatch.setattr("mezo_ckpt.rebuild.rebuild", no_replay)
     hub.reset_log()
     again, tok2 = mezo_ckpt.load(REPO, progress=False)
     assert again.mezo_ckpt["cache_hit"] is True
@@ -246,7 +246,7 @@ def test_pull_streams_the_base_shard_by_shard_into_the_cache(
     def no_whole_load(*a: object, **k: object) -> None:
         raise AssertionError("loaded the base whole")
 
-    monkeypatch.setattr("mezo_ckpt.base.load_folder", no_whole_load)
+    monkeypatch.setattr("mezo_ckpt.models.base.load_folder", no_whole_load)
     res = cli("pull", REPO, "--stream", "-o", tmp_path / "out")
     assert res.exit_code == 0, res.output
     assert "verified against the trainer's fingerprint" in res.output
@@ -263,8 +263,9 @@ def test_pull_streams_the_base_shard_by_shard_into_the_cache(
 
 
 def test_step_best_and_n(hub: FakeHub, trained: Trained, tmp_path: Path) -> None:
-    from mezo_ckpt.base import load_base
-    from mezo_ckpt.replay import replay_model, resolve_step
+    from mezo_ckpt.models.base import load_base
+    from mezo_ckpt.rebuild import replay_model
+    from mezo_ckpt.trajectory.steps import resolve_step
 
     mhub.push(trained.hub_traj, REPO)
     traj = read_trajectory(trained.hub_traj)
@@ -497,7 +498,7 @@ def test_create_pr_and_branch(hub: FakeHub, trained: Trained) -> None:
 
 def test_embedded_base_card(trained: Trained, tmp_path: Path) -> None:
     """An embedded-base trajectory names SmolLM2 and pins the GGUF (no network needed)."""
-    from mezo_ckpt.embedded import GGUF_FILE, KNOWN_GGUF_SHA256
+    from mezo_ckpt.models.embedded import GGUF_FILE, KNOWN_GGUF_SHA256
 
     traj = read_trajectory(trained.hub_traj)
     base = dict(
@@ -559,7 +560,7 @@ def test_embedded_base_card(trained: Trained, tmp_path: Path) -> None:
 def test_embedded_default_roundtrip(tmp_path: Path) -> None:
     """Train 1 step on the embedded SmolLM2-135M, publish (dry run), load it back bit for bit."""
     pytest.importorskip("gguf")
-    from mezo_ckpt.embedded import EmbeddedModelMissing, gguf_path
+    from mezo_ckpt.models.embedded import EmbeddedModelMissing, gguf_path
     from mezo_ckpt.trainer import TrainConfig, train
 
     try:

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from mezo_ckpt import stream as S
-from mezo_ckpt import update as U
+from mezo_ckpt.core import stream as S
+from mezo_ckpt.core import update as U
 
-K = pytest.importorskip("mezo_ckpt._kernels")
+K = pytest.importorskip("mezo_ckpt.core.kernels_cpu")
 
 KEY = (0x9E3779B9, 0x01234567)
 KINDS = {"normal16": K.KIND_NORMAL16, "rademacher": K.KIND_RADEMACHER}

@@ -32,8 +32,9 @@ def test_the_core_never_imports_the_cli_the_trainer_or_the_hub():
     """Format, stream, update, hashing and replay stand alone (one-way dependencies)."""
     code = (
         "import sys\n"
-        "import mezo_ckpt.format, mezo_ckpt.stream, mezo_ckpt.update, mezo_ckpt.hashing\n"
-        "import mezo_ckpt.header, mezo_ckpt.replay, mezo_ckpt.rebuild\n"
+        "import mezo_ckpt.trajectory, mezo_ckpt.core.stream, mezo_ckpt.core.update\n"
+        "import mezo_ckpt.core.hashing\n"
+        "import mezo_ckpt.trajectory.header, mezo_ckpt.trajectory.steps, mezo_ckpt.rebuild\n"
         "bad = [m for m in sys.modules if m == 'click' or m.startswith('click.')\n"
         "       or m.startswith('mezo_ckpt.trainer') or m.startswith('mezo_ckpt.hub')\n"
         "       or m.startswith('mezo_ckpt.cli')]\n"
@@ -57,35 +58,77 @@ def _imported_modules(path: Path) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize(
-    "package, forbidden",
-    [
-        ("trainer", ("click", "mezo_ckpt.api", "mezo_ckpt.cli", "mezo_ckpt.hub")),
-        (
-            "rebuild",
-            ("click", "mezo_ckpt.api", "mezo_ckpt.cli", "mezo_ckpt.hub", "mezo_ckpt.trainer"),
-        ),
-        (
-            ".",
-            ("click", "mezo_ckpt.trainer", "mezo_ckpt.hub", "mezo_ckpt.cli", "mezo_ckpt.api"),
-        ),
-    ],
-    ids=["trainer", "rebuild", "core"],
-)
-def test_layers_import_one_way(package, forbidden):
-    """No import anywhere in a layer's files (deferred ones included) reaches up a layer:
-    the trainer never imports the API, the CLI or the Hub; the core modules none of them."""
-    core = ("format", "stream", "update", "hashing", "replay", "header", "errors")
+#: The package's layers, lowest first: a module imports only from its own layer or below
+#: (deferred imports included). Siblings in one layer do not import each other unless
+#: they are the same folder.
+LAYERS = [
+    ("errors",),
+    ("util",),
+    ("core",),
+    ("trajectory",),
+    ("models",),
+    ("rebuild", "plot", "data", "recipes"),
+    ("trainer", "hub"),
+    ("api",),
+    ("cli",),
+    ("__init__", "__main__"),  # the package's own entry points (mezo_ckpt.load, python -m)
+]
+RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
+
+
+def _layer_of(module: str) -> str | None:
+    parts = module.split(".")
+    if parts[0] != "mezo_ckpt" or len(parts) == 1 or parts[1] == "__version__":
+        return None
+    return parts[1]
+
+
+def test_layers_import_one_way():
+    """Folders are layers: nothing imports a higher layer or a sibling folder, anywhere
+    (the trainer never reaches the Hub, the API or the CLI; the core none of the rest)."""
     pkg = ROOT / "mezo_ckpt"
-    files = (
-        sorted((pkg / package).glob("*.py"))
-        if package in ("trainer", "rebuild")
-        else [pkg / f"{m}.py" for m in core]
-    )
-    bad = {
-        f"{f.relative_to(ROOT)}: {m}"
-        for f in files
-        for m in _imported_modules(f)
-        if any(m == x or m.startswith(x + ".") for x in forbidden)
-    }
+    bad = set()
+    for f in sorted(pkg.rglob("*.py")):
+        rel = f.relative_to(ROOT)
+        me = _layer_of(".".join(rel.with_suffix("").parts))
+        if me is None:
+            continue
+        assert me in RANK, f"{rel}: folder {me} is in no layer of LAYERS"
+        for m in _imported_modules(f):
+            them = _layer_of(m)
+            if them is None or them == me:
+                continue
+            if m == "mezo_ckpt." + them and them not in RANK:
+                continue  # `from mezo_ckpt import __version__`
+            if RANK.get(them, 99) >= RANK[me]:
+                bad.add(f"{rel}: {me} imports {m}")
     assert not bad, sorted(bad)
+
+
+def test_no_import_circles_and_no_module_over_800_lines():
+
+    pkg = ROOT / "mezo_ckpt"
+    deps: dict[str, set[str]] = {}
+    for f in pkg.rglob("*.py"):
+        name = ".".join(f.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        deps[name] = {
+            m
+            for m in _imported_modules(f)
+            if m.startswith("mezo_ckpt.") and m != name and not name.startswith(m + ".")
+        }
+        assert f.read_text().count("\n") <= 800, f"{f.relative_to(ROOT)} is over 800 lines"
+    known = set(deps)
+
+    def visit(n: str, stack: list[str], done: set[str]) -> None:
+        if n in stack:
+            raise AssertionError("import circle: " + " -> ".join([*stack[stack.index(n) :], n]))
+        if n in done:
+            return
+        for d in sorted(deps.get(n, ())):
+            if d in known:
+                visit(d, [*stack, n], done)
+        done.add(n)
+
+    done: set[str] = set()
+    for n in sorted(deps):
+        visit(n, [], done)

@@ -10,8 +10,8 @@ from test_trainer import write_jsonl
 from tinymodels import save_tiny, toy_sentiment
 
 from mezo_ckpt.cli import main
-from mezo_ckpt.format import read_trajectory
-from mezo_ckpt.hashing import file_sha256
+from mezo_ckpt.core.hashing import file_sha256
+from mezo_ckpt.trajectory import read_trajectory
 
 pytest.importorskip("accelerate")
 

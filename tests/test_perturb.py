@@ -15,11 +15,11 @@ import pytest
 import torch
 from tinymodels import tiny_model
 
-from mezo_ckpt.hashing import canonical_parameters
-from mezo_ckpt.stream import param_key
+from mezo_ckpt.core.hashing import canonical_parameters
+from mezo_ckpt.core.stream import param_key
+from mezo_ckpt.core.update import perturbed_copy
 from mezo_ckpt.trainer import perturb as P
 from mezo_ckpt.trainer.perturb import Perturber
-from mezo_ckpt.update import perturbed_copy
 
 SEED, EPS = 3, 1e-2
 

@@ -24,13 +24,13 @@ from tinymodels import tiny_model, tiny_tokenizer, toy_sentiment
 from transformers import AutoModelForCausalLM
 
 from mezo_ckpt import api
-from mezo_ckpt.adapters import prepare
-from mezo_ckpt.base import load_base
 from mezo_ckpt.cli import main
+from mezo_ckpt.core.hashing import canonical_parameters
 from mezo_ckpt.errors import BaseMismatchError, DeltaError, ModelLoadError
-from mezo_ckpt.format import read_trajectory
-from mezo_ckpt.hashing import canonical_parameters
+from mezo_ckpt.models.adapters import prepare
+from mezo_ckpt.models.base import load_base
 from mezo_ckpt.trainer import train
+from mezo_ckpt.trajectory import read_trajectory
 
 KINDS = {
     "plain": {},
@@ -387,3 +387,16 @@ def test_a_legacy_delta_is_checked_by_every_tensor_and_says_what_it_could_not(de
     wrong = _wrong_base(base, tmp_path, "frozen-tensor")
     with pytest.raises(BaseMismatchError):
         api.apply_delta_file(path, tmp_path / "o2", base=str(wrong), progress=False)
+
+
+def test_should_stream(tmp_path, monkeypatch):
+    from mezo_ckpt.rebuild import sources
+
+    (tmp_path / "model.safetensors").write_bytes(b"x" * 1000)
+    assert sources.should_stream(tmp_path, True) and not sources.should_stream(tmp_path, False)
+    monkeypatch.setattr(sources, "_available_memory", lambda: 1500)
+    assert sources.should_stream(tmp_path, None)  # 1000 bytes > half of 1500
+    monkeypatch.setattr(sources, "_available_memory", lambda: 10_000)
+    assert not sources.should_stream(tmp_path, None)
+    monkeypatch.setattr(sources, "_available_memory", lambda: None)  # unknown: never by default
+    assert not sources.should_stream(tmp_path, None)

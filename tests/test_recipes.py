@@ -18,8 +18,8 @@ from tinymodels import save_tiny
 from mezo_ckpt import recipes
 from mezo_ckpt.cli import main
 from mezo_ckpt.errors import ConfigError
-from mezo_ckpt.format import read_trajectory
 from mezo_ckpt.trainer.config import load_yaml, resolve_config
+from mezo_ckpt.trajectory import read_trajectory
 
 datasets = pytest.importorskip("datasets")
 

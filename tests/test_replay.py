@@ -13,13 +13,14 @@ from test_trainer import assert_same, config, state, write_jsonl
 from tinymodels import save_tiny, tiny_model, toy_sentiment
 from transformers import AutoModelForCausalLM
 
-from mezo_ckpt.base import load_base
 from mezo_ckpt.cli import main
 from mezo_ckpt.errors import BaseMismatchError, StepOutOfRangeError, TruncatedError
-from mezo_ckpt.export import apply_delta
-from mezo_ckpt.format import read_trajectory
-from mezo_ckpt.replay import best_step, replay_model
+from mezo_ckpt.models.base import load_base
+from mezo_ckpt.models.export import apply_delta
+from mezo_ckpt.rebuild import replay_model
 from mezo_ckpt.trainer import train
+from mezo_ckpt.trajectory import read_trajectory
+from mezo_ckpt.trajectory.steps import best_step
 
 
 @pytest.fixture(scope="module")

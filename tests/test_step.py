@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from mezo_ckpt import update as U
-from mezo_ckpt.format import FLAG_SKIPPED
-from mezo_ckpt.stream import param_key
+from mezo_ckpt.core import update as U
+from mezo_ckpt.core.stream import param_key
 from mezo_ckpt.trainer.step import MezoStep
 from mezo_ckpt.trainer.tasks import LossTerms
+from mezo_ckpt.trajectory import FLAG_SKIPPED
 
 EPS = 1e-2
 

@@ -1,4 +1,4 @@
-"""mezo_ckpt.stfile: safetensors files written one tensor at a time load in safetensors."""
+"""mezo_ckpt.models.stfile: safetensors files written one tensor at a time load in safetensors."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from mezo_ckpt.stfile import ShardWriter
+from mezo_ckpt.models.stfile import ShardWriter
 
 
 def tensors() -> dict[str, torch.Tensor]:

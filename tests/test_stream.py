@@ -33,9 +33,10 @@ from reference_numpy import (
     np_z,
 )
 
-from mezo_ckpt import stream as S
-from mezo_ckpt import update as U
-from mezo_ckpt.hashing import tensors_sha256
+from mezo_ckpt.core import spec
+from mezo_ckpt.core import stream as S
+from mezo_ckpt.core import update as U
+from mezo_ckpt.core.hashing import tensors_sha256
 
 KATS = [  # Random123 kat_vectors, philox4x32_10
     ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
@@ -118,7 +119,7 @@ def test_normal16_table():
     assert vals.dtype == np.float32
     np.testing.assert_array_equal(vals * 256, t.astype(np.float32))  # multiples of 1/256
     assert np.abs(vals).max() < 8
-    assert hashlib.sha256(t.astype("<i2").tobytes()).hexdigest() == S.NORMAL16_SHA256
+    assert hashlib.sha256(t.astype("<i2").tobytes()).hexdigest() == spec.NORMAL16_SHA256
 
 
 def test_normal16_table_near_boundaries_with_mpmath():
@@ -455,7 +456,7 @@ def test_without_numba_the_eager_path_is_used_with_one_warning():
 import sys, warnings
 sys.modules["numba"] = None  # import numba -> ImportError
 import torch
-from mezo_ckpt import stream, update
+from mezo_ckpt.core import stream, update
 with warnings.catch_warnings(record=True) as seen:
     warnings.simplefilter("always")
     outs = []

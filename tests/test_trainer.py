@@ -11,13 +11,13 @@ import pytest
 import torch
 from tinymodels import save_tiny, tiny_model, toy_sentiment
 
-from mezo_ckpt.base import load_base
+from mezo_ckpt.core.hashing import canonical_parameters
 from mezo_ckpt.errors import ConfigError, DataError, ModelLoadError
-from mezo_ckpt.format import read_trajectory
-from mezo_ckpt.hashing import canonical_parameters
-from mezo_ckpt.replay import replay_model
+from mezo_ckpt.models.base import load_base
+from mezo_ckpt.rebuild import replay_model
 from mezo_ckpt.trainer import TrainConfig, train
 from mezo_ckpt.trainer.perturb import Perturber
+from mezo_ckpt.trajectory import read_trajectory
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> str:
@@ -257,7 +257,7 @@ def test_spsa_estimate_matches_true_gradient(kind):
     dim, n, eps = 16, 3000, 1e-3
     model = Quadratic(dim)
     perturber = Perturber(model, ["w"], seed=7, kind=kind, eps=eps)
-    from mezo_ckpt.stream import generate_z, param_key
+    from mezo_ckpt.core.stream import generate_z, param_key
 
     key = param_key(7, "w")
     acc = torch.zeros(dim, dtype=torch.float64)

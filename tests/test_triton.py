@@ -1,4 +1,4 @@
-"""Triton kernels (mezo_ckpt._triton) against the eager torch reference, bit for bit.
+"""Triton kernels (mezo_ckpt.core.kernels_triton) against the eager torch reference, bit for bit.
 
 Without a CUDA device the kernels run in Triton's CPU interpreter (TRITON_INTERPRET=1,
 set before triton is imported) on CPU tensors; with one they run compiled on the GPU,
@@ -29,9 +29,10 @@ if not CUDA:
     os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
 pytest.importorskip("triton")
 
-from mezo_ckpt import _triton as TT  # noqa: E402
-from mezo_ckpt import stream as S  # noqa: E402
-from mezo_ckpt import update as U  # noqa: E402
+from mezo_ckpt.core import backends  # noqa: E402
+from mezo_ckpt.core import kernels_triton as TT  # noqa: E402
+from mezo_ckpt.core import stream as S  # noqa: E402
+from mezo_ckpt.core import update as U  # noqa: E402
 
 if not CUDA and not TT.interpreting():  # pragma: no cover - imported before the env was set
     TT = importlib.reload(TT)
@@ -457,7 +458,7 @@ def test_no_multiply_add_fusion_numerically():
 
 _ASM_SCRIPT = r"""
 import json, re
-from mezo_ckpt import _triton as T
+from mezo_ckpt.core import kernels_triton as T
 variants = [("perturb", dict(kind=0, dt=0)), ("perturb", dict(kind=1, dt=1)),
             ("perturb_rows", dict(kind=0, dt=2)), ("replay", dict(kind=0, dt=0)),
             ("replay", dict(kind=1, dt=0)), ("replay", dict(kind=0, dt=1, mode=1)),
@@ -546,10 +547,10 @@ def test_available_and_argument_checks():
 @pytest.fixture
 def dispatch():
     """The package's own entry points, routed to these kernels (backend="triton")."""
-    S._triton_module.cache_clear()
+    backends._triton_module.cache_clear()
     assert S.triton_kernels() is not None
     yield
-    S._triton_module.cache_clear()
+    backends._triton_module.cache_clear()
 
 
 @pytest.mark.parametrize("dtype,rounding", MODES)

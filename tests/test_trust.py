@@ -46,14 +46,15 @@ from wrong_bases import ARCH_KEYS, CASES, PICKLE_MARKER, make_wrong_base, reseri
 
 import mezo_ckpt
 import mezo_ckpt.errors as errors
-from mezo_ckpt.base import load_base
 from mezo_ckpt.cli import main
+from mezo_ckpt.core.hashing import canonical_parameters
 from mezo_ckpt.errors import ChainMismatchError, RunLockedError
-from mezo_ckpt.format import TrajectoryWriter, read_trajectory
-from mezo_ckpt.hashing import canonical_parameters
-from mezo_ckpt.replay import best_step, replay_model
+from mezo_ckpt.models.base import load_base
+from mezo_ckpt.rebuild import replay_model
 from mezo_ckpt.trainer import TrainConfig, train
 from mezo_ckpt.trainer.recipe import MezoRecipe
+from mezo_ckpt.trajectory import TrajectoryWriter, read_trajectory
+from mezo_ckpt.trajectory.steps import best_step
 
 ARCHS = ("gpt2", "llama")
 TRAINABLE = {"gpt2": "transformer.h.1.*", "llama": "model.layers.1.*"}
@@ -347,7 +348,7 @@ def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*a: Any, **k: Any) -> None:
         raise AssertionError("the base was loaded: the output was not checked first")
 
-    monkeypatch.setattr("mezo_ckpt.base.load_base", boom)
+    monkeypatch.setattr("mezo_ckpt.models.base.load_base", boom)
 
 
 #: What the refusal of each wrong base must name (per architecture).
@@ -737,7 +738,7 @@ def test_the_journal_itself_is_locked_whatever_the_cache(
 
 
 def test_a_held_journal_cannot_be_reopened_in_the_same_process(tmp_path: Path):
-    from mezo_ckpt.format import TrajectoryWriter
+    from mezo_ckpt.trajectory import TrajectoryWriter
 
     traj = read_trajectory(Path(__file__).parent / "golden" / "llama-fp32-normal16.zst")
     p = tmp_path / "j.zst.partial"
@@ -755,7 +756,7 @@ def test_a_held_journal_cannot_be_reopened_in_the_same_process(tmp_path: Path):
 
 
 def test_busy_output_is_refused_with_run_locked_error(tmp_path: Path):
-    from mezo_ckpt.fsutil import exclusive_lock
+    from mezo_ckpt.util.fsutil import exclusive_lock
 
     with (
         exclusive_lock(tmp_path / "run.zst", "training into"),
@@ -769,7 +770,7 @@ def test_lock_file_race_cannot_admit_two_runs(tmp_path: Path):
     """Lock files are never removed (removing one after release would let a process that
     opened the old file and one that creates a new one both hold "the" lock), and they
     live outside the user's folder."""
-    from mezo_ckpt.fsutil import exclusive_lock, lock_path
+    from mezo_ckpt.util.fsutil import exclusive_lock, lock_path
 
     target = tmp_path / "run.zst"
     with exclusive_lock(target, "training into"):  # run A
@@ -1044,7 +1045,7 @@ def test_crafted_journal_paths_are_not_obeyed(
     def fetched(*a: Any, **k: Any) -> None:
         raise AssertionError(f"the Hub was asked for {a} {k}")
 
-    monkeypatch.setattr("mezo_ckpt.hub.client.download_base", fetched)
+    monkeypatch.setattr("mezo_ckpt.models.remote.download_base", fetched)
     monkeypatch.setattr("huggingface_hub.snapshot_download", fetched)
     monkeypatch.setattr("huggingface_hub.hf_hub_download", fetched)
     _evil_journal(run, tmp_path, evil)
@@ -1285,13 +1286,13 @@ def test_hub_repo_named_by_a_trajectory_is_never_a_local_path(
     shutil.copytree(run.base, tmp_path / "tester" / "tiny-base")  # a folder named like it
     monkeypatch.chdir(tmp_path)
     loaded: list[str] = []
-    real = mezo_ckpt.base.load_folder
+    real = mezo_ckpt.models.base.load_folder
 
     def spy(folder: Any, *a: Any, **k: Any) -> Any:
         loaded.append(str(folder))
         return real(folder, *a, **k)
 
-    monkeypatch.setattr(mezo_ckpt.base, "load_folder", spy)
+    monkeypatch.setattr(mezo_ckpt.models.base, "load_folder", spy)
     res = cli("replay", traj, "-o", tmp_path / "out", "-q")
     assert not [f for f in loaded if "tester" in f and "tiny-base" in f], loaded
     assert res.exit_code == 2 and not (tmp_path / "out").exists(), res.output
@@ -1377,7 +1378,7 @@ def test_info_prints_header_strings_escaped(runs: dict[str, Run], tmp_path: Path
 
 def _mismatching_config_file(run: Run, tmp_path: Path) -> Path:
     def edit(h: dict) -> None:  # the base's config, as the header records it, differs
-        from mezo_ckpt.hashing import json_sha256
+        from mezo_ckpt.core.hashing import json_sha256
 
         h["base"]["config"][f"key{ESC}"] = f"value{ESC}"
         h["base"]["config_sha256"] = json_sha256(h["base"]["config"])  # consistent: it must be

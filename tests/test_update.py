@@ -25,8 +25,8 @@ from reference_numpy import (
     np_round_stochastic,
 )
 
-from mezo_ckpt import stream as S
-from mezo_ckpt import update as U
+from mezo_ckpt.core import stream as S
+from mezo_ckpt.core import update as U
 
 # ============================================================================ coefficients
 
@@ -386,7 +386,7 @@ def test_cpu_updates_never_import_triton():
 
     code = (
         "import sys, numpy as np, torch\n"
-        "from mezo_ckpt import update as U\n"
+        "from mezo_ckpt.core import update as U\n"
         "c = np.array([[2.0**-10]], np.float32)\n"
         "b = U.UpdateBatch(np.array([0]), c, np.ones(1, np.float32))\n"
         "for backend in ('auto', 'compiled', 'reference'):\n"

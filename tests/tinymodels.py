@@ -1,7 +1,7 @@
 """Tiny causal LMs built from configs, initialised from the portable Philox stream.
 
 torch's own initialisers use torch.randn, whose bits differ across CPU capabilities and
-devices; initialising from mezo_ckpt.stream makes the tiny bases (and so the golden
+devices; initialising from mezo_ckpt.core.stream makes the tiny bases (and so the golden
 trajectories' fingerprints) identical on every machine.
 """
 
@@ -15,8 +15,8 @@ from transformers import (
     OPTConfig,
 )
 
-from mezo_ckpt.hashing import canonical_parameters
-from mezo_ckpt.stream import param_key, z_reference
+from mezo_ckpt.core.hashing import canonical_parameters
+from mezo_ckpt.core.stream import param_key, z_reference
 
 VOCAB = 96
 

@@ -8,8 +8,8 @@ import sys
 import click
 
 from mezo_ckpt.errors import MezoCkptError
-from mezo_ckpt.fsutil import explain_os_error
-from mezo_ckpt.text import clean
+from mezo_ckpt.util.fsutil import explain_os_error
+from mezo_ckpt.util.text import clean
 
 #: Written at the end of every command's help (click's ``epilog``), before the examples.
 STEP_HELP = (

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from mezo_ckpt.cli.common import parse_step
-from mezo_ckpt.text import clean
+from mezo_ckpt.util.text import clean
 
 
 def _num(x: float) -> str:
@@ -110,7 +110,7 @@ Examples:
   mezo-ckpt apply-delta delta.safetensors --base ./my-local-base/ -o tuned/
 \b
 Python (the same rule):
-  from mezo_ckpt.export import apply_delta, load_delta
+  from mezo_ckpt.models.export import apply_delta, load_delta
   tensors, _ = load_delta("delta.safetensors"); apply_delta(model, tensors)
 """,
 )

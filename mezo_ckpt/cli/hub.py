@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from mezo_ckpt.cli.common import STEP_HELP, parse_step
-from mezo_ckpt.text import clean
+from mezo_ckpt.util.text import clean
 
 
 @click.command(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from mezo_ckpt.text import clean
+from mezo_ckpt.util.text import clean
 
 
 def _fmt(x: float | None) -> str:
@@ -56,7 +56,7 @@ def info(trajectory: Path, as_json: bool, plot: Path | None, overwrite: bool) ->
     from mezo_ckpt.api import summarize
 
     if plot is not None:
-        from mezo_ckpt.fsutil import check_output
+        from mezo_ckpt.util.fsutil import check_output
 
         check_output(plot, kind="file", overwrite=overwrite, inputs=[trajectory], flag="--plot")
     s = summarize(trajectory)

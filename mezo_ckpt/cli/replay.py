@@ -10,7 +10,7 @@ import click
 
 from mezo_ckpt.api import OUTPUT_KINDS
 from mezo_ckpt.cli.common import STEP_HELP, parse_step
-from mezo_ckpt.text import clean
+from mezo_ckpt.util.text import clean
 
 FORMATS = tuple(OUTPUT_KINDS)
 

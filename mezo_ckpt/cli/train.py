@@ -13,8 +13,8 @@ from typing import Any
 
 import click
 
-from mezo_ckpt.text import clean
 from mezo_ckpt.trainer.config import TrainConfig
+from mezo_ckpt.util.text import clean
 
 _D = TrainConfig()
 RUN = "Config files and run control"
@@ -220,7 +220,7 @@ def train(
     import yaml
 
     from mezo_ckpt.trainer.config import resolve_config
-    from mezo_ckpt.trainer.recipe import train as run
+    from mezo_ckpt.trainer.run import train as run
 
     if old_no_test:
         click.echo(

@@ -5,7 +5,7 @@ the trajectory (a few KB), ``mezo_ckpt.json`` (how to rebuild it: the base repo 
 a commit or the embedded GGUF's identity, the base's fingerprints, the trajectory's
 sha256) and ``README.md`` (a model card following Hub conventions).
 
-* :mod:`~mezo_ckpt.hub.client`: error mapping, downloads pinned to commits, hashes;
+* :mod:`~mezo_ckpt.models.remote`: error mapping, downloads pinned to commits, hashes;
 * :mod:`~mezo_ckpt.hub.card`: the model card, rendered from ``card_template.md``;
 * :mod:`~mezo_ckpt.hub.publish`: ``push`` and the publication it uploads;
 * :mod:`~mezo_ckpt.hub.fetch`: ``pull`` / ``load`` / ``fetch`` and the replay cache.

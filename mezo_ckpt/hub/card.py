@@ -2,7 +2,7 @@
 
 Every string that comes from the trajectory (names, settings, split names, prompt
 templates) is cleaned and escaped before it reaches the markdown (see
-:mod:`mezo_ckpt.text`), so a crafted header renders as text, never as markup. The card
+:mod:`mezo_ckpt.util.text`), so a crafted header renders as text, never as markup. The card
 claims nothing the repo cannot serve: no inference widget (there are no weights), the
 dataset as the publisher named it, and copy-pastable commands to rebuild the model and
 run the trained task.
@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from mezo_ckpt import __version__
-from mezo_ckpt.format import Trajectory
-from mezo_ckpt.text import md, md_code, py_literal
+from mezo_ckpt.trajectory import Trajectory
+from mezo_ckpt.util.text import md, md_code, py_literal
 
 TAGS = ["mezo", "zeroth-order", "mezo-ckpt", "seed-trajectory"]
 #: Card identity of the embedded default base (the GGUF is a quantization of this repo).

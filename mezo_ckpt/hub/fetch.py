@@ -25,12 +25,10 @@ from mezo_ckpt.errors import (
     PublishedRepoError,
     UnsupportedError,
 )
-from mezo_ckpt.export import check_exported, read_provenance
-from mezo_ckpt.format import Trajectory, parse_trajectory, read_trajectory_bytes, strict_json
-from mezo_ckpt.fsutil import check_output, os_errors, staged_folder
-from mezo_ckpt.header import HEX40, HEX64, is_repo_file, is_repo_id
 from mezo_ckpt.hub.card import safe_package
-from mezo_ckpt.hub.client import (
+from mezo_ckpt.hub.record import META_FILE, SCHEMA, SCHEMA_VERSION
+from mezo_ckpt.models.export import check_exported, read_provenance
+from mezo_ckpt.models.remote import (
     check_sha256,
     download_file,
     download_snapshot,
@@ -41,7 +39,9 @@ from mezo_ckpt.hub.client import (
     quiet_hub,
     verify_base_files,
 )
-from mezo_ckpt.hub.record import META_FILE, SCHEMA, SCHEMA_VERSION
+from mezo_ckpt.trajectory import Trajectory, parse_trajectory, read_trajectory_bytes, strict_json
+from mezo_ckpt.trajectory.header import HEX40, HEX64, is_repo_file, is_repo_id
+from mezo_ckpt.util.fsutil import check_output, os_errors, staged_folder
 
 MAX_META_BYTES = 1 << 20
 
@@ -49,10 +49,10 @@ MAX_META_BYTES = 1 << 20
 def replay_cache_root() -> Path:
     """Folder holding rebuilt weights: ``<cache_root()>/replayed``.
 
-    ``cache_root()`` comes from :mod:`mezo_ckpt.embedded` (``$MEZO_CKPT_CACHE``, else
+    ``cache_root()`` comes from :mod:`mezo_ckpt.models.embedded` (``$MEZO_CKPT_CACHE``, else
     ``$XDG_CACHE_HOME/mezo-ckpt``, else ``~/.cache/mezo-ckpt``).
     """
-    from mezo_ckpt.runtime import cache_root
+    from mezo_ckpt.util.runtime import cache_root
 
     return cache_root() / "replayed"
 
@@ -70,7 +70,7 @@ class Rebuilt:
     num_steps: int
     cache_hit: bool
     dtype: str
-    verified: str | None = None  # "fingerprint" / "records" / None (see mezo_ckpt.replay)
+    verified: str | None = None  # "fingerprint" / "records" / None (trajectory.replay)
     checked: list[str] = field(default_factory=list)  # what the base check compared
     base_folder: Path | None = None
     model: Any = field(default=None, repr=False)  # the replayed model (None on a cache hit)
@@ -99,7 +99,7 @@ def read_meta(path: Path) -> dict:
     Raises:
         PublishedRepoError: malformed; UnsupportedError: a newer schema version.
     """
-    from mezo_ckpt.fsutil import read_regular_file
+    from mezo_ckpt.util.fsutil import read_regular_file
 
     meta = strict_json(
         read_regular_file(path, MAX_META_BYTES, META_FILE, PublishedRepoError),
@@ -357,7 +357,7 @@ def fetch(
             trained from an unpublished local folder); its identity is still checked.
         device: where to replay.
         progress: show download and replay progress bars.
-        allow_unverified: allow a step that no checkpoint covers (see mezo_ckpt.replay).
+        allow_unverified: allow a step that no checkpoint covers (see mezo_ckpt.trajectory.steps).
         ignore_base_mismatch: replay onto a base that differs (recorded in the provenance).
         stream: replay a base folder shard by shard straight into the cache (peak memory
             about one shard; the returned ``model`` is then None). None: when the base
@@ -502,7 +502,7 @@ def _stream_source(
     """A folder base to stream shard by shard into the cache entry, when asked (or when
     it would not fit in memory); None to load the base whole instead (an embedded base,
     or a base that fits)."""
-    from mezo_ckpt.api import should_stream
+    from mezo_ckpt.rebuild.sources import should_stream
 
     checked_files: list[str] = []
     if base is not None:
@@ -531,8 +531,8 @@ def _model_source(
     device: str,
 ) -> Any:
     """The trajectory's base (or the one given), loaded; the pipeline checks it."""
-    from mezo_ckpt.base import load_base, load_folder
     from mezo_ckpt.errors import EmbeddedModelMissing
+    from mezo_ckpt.models.base import load_base, load_folder
 
     header = traj.header
     dtype = header.base.dtype
@@ -615,7 +615,7 @@ def load(
     Raises:
         See :func:`fetch`.
     """
-    from mezo_ckpt.base import load_folder, parse_dtype
+    from mezo_ckpt.models.base import load_folder, parse_dtype
 
     r = fetch(
         repo_or_path,

@@ -22,12 +22,12 @@ from mezo_ckpt.errors import (
     OutputExistsError,
     PushRefusedError,
 )
-from mezo_ckpt.format import Trajectory, parse_trajectory, read_trajectory_bytes
-from mezo_ckpt.fsutil import check_output, os_errors
-from mezo_ckpt.header import HEX40, is_repo_file, is_repo_id
 from mezo_ckpt.hub.card import EMBEDDED_LICENSE, card_base_model, human_bytes, render_card
-from mezo_ckpt.hub.client import download_snapshot, hub_errors, offline
 from mezo_ckpt.hub.record import META_FILE, SCHEMA, SCHEMA_VERSION
+from mezo_ckpt.models.remote import download_snapshot, hub_errors, offline
+from mezo_ckpt.trajectory import Trajectory, parse_trajectory, read_trajectory_bytes
+from mezo_ckpt.trajectory.header import HEX40, is_repo_file, is_repo_id
+from mezo_ckpt.util.fsutil import check_output, os_errors
 
 CARD_FILE = "README.md"
 DEFAULT_TRAJECTORY_NAME = "trajectory.zst"
@@ -125,7 +125,7 @@ def pin_base(
         PushRefusedError: the base cannot be pinned as asked.
         BaseMismatchError: the named Hub base is not the trajectory's base.
     """
-    from mezo_ckpt.base import hash_folder_files, load_folder, verify_base
+    from mezo_ckpt.models.base import hash_folder_files, load_folder, verify_base
 
     b = traj.header.base
     if (base_repo is None) != (base_revision is None):
@@ -204,7 +204,7 @@ def build_meta(
     repo_id: str,
 ) -> dict:
     """The ``mezo_ckpt.json`` a publication carries (see the module docstring)."""
-    from mezo_ckpt.replay import best_step
+    from mezo_ckpt.trajectory.steps import best_step
 
     try:
         best: int | None = best_step(traj)

@@ -1,6 +1,7 @@
 """The rebuild pipeline: edits (a trajectory to a step, a delta) x sources (a loaded
 model, a streamed folder) x sinks (model, folders, files, statistics)."""
 
+from mezo_ckpt.rebuild.inplace import replay_model, replay_tensors
 from mezo_ckpt.rebuild.pipeline import Outcome, rebuild
 from mezo_ckpt.rebuild.plan import DeltaEdit, Plan, Verdict
 from mezo_ckpt.rebuild.sinks import (
@@ -30,4 +31,6 @@ __all__ = [
     "TensorsSource",
     "Verdict",
     "rebuild",
+    "replay_model",
+    "replay_tensors",
 ]

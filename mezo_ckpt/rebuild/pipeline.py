@@ -10,14 +10,14 @@ modules it calls.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mezo_ckpt.base import BaseCheck
-from mezo_ckpt.hashing import Fingerprint
+from mezo_ckpt.core.hashing import Fingerprint
+from mezo_ckpt.models.base import BaseCheck
 from mezo_ckpt.rebuild.plan import Edit, Verdict, finite_rate
-from mezo_ckpt.runtime import bars_wanted
+from mezo_ckpt.util.runtime import bars_wanted
 
 
 @dataclass
@@ -49,11 +49,13 @@ def rebuild(
     ignore_base_mismatch: bool = False,
     progress: bool = False,
     desc: str = "replay",
+    on_progress: Callable[[int], None] | None = None,
 ) -> Outcome:
     """Apply ``edits`` to the base ``source`` and hand the results to ``sink``.
 
     With one edit the sink gets the rebuilt tensors; with two (``diff``) it gets both
-    states of each tensor, rebuilt from the same base tensor.
+    states of each tensor, rebuilt from the same base tensor. ``progress`` draws a bar
+    (on a terminal); ``on_progress`` is called with the element-steps of each tensor.
 
     Raises:
         BaseMismatchError: the base is not the one the edits were made from (nothing is
@@ -91,6 +93,8 @@ def rebuild(
                     n = edit.apply(name, x)
                     done += n
                     bar.update(n)
+                    if on_progress is not None:
+                        on_progress(n)
                 if fp is not None and fp.wants(name):
                     fp.add(name, x)
                 outs.append(x)

@@ -17,11 +17,11 @@ from typing import Any, Protocol
 
 import torch
 
+from mezo_ckpt.core.update import UpdateBatch, UpdateSpec, replay_tensor
 from mezo_ckpt.errors import DeltaError, VerificationError
-from mezo_ckpt.format import Trajectory
-from mezo_ckpt.header import BaseIdentity, _Fields
-from mezo_ckpt.replay import check_verifiable, describe_verification, judge, resolve_step
-from mezo_ckpt.update import UpdateBatch, UpdateSpec, replay_tensor
+from mezo_ckpt.trajectory import Trajectory
+from mezo_ckpt.trajectory.header import BaseIdentity, _Fields
+from mezo_ckpt.trajectory.steps import check_verifiable, describe_verification, judge, resolve_step
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class Verdict:
     """What one rebuilt result is known to be."""
 
     step: int | None
-    verified: str | None  # "fingerprint", "records" or None (see mezo_ckpt.replay)
+    verified: str | None  # "fingerprint", "records" or None (see mezo_ckpt.trajectory.steps)
     covered_by: int | None = None
     fingerprint: str | None = None  # sha256 of the trained tensors, when computed
 
@@ -88,7 +88,7 @@ class Plan:
         """Resolve ``step`` (None: last, "best", N) and refuse a step nothing binds.
 
         Raises:
-            StepOutOfRangeError, UnverifiedStepError: see :mod:`mezo_ckpt.replay`.
+            StepOutOfRangeError, UnverifiedStepError: see :mod:`mezo_ckpt.trajectory.steps`.
         """
         target = resolve_step(traj, step)
         check_verifiable(traj, target, allow_unverified=allow_unverified)
@@ -120,7 +120,7 @@ class Plan:
         return self.verify and self.step in self.traj.checkpoints
 
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
-        from mezo_ckpt.adapters import prepare
+        from mezo_ckpt.models.adapters import prepare
 
         return prepare(self.traj.header, model)
 
@@ -136,7 +136,7 @@ class Plan:
 
     def provenance(self, verdict: Verdict | None = None, **extra: Any) -> dict:
         """The provenance record written next to an output (docs/FORMAT.md)."""
-        from mezo_ckpt.export import provenance
+        from mezo_ckpt.models.export import provenance
 
         if verdict is not None:
             extra.setdefault("verified", verdict.verified)
@@ -229,7 +229,7 @@ class DeltaEdit:
         """(differences, checked) for a delta written before deltas embedded the whole
         identity: every tensor by the root digest it records, and the architecture and
         dtype (its config and tokenizer were never recorded, and the result says so)."""
-        from mezo_ckpt.base import describe_base
+        from mezo_ckpt.models.base import describe_base
 
         want = self.prov["base"]
         got = describe_base(model, (), trainable_digest=False)

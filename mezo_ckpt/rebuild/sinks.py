@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from mezo_ckpt.base import BaseCheck
 from mezo_ckpt.errors import OutputError
+from mezo_ckpt.models.base import BaseCheck
 from mezo_ckpt.rebuild.plan import Edit, Verdict
 
 
@@ -33,7 +33,7 @@ def _meta(edits: Sequence[Edit], verdicts: Sequence[Verdict], check: BaseCheck, 
 
 
 class ModelSink:
-    """The rebuilt model, in memory (``mezo_ckpt.load``, ``mezo_ckpt.replay``)."""
+    """The rebuilt model, in memory (``mezo_ckpt.load``, ``mezo_ckpt.trajectory.steps``)."""
 
     keeps_base = False
 
@@ -57,12 +57,12 @@ class HfFolderSink(ModelSink):
         self.out, self.replace, self.extra = Path(out), replace, extra
 
     def close(self, source, edits, verdicts, check) -> Path:
-        from mezo_ckpt.export import export_hf
+        from mezo_ckpt.models.export import export_hf
 
         meta = _meta(edits, verdicts, check, self.extra)
         model = source.model
         if getattr(edits[0].pinned, "peft", None) is not None:
-            from mezo_ckpt.adapters import merged
+            from mezo_ckpt.models.adapters import merged
 
             model = merged(model)
             meta["merged"] = (
@@ -77,7 +77,7 @@ class PeftSink(HfFolderSink):
     """The adapter folder ``PeftModel.from_pretrained(base, out)`` loads."""
 
     def close(self, source, edits, verdicts, check) -> Path:
-        from mezo_ckpt.export import export_adapter_folder
+        from mezo_ckpt.models.export import export_adapter_folder
 
         meta = _meta(edits, verdicts, check, self.extra)
         export_adapter_folder(
@@ -95,7 +95,7 @@ class SafetensorsSink(HfFolderSink):
     """One file under the model's state-dict names (tied tensors under each name)."""
 
     def close(self, source, edits, verdicts, check) -> Path:
-        from mezo_ckpt.export import export_safetensors, state_dict_tensors
+        from mezo_ckpt.models.export import export_safetensors, state_dict_tensors
 
         meta = _meta(edits, verdicts, check, self.extra)
         export_safetensors(state_dict_tensors(source.model), self.out, {**meta, "kind": "weights"})
@@ -115,8 +115,8 @@ class DeltaSink(HfFolderSink):
         self.fingerprint: Any = None
 
     def take(self, name: str, base: torch.Tensor, outs: list[torch.Tensor]) -> None:
-        from mezo_ckpt.export import delta_tensors
-        from mezo_ckpt.hashing import Fingerprint
+        from mezo_ckpt.core.hashing import Fingerprint
+        from mezo_ckpt.models.export import delta_tensors
 
         if self.fingerprint is None:
             self.fingerprint = Fingerprint(self._trained)
@@ -130,7 +130,7 @@ class DeltaSink(HfFolderSink):
         return self._trained
 
     def close(self, source, edits, verdicts, check) -> Path:
-        from mezo_ckpt.export import DELTA_RULE, export_safetensors
+        from mezo_ckpt.models.export import DELTA_RULE, export_safetensors
         from mezo_ckpt.rebuild.plan import delta_identity_json
 
         meta = _meta(edits, verdicts, check, self.extra)
@@ -166,8 +166,8 @@ class ShardSink(ModelSink):
 
     @contextlib.contextmanager
     def staging(self, source) -> Iterator[None]:
-        from mezo_ckpt.fsutil import staged_folder
-        from mezo_ckpt.stfile import ShardWriter
+        from mezo_ckpt.models.stfile import ShardWriter
+        from mezo_ckpt.util.fsutil import staged_folder
 
         layout = source.layout()
         n = len(layout)
@@ -202,8 +202,8 @@ class ShardSink(ModelSink):
     def close(self, source, edits, verdicts, check) -> Path:
         import shutil
 
-        from mezo_ckpt.base import GENERATION_CONFIG_FILE
-        from mezo_ckpt.export import PROVENANCE_FILE, _copy_tokenizer, recorded_files
+        from mezo_ckpt.models.base import GENERATION_CONFIG_FILE
+        from mezo_ckpt.models.export import PROVENANCE_FILE, _copy_tokenizer, recorded_files
 
         self.writers.close()  # flush, fsync and check every shard before hashing them
         if self.sharded:

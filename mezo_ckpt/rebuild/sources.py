@@ -9,6 +9,7 @@ tensors in sorted canonical order, so fingerprints are computed on the way.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -16,9 +17,9 @@ from typing import Any
 
 import torch
 
-from mezo_ckpt.base import BaseCheck, LoadedBase, verify_base
+from mezo_ckpt.core.hashing import canonical_parameters
 from mezo_ckpt.errors import BaseMismatchError, ModelLoadError, UnsupportedError
-from mezo_ckpt.hashing import canonical_parameters
+from mezo_ckpt.models.base import BaseCheck, LoadedBase, verify_base
 from mezo_ckpt.rebuild.plan import Edit
 
 #: Refusal wording shared by every source.
@@ -160,6 +161,24 @@ def _prepare_all(edits: Sequence[Edit], model: torch.nn.Module) -> torch.nn.Modu
 
 # ----------------------------------------------------------------------------- folders
 
+
+def _available_memory() -> int | None:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not Linux
+        return None
+
+
+def should_stream(folder: Path, requested: bool | None) -> bool:
+    """Stream when asked, or (by default) when the weights would not fit in half of the
+    memory available now."""
+    if requested is not None:
+        return requested
+    size = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+    free = _available_memory()
+    return free is not None and size > free // 2
+
+
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 #: Cap on an index file (a real one is a few hundred KB even for 400B-parameter models).
@@ -193,7 +212,7 @@ def weight_files(folder: Path) -> dict[str, list[str]]:
     Raises:
         ModelLoadError: no weights, a malformed index, or a shard it names is missing.
     """
-    from mezo_ckpt.fsutil import read_regular_file
+    from mezo_ckpt.util.fsutil import read_regular_file
 
     if (folder / INDEX).is_file():
         raw = read_regular_file(folder / INDEX, MAX_INDEX_BYTES, INDEX, ModelLoadError)
@@ -258,8 +277,8 @@ class FolderStream:
         self._entries: dict = {}
 
     def open(self, edits: Sequence[Edit], *, ignore_mismatch: bool = False) -> BaseCheck:
-        from mezo_ckpt.base import parse_dtype
-        from mezo_ckpt.hashing import _alias_groups
+        from mezo_ckpt.core.hashing import _alias_groups
+        from mezo_ckpt.models.base import parse_dtype
 
         if ignore_mismatch:
             raise UnsupportedError("a streamed replay checks the whole base; it cannot ignore it")
@@ -313,7 +332,7 @@ class FolderStream:
         return [(file, sorted(r)) for file, r in rows.items() if r]
 
     def _dtype_of(self, f, stored: str) -> torch.dtype:
-        from mezo_ckpt.stfile import ST_DTYPES
+        from mezo_ckpt.models.stfile import ST_DTYPES
 
         code = f.get_slice(stored).get_dtype()
         for dtype, name in ST_DTYPES.items():
@@ -331,8 +350,8 @@ class FolderStream:
         return (t.to(self.dtype) if t.is_floating_point() else t).contiguous()
 
     def tensors(self, names: Sequence[str] | None) -> Iterator[tuple[str, torch.Tensor]]:
-        from mezo_ckpt.hashing import dtype_name, tensor_digest
-        from mezo_ckpt.header import TENSOR_DIGEST_HEX, TensorEntry
+        from mezo_ckpt.core.hashing import dtype_name, tensor_digest
+        from mezo_ckpt.trajectory.header import TENSOR_DIGEST_HEX, TensorEntry
 
         wanted = sorted(self.where if names is None else set(names) & set(self.where))
         with ExitStack() as stack:
@@ -356,7 +375,7 @@ class FolderStream:
 
     def finish(self) -> BaseCheck:
         """The content check of what was streamed: refuse before anything is renamed."""
-        from mezo_ckpt.base import diff_identities
+        from mezo_ckpt.models.base import diff_identities
 
         got = self._identity(self._digests, self._entries)
         missing = sorted(set(self.edit.trained) - set(self._digests))
@@ -371,7 +390,7 @@ class FolderStream:
         tokenizer) is known without reading a weight."""
         import dataclasses
 
-        from mezo_ckpt.base import diff_identities
+        from mezo_ckpt.models.base import diff_identities
 
         got = dataclasses.replace(
             self._identity({}, {}),
@@ -385,15 +404,15 @@ class FolderStream:
 
     def _identity(self, digests: dict, entries: dict):
         """The offered base's identity from streamed digests (what describe_base gives)."""
-        from mezo_ckpt.base import CONFIG_FILE, GENERATION_CONFIG_FILE, _config_of
-        from mezo_ckpt.hashing import (
+        from mezo_ckpt.core.hashing import (
             json_sha256,
             manifest_sha256,
             parameter_manifest,
             tensors_root,
             tokenizer_digests,
         )
-        from mezo_ckpt.header import BaseIdentity
+        from mezo_ckpt.models.base import CONFIG_FILE, GENERATION_CONFIG_FILE, _config_of
+        from mezo_ckpt.trajectory.header import BaseIdentity
 
         want, model, folder = self.want, self.meta, self.folder
         cfg = _config_of(model, folder, CONFIG_FILE)
@@ -425,7 +444,7 @@ class FolderStream:
 
     def _legacy_fingerprint(self) -> str:
         """tensors_sha256 of the base's trained tensors (how a 1.0 file pins its base)."""
-        from mezo_ckpt.hashing import Fingerprint
+        from mezo_ckpt.core.hashing import Fingerprint
 
         fp = Fingerprint(self.edit.trained)
         with ExitStack() as stack:

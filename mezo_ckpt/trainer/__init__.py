@@ -7,6 +7,8 @@ from a :class:`~mezo_ckpt.trainer.config.TrainConfig` or keyword settings.
 from __future__ import annotations
 
 from mezo_ckpt.trainer.config import TrainConfig
-from mezo_ckpt.trainer.recipe import MezoRecipe, TrainResult, train
+from mezo_ckpt.trainer.outputs import TrainResult
+from mezo_ckpt.trainer.recipe import MezoRecipe
+from mezo_ckpt.trainer.run import train
 
 __all__ = ["MezoRecipe", "TrainConfig", "TrainResult", "train"]

@@ -29,11 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mezo_ckpt.core.spec import ROUNDING_MODES, Z_KINDS
 from mezo_ckpt.errors import ConfigError
-from mezo_ckpt.header import DTYPES, ESTIMATORS, MAX_DIRECTIONS, MAX_HISTORY, PEFT_TYPES
-from mezo_ckpt.stream import Z_KINDS
 from mezo_ckpt.trainer.schedule import SCHEDULES, learning_rate
-from mezo_ckpt.update import ROUNDING_MODES
+from mezo_ckpt.trajectory.header import DTYPES, ESTIMATORS, MAX_DIRECTIONS, MAX_HISTORY, PEFT_TYPES
 
 #: The embedded default task (movie-review sentiment shipped in mezo_ckpt/data).
 DEFAULT_TASK = "sentiment"
@@ -363,6 +362,12 @@ class TrainConfig:
             setattr(self, f.name, coerce(f.name, getattr(self, f.name), src.get(f.name, "config")))
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise bad("device", "use auto, cpu, cuda or cuda:N")
+        if self.peft != "none" and self.device_map:
+            raise bad(
+                "peft",
+                "--peft with --device-map is not supported: adapters are small, train them "
+                "on a model that fits (or offload without adapters)",
+            )
         in_memory = getattr(self, "in_memory", False)
         if self.task == "custom" and not (self.train_file or self.dataset or in_memory):
             raise bad("task", "task 'custom' needs --train-file or --dataset")

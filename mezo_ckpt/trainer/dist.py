@@ -90,6 +90,13 @@ class Dist:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    def describe(self) -> str:
+        """What the run says of its ranks ('' for a single process)."""
+        if not self.active:
+            return ""
+        share = "batch" if self.mode == "data" else "n-SPSA directions"
+        return f"data parallel: {self.world} ranks ({self.backend}), each a share of the {share}"
+
     def device(self, requested: str) -> str:
         """The device of this rank (its own GPU under NCCL)."""
         if self.active and self.backend == "nccl" and requested in ("auto", "cuda"):

@@ -32,7 +32,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from mezo_ckpt.errors import ConfigError, DataError
+from mezo_ckpt.trainer.data import Split
+from mezo_ckpt.trainer.dist import Dist
+from mezo_ckpt.trainer.perturb import Perturber
+from mezo_ckpt.trainer.tasks import (
+    Encoded,
+    LossTerms,
+    PromptTask,
+    exact_match,
+    generate,
+    loss_terms,
+    predictions,
+    score_candidates,
+    token_f1,
+)
 
 PREFIX = "python:"
 
@@ -106,3 +122,131 @@ def load_user_objective(spec: str) -> UserObjective:
     except (OSError, TypeError):
         digest = hashlib.sha256(inspect.getsource(fn).encode()).hexdigest()
     return UserObjective(spec, fn, f"{module_name}.{fn_name}", digest)
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+class Objective:
+    """Measures a batch (under whatever perturbation is active) and evaluates splits."""
+
+    def __init__(
+        self,
+        task: PromptTask,
+        objective: str,
+        model: torch.nn.Module,
+        tokenizer,
+        perturber: Perturber | None,
+        user: UserObjective | None = None,
+        dist: Dist | None = None,
+    ) -> None:
+        self.dist = dist
+        self.task = task
+        self.objective = objective
+        self.model = model
+        self.tokenizer = tokenizer
+        self.perturber = perturber
+        self.user = user
+
+    def rows(self, head: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+        p = self.perturber
+        if p is None:
+            return head.weight.detach()[ids.to(head.weight.device)]
+        return p.rows(head.weight, p.name_of(head, "weight"), ids)
+
+    def _generate(self, enc: Encoded) -> list[str]:
+        return generate(
+            self.model,
+            self.tokenizer,
+            enc,
+            max_new_tokens=self.task.max_new_tokens,
+            stop=self.task.stop,
+        )
+
+    def __call__(self, enc: Encoded) -> LossTerms:
+        n = enc.n_examples
+        if self.objective in ("f1", "exact_match"):
+            metric = token_f1 if self.objective == "f1" else exact_match
+            got = [metric(t, r) for t, r in zip(self._generate(enc), enc.references)]
+            return LossTerms(float(n - sum(got)), n, float(sum(got)))
+        if self.user is not None:
+            outputs = (
+                self._generate(enc)
+                if enc.kind == "generation"
+                else predictions(score_candidates(self.model, enc, self.rows), enc)
+            )
+            scores = self.user.scores(enc.examples, outputs)
+            return LossTerms(-float(sum(scores)), n, float(sum(scores)))
+        return loss_terms(score_candidates(self.model, enc, self.rows), enc, self.objective)
+
+    def evaluate(
+        self, split: Split, batch_size: int, progress: Callable[[int], None] | None = None
+    ) -> tuple[dict[str, float], int]:
+        """(metrics, prompts truncated) of the current weights on a split (under
+        torchrun each rank evaluates its share and the sums are added up); ``progress``
+        gets the number of examples of each batch done."""
+        total = LossTerms(0.0, 0, 0.0)
+        em = f1 = 0.0
+        truncated = 0
+        dist = self.dist
+        mine = range(len(split.examples))
+        if dist is not None and dist.active:
+            mine = range(dist.rank, len(split.examples), dist.world)
+        # Batch similar lengths together: much less padding, same per-example scores.
+        order = sorted(mine, key=lambda i: len(self.task.template.format(**split.examples[i])))
+        ordered = [split.examples[i] for i in order]
+        with torch.inference_mode():
+            for lo in range(0, len(ordered), batch_size):
+                enc = self.task.encode(self.tokenizer, ordered[lo : lo + batch_size])
+                truncated += enc.truncated
+                total = total + loss_terms(score_candidates(self.model, enc, self.rows), enc, "ce")
+                if enc.kind == "generation":
+                    for t, r in zip(self._generate(enc), enc.references):
+                        em += exact_match(t, r)
+                        f1 += token_f1(t, r)
+                if progress is not None:
+                    progress(enc.n_examples)
+        if dist is not None and dist.active:
+            ls, cnt, cor, em, f1, truncated = dist.sum_floats(
+                [total.loss_sum, float(total.count), total.correct, em, f1, float(truncated)]
+            )
+            total = LossTerms(ls, int(round(cnt)), cor)
+            truncated = int(round(truncated))
+        n = max(1, total.count)
+        if self.task.kind == "generation":
+            metrics = {"loss": total.loss, "exact_match": em / n, "f1": f1 / n}
+        else:
+            metrics = {"accuracy": total.correct / n, "loss": total.loss}
+        metrics["examples"] = float(total.count)
+        return metrics, truncated
+
+
+def make_step(
+    cfg: Any,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    task: PromptTask,
+    user: UserObjective | None,
+    trainable: list[str],
+    params: dict[str, torch.Tensor],
+    header: Any,
+    dist: Dist,
+    reduce: Any = None,
+) -> tuple[Objective, Any]:
+    """(what the forwards measure, the MeZO step) of a run: perturbed forwards of the
+    trainable tensors, the configured objective, the estimator and update of ``cfg``."""
+    from mezo_ckpt.core.update import UpdateSpec
+    from mezo_ckpt.trainer.step import MezoStep
+
+    perturber = Perturber(model, trainable, cfg.seed, cfg.z, cfg.eps)
+    objective = Objective(task, cfg.objective, model, tokenizer, perturber, user, dist)
+    step = MezoStep.from_config(
+        cfg,
+        params,
+        perturber,
+        UpdateSpec.from_header(header),
+        objective,
+        reduce=reduce or dist.reduce,
+        owns=dist.owns,
+    )
+    return objective, step

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from mezo_ckpt.hashing import canonical_parameters
-from mezo_ckpt.stream import param_key
-from mezo_ckpt.update import perturbed_copy, perturbed_rows
+from mezo_ckpt.core.hashing import canonical_parameters
+from mezo_ckpt.core.stream import param_key
+from mezo_ckpt.core.update import perturbed_copy, perturbed_rows
 
 #: Parameters larger than this are perturbed in row chunks (Linear) or rows (Embedding).
 CHUNK_ELEMENTS = 1 << 20

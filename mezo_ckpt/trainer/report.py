@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from mezo_ckpt.errors import ConfigError
-from mezo_ckpt.fsutil import os_errors
+from mezo_ckpt.util.fsutil import os_errors
 
 #: Seconds between plain progress lines when the output is not a terminal.
 PLAIN_EVERY_S = 30.0
@@ -128,6 +128,31 @@ class Reporter:
             self.sinks.append(_Tensorboard(logdir, config or {}))
         elif report_to == "wandb":
             self.sinks.append(_Wandb(run_name, config or {}))
+
+    @classmethod
+    def for_run(
+        cls,
+        cfg: Any,
+        out: Path,
+        log_path: Path,
+        *,
+        start: int,
+        progress: bool,
+        main: bool,
+        log: Callable[[str], None],
+    ) -> Reporter:
+        """The reporter of a training run (a data-parallel rank other than 0 stays quiet)."""
+        return cls(
+            total=cfg.steps,
+            start=start,
+            progress=progress and main,
+            log=log if main else (lambda text: None),
+            log_path=log_path if main else None,
+            report_to=cfg.report_to if main else "none",
+            report_dir=out.with_name(out.name + ".tensorboard"),
+            run_name=out.name,
+            config=cfg.to_dict(),
+        )
 
     def message(self, text: str) -> None:
         """A line for the person watching: above the bar when there is one."""

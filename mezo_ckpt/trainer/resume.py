@@ -15,13 +15,17 @@ with ``--steps``). The settings come from the file, with two exceptions:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mezo_ckpt.errors import ConfigError, TrajectoryNotFoundError
-from mezo_ckpt.format import Trajectory, read_trajectory
+import torch
+
+from mezo_ckpt.errors import ConfigError, DataError, TrajectoryNotFoundError
 from mezo_ckpt.trainer.config import TrainConfig, coerce, load_yaml, parse_set, unknown_setting
+from mezo_ckpt.trajectory import Trajectory, TrajectoryWriter, read_trajectory
+from mezo_ckpt.util.fsutil import os_errors, staged_file
 
 JOURNAL_SUFFIX = ".partial"
 _DEFAULTS = TrainConfig().to_dict()
@@ -179,3 +183,132 @@ def resume_config(
     except ConfigError as e:
         raise ConfigError(f"cannot resume {src}: {e}") from None
     return cfg, traj, notes
+
+
+def open_resumed(run: Any) -> None:
+    """Reopen the journal of ``run`` (a :class:`~mezo_ckpt.trainer.recipe.MezoRecipe`),
+    check its data and whole base against the file, attach the run's adapter, and extend
+    the header when more steps are asked for.
+
+    Raises:
+        DataError, BaseMismatchError, ConfigError: the data, base or request differ.
+    """
+    from mezo_ckpt.models.adapters import prepare
+    from mezo_ckpt.models.base import verify_base
+    from mezo_ckpt.trainer.outputs import FollowerWriter
+
+    cfg = run.cfg
+    assert run.dist is not None
+    src = run.journal if run.journal.exists() else run.out
+    if run.main:
+        if src == run.out:  # a finished (or interrupted and compacted) file: journal again
+            with os_errors(run.journal, "write"):
+                run.journal.write_bytes(run.out.read_bytes())
+        writer, traj = TrajectoryWriter.open_for_resume(run.journal, fsync=cfg.fsync)
+    if run.dist.active:  # every rank replays rank 0's journal
+        from mezo_ckpt.trajectory import parse_trajectory
+
+        data = run.dist.broadcast_bytes(
+            run.journal.read_bytes()[: traj.valid_length] if run.main else None
+        )
+        traj = parse_trajectory(data, allow_truncated_tail=True)
+        if not run.main:
+            writer = FollowerWriter(traj.num_steps)
+    h = traj.header
+    try:
+        stored = h.config.get("data") or {}
+        now = run.data_info
+        for key in sorted(set(stored) | set(now)):
+            if key.endswith("_sha256") and stored.get(key) != now.get(key):
+                raise DataError(
+                    f"cannot resume {src}: the {key.removesuffix('_sha256')} data differs "
+                    "from what the run trained on (its fingerprint changed); pass the same "
+                    "files, columns and example limits"
+                )
+        check = verify_base(h, run.model, offered=run.loaded, values=run.offload)
+        run.notes.append("base checked: " + check.summary())
+        run.model = prepare(h, run.model)
+        run.peft_kind = h.peft.type if h.peft is not None else None
+    except BaseException:
+        writer.close()
+        if run.main and src == run.out:  # the copy made above: nothing was resumed
+            with contextlib.suppress(OSError):
+                run.journal.unlink()
+        raise
+    run.writer = writer
+    run.header = h
+    run.traj = traj
+    run.evaluations = list(traj.evaluations)
+    run.checkpoints = dict(traj.checkpoints)
+    run.start = traj.num_steps
+    if cfg.steps != h.total_steps:
+        extend(run, traj, cfg.steps)
+    elif src == run.out and traj.complete and run.start == h.total_steps:
+        # a finished file (a journal at its last step still needs its final
+        # evaluations and compaction: finish() does them)
+        run.writer.close()
+        if run.main:
+            with os_errors(run.journal, "remove"):
+                run.journal.unlink()
+        raise ConfigError(
+            f"{run.out} is already complete ({traj.num_steps}/{h.total_steps} steps); "
+            f"extend it with --resume {run.out} --steps N (N > {h.total_steps})"
+        )
+    run.message(f"Resuming {run.out} at step {run.start}/{run.header.total_steps}")
+
+
+def extend(run: Any, traj: Trajectory, steps: int) -> None:
+    """Rewrite the journal under a header with the new number of steps (the records,
+    evaluations and fingerprints carry over, re-bound to the new header)."""
+    if not run.main:
+        run.header = run.header.with_(total_steps=steps)
+        return
+    cfg_json = dict(run.header.config)
+    cfg_json["steps"] = steps
+    history = list(cfg_json.get("extended_from") or [])
+    history.append({"total_steps": run.header.total_steps, "recorded": traj.num_steps})
+    cfg_json["extended_from"] = history
+    header = run.header.with_(total_steps=steps, config=cfg_json)
+    assert run.writer is not None
+    run.writer.close()
+    with staged_file(run.journal) as tmp:
+        w = TrajectoryWriter.create(tmp, header, fsync=run.cfg.fsync)
+        w.append_steps(traj.records)
+        for e in traj.evaluations:
+            w.append_evaluation(e)
+        for s, d in sorted(traj.checkpoints.items()):
+            w.append_checkpoint(s, d)
+        w.close()
+    writer, traj2 = TrajectoryWriter.open_for_resume(run.journal, fsync=run.cfg.fsync)
+    run.writer, run.header, run.traj = writer, traj2.header, traj2
+    run.evaluations = list(traj2.evaluations)
+
+
+def eval_plan(cfg: TrainConfig, splits: Mapping[str, Any], upto: int) -> list[tuple[int, str]]:
+    """(step, split) evaluations a run of this config makes at or before ``upto``."""
+    plan = [(0, "dev")] + ([(0, "test")] if cfg.eval_test else [])
+    if cfg.eval_every:
+        plan += [(s, "dev") for s in range(cfg.eval_every, cfg.steps, cfg.eval_every)]
+    return [(s, sp) for s, sp in plan if s <= upto and sp in splits]
+
+
+def redo_missing(run: Any, upto: int) -> None:
+    """Replay the resumed steps onto the base, stopping where an evaluation or a
+    checkpoint is missing (a kill between a step and its evaluation) to make it, and
+    checking every recorded fingerprint on the way."""
+    from mezo_ckpt.rebuild import ModelSink, Plan, TensorsSource, rebuild
+
+    traj = run.traj
+    done = {(e.step, e.split) for e in run.evaluations}
+    plan = eval_plan(run.cfg, run.splits, upto)
+    stops = sorted({s for s, _ in plan} | set(traj.checkpoints) | {upto})
+    at = 0
+    with torch.no_grad():
+        for s in (s for s in stops if s <= upto):
+            # the steps [at, s) on the weights, the fingerprint at s checked if recorded
+            rebuild(Plan(traj, s, start=at), TensorsSource(run.params), ModelSink())
+            at = s
+            missing = [sp for st, sp in plan if st == s and (st, sp) not in done]
+            if missing:
+                run.message(f"Redoing what the interrupted run left out at step {s}")
+                run.run_eval(s, missing)

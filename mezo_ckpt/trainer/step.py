@@ -36,17 +36,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mezo_ckpt.format import FLAG_SKIPPED, StepRecords
-from mezo_ckpt.header import ESTIMATORS
-from mezo_ckpt.trainer.perturb import Perturber
-from mezo_ckpt.trainer.tasks import Encoded, LossTerms
-from mezo_ckpt.update import (
+from mezo_ckpt.core.update import (
     UpdateBatch,
     UpdateSpec,
     apply_to_tensors,
     decay_multiplier,
     round_coefficient,
 )
+from mezo_ckpt.trainer.perturb import Perturber
+from mezo_ckpt.trainer.tasks import Encoded, LossTerms
+from mezo_ckpt.trajectory import FLAG_SKIPPED, StepRecords
+from mezo_ckpt.trajectory.header import ESTIMATORS
 
 #: How a step measures the objective on a batch (under whatever perturbation is active).
 Measure = Callable[[Encoded], LossTerms]

@@ -284,7 +284,7 @@ def lock_path(target: str | os.PathLike) -> Path:
     process holding the old file and one creating a new file both hold "the" lock)."""
     import hashlib
 
-    from mezo_ckpt.runtime import cache_root
+    from mezo_ckpt.util.runtime import cache_root
 
     key = hashlib.sha256(str(Path(target).resolve()).encode("utf-8")).hexdigest()[:32]
     return cache_root() / "locks" / f"{key}.lock"

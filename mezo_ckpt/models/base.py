@@ -1,6 +1,6 @@
 """Base models: loading (local folder, Hub repo, embedded default) and identity checks.
 
-The identity recorded in a trajectory header (:class:`~mezo_ckpt.header.BaseIdentity`)
+The identity recorded in a trajectory header (:class:`~mezo_ckpt.trajectory.header.BaseIdentity`)
 pins the base by source (repo id and resolved commit, or the embedded GGUF's sha256), by
 a manifest fingerprint (names, shapes, dtypes, tying), by a content fingerprint of every
 tensor (trainable or frozen), by the semantic content of ``config.json`` and
@@ -21,8 +21,7 @@ from typing import Any
 
 import torch
 
-from mezo_ckpt.errors import BaseMismatchError, ModelLoadError
-from mezo_ckpt.hashing import (
+from mezo_ckpt.core.hashing import (
     canonical_parameters,
     dtype_name,
     file_sha256,
@@ -36,7 +35,8 @@ from mezo_ckpt.hashing import (
     tensors_sha256,
     tokenizer_digests,
 )
-from mezo_ckpt.header import TENSOR_DIGEST_HEX, BaseIdentity, EmbeddedSource, TensorEntry
+from mezo_ckpt.errors import BaseMismatchError, ModelLoadError
+from mezo_ckpt.trajectory.header import TENSOR_DIGEST_HEX, BaseIdentity, EmbeddedSource, TensorEntry
 
 DTYPES = {
     "float32": torch.float32,
@@ -145,7 +145,7 @@ def describe_base(
             the trainable tensors, overlapped with the others; a check against a 1.1
             header does not need it: the fingerprint of every tensor covers them).
         values: where an offloaded (meta) parameter's values are
-            (:class:`mezo_ckpt.offload.OffloadedWeights`).
+            (:class:`mezo_ckpt.models.offload.OffloadedWeights`).
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -368,7 +368,7 @@ def verify_base(
     from a folder) and, for a Hub base, repo and commit.
 
     Args:
-        header: the trajectory's :class:`~mezo_ckpt.header.Header`.
+        header: the trajectory's :class:`~mezo_ckpt.trajectory.header.Header`.
         offered: the loaded base (its folder, repo and commit are checked too).
         folder: the base's folder when ``offered`` is not given.
         allow_mismatch: report differences in the result instead of raising (the
@@ -380,7 +380,7 @@ def verify_base(
     want: BaseIdentity = header.base
     folder = offered.folder if offered is not None and folder is None else folder
     # A parameter-efficient run trains adapter tensors the plain base does not have: the
-    # base is checked whole, the adapter afterwards (mezo_ckpt.adapters.prepare).
+    # base is checked whole, the adapter afterwards (mezo_ckpt.models.adapters.prepare).
     trainable = () if getattr(header, "peft", None) is not None else header.trainable
     diffs, checked = compare_identity(want, model, trainable, folder, values)
     if offered is not None and offered.kind == "hub" and want.kind == "hub":
@@ -504,7 +504,7 @@ def locate_base(
         ModelLoadError / EmbeddedModelMissing: nothing usable at ``spec``.
     """
     if is_embedded_spec(spec):
-        from mezo_ckpt import embedded
+        from mezo_ckpt.models import embedded
 
         folder = embedded.default_model_dir(progress=progress)
         return BaseLocation("embedded", folder, embedded=embedded.embedded_identity())
@@ -516,7 +516,7 @@ def locate_base(
         return BaseLocation("local", path, files=hash_folder_files(path))
     if spec.startswith((".", "/", "~")) or os.sep in spec.strip(os.sep).replace("/", "", 1):
         raise ModelLoadError(f"no model folder at {spec}")
-    from mezo_ckpt.hub.client import download_base
+    from mezo_ckpt.models.remote import download_base
 
     folder, commit = download_base(spec, revision=revision)
     return BaseLocation(

@@ -1,4 +1,4 @@
-"""Trajectory file format 1.x: strict reader, crash-safe appending writer, compaction.
+"""Trajectory file format 1.x: the pure codec (frames, header JSON, chain) and the reader.
 
 Layout (docs/FORMAT.md is the normative spec):
 
@@ -22,28 +22,31 @@ import json
 import math
 import os
 import struct
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import zstandard
 
+from mezo_ckpt.core.update import UpdateBatch
 from mezo_ckpt.errors import (
     BadMagicError,
     ChainMismatchError,
     CorruptFrameError,
     HeaderError,
     RecordError,
-    RunLockedError,
     TrajectoryNotFoundError,
     TruncatedError,
     UnsupportedError,
 )
-from mezo_ckpt.fsutil import atomic_write_bytes, os_errors, read_regular_file
-from mezo_ckpt.header import CHAIN_RULE, HEX64, MAX_STEPS, Header
-from mezo_ckpt.update import COEF_MAX, COEF_MIN, UpdateBatch
+from mezo_ckpt.trajectory.header import CHAIN_RULE, HEX64, MAX_STEPS, Header
+from mezo_ckpt.trajectory.records import (
+    StepRecords,
+    decode_records,
+    encode_records,
+    header_record_size,
+)
+from mezo_ckpt.util.fsutil import atomic_write_bytes, read_regular_file
 
 FORMAT_MAJOR = 1
 #: Minor version written for files with a record chain (format 1.1); 1.0 files have none.
@@ -67,9 +70,6 @@ def preamble(minor: int = FORMAT_MINOR) -> bytes:
 TAG_HEAD, TAG_STEP, TAG_EVAL, TAG_CKPT = b"HEAD", b"STEP", b"EVAL", b"CKPT"
 STEP_PREFIX = struct.Struct("<4sQI")  # tag, first step, record count
 
-FLAG_SKIPPED = 0x01
-KNOWN_FLAGS = FLAG_SKIPPED
-
 MAX_FILE_BYTES = 256 << 20
 MAX_HEADER_BYTES = 1 << 20
 MAX_SMALL_FRAME_BYTES = 64 << 10
@@ -85,202 +85,6 @@ COMPACT_RECORDS_PER_FRAME = 1 << 16
 ZSTD_LEVEL = 19
 #: Domain tag of the record chain (§7.3).
 CHAIN_TAG = b"mezo-ckpt/chain/v1\x00"
-
-
-# ----------------------------------------------------------------------------- records
-
-
-def record_size(n_directions: int, *, decay: bool, losses: bool, history: int = 0) -> int:
-    """Bytes per step record: flags, 3-byte coefficients, 3-byte history coefficients
-    (``history`` earlier steps x n directions), optional decay and losses."""
-    n = n_directions
-    return 1 + 3 * n + 3 * history * n + (4 if decay else 0) + (8 * n if losses else 0)
-
-
-def header_record_size(header: Header) -> int:
-    """Bytes per step record of a file with this header."""
-    r = header.records
-    return record_size(header.n_directions, decay=r.decay, losses=r.losses, history=r.history)
-
-
-def _encode_coef24(c: np.ndarray) -> np.ndarray:
-    """fp32 coefficients (low 8 bits zero) -> [n, 3] uint8: bytes 1..3 of the LE fp32."""
-    bits = np.ascontiguousarray(c, dtype="<f4").view("<u4")
-    if np.any(bits & 0xFF):
-        raise ValueError("coefficient has more than 13 significant bits")
-    return bits.view(np.uint8).reshape(-1, 4)[:, 1:4]
-
-
-def _decode_coef24(b: np.ndarray) -> np.ndarray:
-    """[n, 3] uint8 -> float32 values."""
-    u = (b[:, 0].astype("<u4") << 8) | (b[:, 1].astype("<u4") << 16) | (b[:, 2].astype("<u4") << 24)
-    return u.view("<f4")
-
-
-@dataclass
-class StepRecords:
-    """Columnar step records: arrays of length T (steps 0..T-1 in order)."""
-
-    flags: np.ndarray  # uint8 [T]
-    coefs: np.ndarray  # float32 [T, n]
-    decay: np.ndarray  # float32 [T] (1.0 where the file stores no decay)
-    losses: np.ndarray | None  # float32 [T, n, 2] (loss+, loss-) or None
-    #: float32 [T, W, n]: history[t, k-1, j] applies direction j of step t-k (momentum
-    #: window W, feature history-v1), or None.
-    history: np.ndarray | None = None
-
-    @classmethod
-    def empty(cls, n: int, losses: bool, history: int = 0) -> StepRecords:
-        return cls(
-            np.zeros(0, np.uint8),
-            np.zeros((0, n), np.float32),
-            np.ones(0, np.float32),
-            np.zeros((0, n, 2), np.float32) if losses else None,
-            np.zeros((0, history, n), np.float32) if history else None,
-        )
-
-    def __len__(self) -> int:
-        return int(self.flags.shape[0])
-
-    @property
-    def window(self) -> int:
-        return 0 if self.history is None else int(self.history.shape[1])
-
-    @classmethod
-    def join(cls, parts: Sequence[StepRecords]) -> StepRecords:
-        """Records of consecutive parts, in order (at least one part)."""
-        first = parts[0]
-        return cls(
-            np.concatenate([p.flags for p in parts]),
-            np.concatenate([p.coefs for p in parts]),
-            np.concatenate([p.decay for p in parts]),
-            None if first.losses is None else np.concatenate([p.losses for p in parts]),
-            None if first.history is None else np.concatenate([p.history for p in parts]),
-        )
-
-    def concat(self, other: StepRecords) -> StepRecords:
-        return StepRecords.join([self, other])
-
-    def slice(self, lo: int, hi: int) -> StepRecords:
-        return StepRecords(
-            self.flags[lo:hi],
-            self.coefs[lo:hi],
-            self.decay[lo:hi],
-            None if self.losses is None else self.losses[lo:hi],
-            None if self.history is None else self.history[lo:hi],
-        )
-
-    def update_batch(self, upto: int | None = None) -> UpdateBatch:
-        """Steps 0..upto-1 as the update rule consumes them (skipped steps left out)."""
-        n = len(self) if upto is None else upto
-        live = (self.flags[:n] & FLAG_SKIPPED) == 0
-        return UpdateBatch(
-            np.nonzero(live)[0].astype(np.int64),
-            self.coefs[:n][live],
-            self.decay[:n][live],
-            None if self.history is None else self.history[:n][live],
-        )
-
-
-def encode_records(rec: StepRecords, *, decay: bool) -> bytes:
-    """Serialize records (row-major, little-endian) per docs/FORMAT.md."""
-    t, n = rec.coefs.shape
-    cols = [rec.flags.reshape(t, 1).astype(np.uint8)]
-    cols.append(_encode_coef24(rec.coefs.reshape(-1)).reshape(t, 3 * n))
-    if rec.history is not None and rec.window:
-        cols.append(_encode_coef24(rec.history.reshape(-1)).reshape(t, 3 * n * rec.window))
-    if decay:
-        cols.append(np.ascontiguousarray(rec.decay, "<f4").view(np.uint8).reshape(t, 4))
-    if rec.losses is not None:
-        cols.append(np.ascontiguousarray(rec.losses, "<f4").view(np.uint8).reshape(t, 8 * n))
-    return np.concatenate(cols, axis=1).tobytes()
-
-
-def decode_records(
-    data: bytes, n: int, *, decay: bool, losses: bool, first_step: int = 0, history: int = 0
-) -> StepRecords:
-    """Parse and validate records; raises RecordError on any violation."""
-    rs = record_size(n, decay=decay, losses=losses, history=history)
-    if len(data) % rs:
-        raise RecordError(f"record bytes ({len(data)}) are not a multiple of the record size {rs}")
-    t = len(data) // rs
-    raw = np.frombuffer(data, np.uint8).reshape(t, rs)
-    flags = raw[:, 0].copy()
-    coefs = _decode_coef24(raw[:, 1 : 1 + 3 * n].reshape(-1, 3)).reshape(t, n).copy()
-    pos = 1 + 3 * n
-    hist = None
-    if history:
-        w = 3 * n * history
-        hist = _decode_coef24(raw[:, pos : pos + w].reshape(-1, 3)).reshape(t, history, n).copy()
-        pos += w
-    if decay:
-        dec = raw[:, pos : pos + 4].copy().view("<f4").reshape(t).astype(np.float32)
-        pos += 4
-    else:
-        dec = np.ones(t, np.float32)
-    ls = raw[:, pos:].copy().view("<f4").reshape(t, n, 2).astype(np.float32) if losses else None
-    rec = StepRecords(flags, coefs, dec, ls, hist)
-    validate_records(rec, first_step)
-    return rec
-
-
-def _bad_coefficients(c: np.ndarray, live: np.ndarray) -> np.ndarray:
-    """[T] bool: live rows of ``c`` ([T, ...] fp32) holding an invalid coefficient."""
-    flat = c.reshape(len(c), -1)
-    mag = np.abs(flat.astype(np.float64))
-    bad = ~np.isfinite(flat)
-    bad |= (mag != 0) & ((mag < COEF_MIN) | (mag >= COEF_MAX))
-    bad |= ((flat.view("<u4") & 0x7FF) != 0) & np.isfinite(flat)
-    return live & bad.any(axis=1)
-
-
-def validate_records(rec: StepRecords, first_step: int = 0) -> None:
-    """Check flags, coefficient encoding and ranges, decay multipliers and losses."""
-    bad_flags = np.nonzero(rec.flags & ~np.uint8(KNOWN_FLAGS))[0]
-    if bad_flags.size:
-        i = int(bad_flags[0])
-        raise RecordError(f"step {first_step + i}: unknown flag bits 0x{int(rec.flags[i]):02x}")
-    skipped = (rec.flags & FLAG_SKIPPED).astype(bool)
-    live = ~skipped
-    c = rec.coefs
-    if np.any(~np.isfinite(c[live])):
-        i = int(np.nonzero(live & ~np.isfinite(c).all(axis=1))[0][0])
-        raise RecordError(f"step {first_step + i}: non-finite coefficient without the skip flag")
-    mag = np.abs(c.astype(np.float64))
-    bad = live[:, None] & (mag != 0) & ((mag < COEF_MIN) | (mag >= COEF_MAX))
-    bad |= live[:, None] & ((c.view("<u4") & 0x7FF) != 0) & np.isfinite(c)
-    if np.any(bad):
-        i = int(np.nonzero(bad.any(axis=1))[0][0])
-        raise RecordError(
-            f"step {first_step + i}: coefficient {c[i].tolist()} is not a valid "
-            "13-bit coefficient in [2^-100, 2^100)"
-        )
-    if rec.history is not None and rec.window:
-        bad_h = _bad_coefficients(rec.history, live)
-        if np.any(bad_h):
-            i = int(np.nonzero(bad_h)[0][0])
-            raise RecordError(
-                f"step {first_step + i}: a history coefficient is not a finite 13-bit "
-                "coefficient in [2^-100, 2^100)"
-            )
-        # history[t, k-1] names step t-k: none may precede step 0
-        steps = first_step + np.arange(len(rec))
-        k = np.arange(1, rec.window + 1)
-        before = steps[:, None] < k[None, :]
-        early = live & (before & (rec.history != 0).any(axis=2)).any(axis=1)
-        if np.any(early):
-            i = int(np.nonzero(early)[0][0])
-            raise RecordError(
-                f"step {first_step + i}: a history coefficient names a step before step 0"
-            )
-    d = rec.decay
-    bad_d = ~np.isfinite(d) | (d <= 0) | (d > 1)
-    if np.any(bad_d):
-        i = int(np.nonzero(bad_d)[0][0])
-        raise RecordError(f"step {first_step + i}: decay multiplier {float(d[i])} outside (0, 1]")
-    if rec.losses is not None and np.any(live[:, None, None] & ~np.isfinite(rec.losses)):
-        i = int(np.nonzero(live & ~np.isfinite(rec.losses).all(axis=(1, 2)))[0][0])
-        raise RecordError(f"step {first_step + i}: non-finite loss without the skip flag")
 
 
 # ----------------------------------------------------------------------------- header
@@ -865,168 +669,3 @@ def serialize(traj: Trajectory) -> bytes:
 def write_trajectory(path: str | os.PathLike, traj: Trajectory) -> None:
     """Write a complete trajectory atomically in compact form."""
     atomic_write_bytes(path, serialize(traj))
-
-
-def _open_locked(path: Path):
-    """Open a journal for appending, holding an exclusive ``flock`` on it while open.
-
-    The lock lives with the file itself, so two writers are kept apart whatever their
-    cache folders, users or containers (the trainer's run lock lives in the cache).
-    Where the file system has no locks, only the run lock guards the journal.
-
-    Raises:
-        RunLockedError: another process (or another handle) holds the journal.
-        OutputError: the file cannot be opened.
-    """
-    with os_errors(path, "append to"):
-        f = open(path, "ab")  # noqa: SIM115 - long-lived handle, closed by the writer
-    try:
-        import fcntl
-    except ImportError:  # not POSIX
-        return f
-    try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.close()
-        raise RunLockedError(
-            f"another process is writing the journal {path} (it holds the file's lock): "
-            "wait for it to finish, or choose another output"
-        ) from None
-    except OSError:  # ENOLCK, EOPNOTSUPP: a file system without locks
-        pass
-    return f
-
-
-class TrajectoryWriter:
-    """Appends frames to a journal file, each write flushed (and fsynced) before returning.
-
-    A process killed at any moment leaves a file whose complete frames form a valid
-    trajectory prefix; :meth:`open_for_resume` drops a torn tail and continues. For a
-    bound header (format 1.1) every evaluation and checkpoint gets its chain digest.
-    """
-
-    def __init__(
-        self,
-        path: Path,
-        header: Header,
-        header_bytes: bytes,
-        record_bytes: bytes = b"",
-        *,
-        fsync: bool = True,
-        handle: Any = None,
-    ) -> None:
-        self.path = Path(path)
-        self.header = header
-        self.header_bytes = header_bytes
-        self.fsync = fsync
-        self._rs = header_record_size(header)
-        self._records = bytearray(record_bytes)
-        self.num_steps = len(record_bytes) // self._rs
-        self._f = handle if handle is not None else _open_locked(self.path)
-
-    @classmethod
-    def create(cls, path: str | os.PathLike, header: Header | dict, *, fsync: bool = True):
-        """Start a new journal (replaces ``path``) holding the preamble and header."""
-        p = Path(path)
-        header = Header.coerce(header)
-        header_bytes = dump_json(header.to_json())
-        frame = header_frame(header_bytes)
-        f = _open_locked(p)  # locked before anything is cut: a live run's journal survives
-        try:
-            with os_errors(p, "write"):
-                f.truncate(0)
-                f.write(preamble(_minor(header)) + frame)
-                f.flush()
-                if fsync:
-                    os.fsync(f.fileno())
-        except BaseException:
-            f.close()
-            raise
-        return cls(p, header, header_bytes, fsync=fsync, handle=f)
-
-    @classmethod
-    def open_for_resume(
-        cls, path: str | os.PathLike, *, fsync: bool = True
-    ) -> tuple[TrajectoryWriter, Trajectory]:
-        """Read a journal, cut any torn tail, and reopen it for appending."""
-        p = Path(path)
-        if not p.exists():
-            read_trajectory(p)  # the typed "no such trajectory" error, before creating one
-        f = _open_locked(p)  # locked before it is read: no other writer is appending
-        try:
-            traj = read_trajectory(p, allow_truncated_tail=True)
-            if traj.truncated_tail:
-                with os_errors(p, "repair"):
-                    f.truncate(traj.valid_length)
-                    f.flush()
-                    os.fsync(f.fileno())
-        except BaseException:
-            f.close()
-            raise
-        w = cls(p, traj.header, traj.header_bytes, traj.record_bytes, fsync=fsync, handle=f)
-        return w, traj
-
-    def chain_at(self, step: int) -> str | None:
-        """The chain digest at ``step`` (None for an unbound header)."""
-        if self.header.chain is None:
-            return None
-        return chain_digest(self.header_bytes, self._records, step, self._rs)
-
-    def _write(self, frame: bytes) -> None:
-        with os_errors(self.path, "append to"):
-            self._f.write(frame)
-            self._f.flush()
-            if self.fsync:
-                os.fsync(self._f.fileno())
-
-    def append_steps(self, rec: StepRecords) -> None:
-        """Append records for steps ``num_steps .. num_steps + len(rec) - 1``."""
-        if len(rec) == 0:
-            return
-        if (
-            rec.coefs.shape[1] != self.header.n_directions
-            or (rec.losses is not None) != self.header.records.losses
-            or rec.window != self.header.records.history
-        ):
-            raise ValueError("records do not match the header's record layout")
-        if self.num_steps + len(rec) > self.header.total_steps:
-            raise ValueError("more steps than total_steps")
-        validate_records(rec, self.num_steps)
-        per = records_per_frame(self.header)
-        for lo in range(0, len(rec), per):
-            part = rec.slice(lo, min(len(rec), lo + per))
-            self._write(step_frame(self.num_steps, part, decay=self.header.records.decay))
-            self._records += encode_records(part, decay=self.header.records.decay)
-            self.num_steps += len(part)
-
-    def append_evaluation(self, e: Evaluation) -> Evaluation:
-        """Append an evaluation (its chain digest filled in); returns what was written."""
-        if not 0 <= e.step <= self.num_steps:
-            raise ValueError(f"evaluation at step {e.step} but {self.num_steps} steps recorded")
-        if not all(math.isfinite(v) for v in e.metrics.values()):
-            raise ValueError(f"evaluation metrics must be finite: {e.metrics}")
-        e = Evaluation(e.step, e.split, dict(e.metrics), self.chain_at(e.step))
-        self._write(eval_frame(e))
-        return e
-
-    def append_checkpoint(self, step: int, digest: str) -> None:
-        if not 0 <= step <= self.num_steps:
-            raise ValueError(f"checkpoint at step {step} but {self.num_steps} steps recorded")
-        self._write(ckpt_frame(step, digest, self.chain_at(step)))
-
-    def close(self) -> None:
-        if not self._f.closed:
-            self._f.close()
-
-    def __enter__(self) -> TrajectoryWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def compact(journal: str | os.PathLike, final: str | os.PathLike) -> Trajectory:
-    """Rewrite a journal into its compact form at ``final`` (atomically); keeps the journal."""
-    traj = read_trajectory(journal)
-    write_trajectory(final, traj)
-    return traj

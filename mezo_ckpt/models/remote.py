@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from mezo_ckpt.core.hashing import file_sha256
 from mezo_ckpt.errors import (
     HubAuthError,
     HubError,
@@ -22,9 +23,8 @@ from mezo_ckpt.errors import (
     PublishedRepoError,
     RepoNotFoundError,
 )
-from mezo_ckpt.hashing import file_sha256
-from mezo_ckpt.header import HEX40
-from mezo_ckpt.runtime import quiet_progress
+from mezo_ckpt.trajectory.header import HEX40
+from mezo_ckpt.util.runtime import quiet_progress
 
 #: What a base download fetches: weights as safetensors (never pickles), configs, tokenizer.
 BASE_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"]

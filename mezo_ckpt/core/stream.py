@@ -22,57 +22,28 @@ Counter layout for element ``e`` of a parameter (per Philox block of 4 words):
 from __future__ import annotations
 
 import hashlib
-import os
-import struct
-import warnings
 from functools import lru_cache
-from statistics import NormalDist
-from types import ModuleType
 
 import torch
 
-Z_KINDS: tuple[str, ...] = ("normal16", "rademacher")
-GENERATOR = "philox4x32-10"
-KEY_RULE = "sha256-seed-name-v1"
-
-PHILOX_M0 = 0xD2511F53
-PHILOX_M1 = 0xCD9E8D57
-PHILOX_W0 = 0x9E3779B9
-PHILOX_W1 = 0xBB67AE85
-PHILOX_ROUNDS = 10
-MASK32 = 0xFFFFFFFF
-
-#: Lane offset for the stochastic-rounding bit stream (lane = LANE_ROUNDING + direction).
-LANE_ROUNDING = 0x80000000
-#: Elements produced per Philox call, by z kind (and log2 of it).
-ELEMENTS_PER_BLOCK = {"normal16": 8, "rademacher": 128}
-ELEMENT_SHIFT = {"normal16": 3, "rademacher": 7}
-#: Stochastic-rounding integers per Philox call (one 32-bit word each, top 24 bits).
-ROUNDING_PER_BLOCK = 4
-ROUNDING_BITS = 24
-#: Integer codes of the z kinds in the compiled kernels.
-KIND_CODES = {"normal16": 0, "rademacher": 1}
-#: z values are multiples of this (1/256): products with 13-bit coefficients are exact.
-Z_QUANTUM = 1.0 / 256.0
-#: sha256 of the normal16 table as 65536 little-endian int16 (units of 1/256).
-NORMAL16_SHA256 = "586fabbefab1ca027691c6b3d5704762521173d6ce9ad1624f04c5fbc16b9968"
-
-
-@lru_cache(maxsize=1)
-def normal16_table_int() -> tuple[int, ...]:
-    """The 65536-entry quantile table of N(0, 1) in units of 1/256.
-
-    ``T[i] = round_half_even(256 * Phi^-1((i + 0.5) / 65536))`` for ``i < 32768`` and
-    ``T[65535 - i] = -T[i]``. Verified against a pinned sha256 so a platform whose
-    ``inv_cdf`` rounds differently fails loudly instead of producing other z.
-    """
-    nd = NormalDist()
-    half = [round(256.0 * nd.inv_cdf((i + 0.5) / 65536.0)) for i in range(32768)]
-    table = tuple(half + [-v for v in reversed(half)])
-    digest = hashlib.sha256(struct.pack("<65536h", *table)).hexdigest()
-    if digest != NORMAL16_SHA256:  # pragma: no cover - would mean a broken libm
-        raise RuntimeError(f"normal16 table hash mismatch: {digest} != {NORMAL16_SHA256}")
-    return table
+from mezo_ckpt.core.backends import compiled_kernels, triton_kernels, use_compiled, use_triton
+from mezo_ckpt.core.spec import (
+    ELEMENTS_PER_BLOCK,
+    KIND_CODES,
+    LANE_ROUNDING,
+    MASK32,
+    PHILOX_M0,
+    PHILOX_M1,
+    PHILOX_ROUNDS,
+    PHILOX_W0,
+    PHILOX_W1,
+    ROUNDING_BITS,
+    ROUNDING_PER_BLOCK,
+    Z_KINDS,
+    Z_QUANTUM,
+    normal16_table_int,
+    normal16_table_numpy,
+)
 
 
 @lru_cache(maxsize=8)
@@ -214,65 +185,6 @@ def z_statistics(kind: str) -> dict[str, float]:
     var = sum((v - mean) ** 2 for v in vals) / n
     m4 = sum((v - mean) ** 4 for v in vals) / n
     return {"mean": mean, "variance": var, "kurtosis": m4 / var**2, "max_abs": max(vals)}
-
-
-@lru_cache(maxsize=1)
-def normal16_table_numpy():  # -> np.ndarray (float32, 65536)
-    import numpy as np
-
-    return np.asarray(normal16_table_int(), dtype=np.float32) * np.float32(Z_QUANTUM)
-
-
-# ----------------------------------------------------------------------------- backends
-
-
-@lru_cache(maxsize=1)
-def compiled_kernels() -> ModuleType | None:
-    """The compiled CPU kernels (numba), or None where they cannot load.
-
-    Decided once per process; a fallback to the eager torch path (same bits, slower) is
-    announced once with a warning.
-    """
-    try:
-        from mezo_ckpt import _kernels
-    except Exception as e:  # numba missing or broken: fall back, say so once
-        warnings.warn(
-            f"mezo-ckpt: compiled CPU kernels unavailable ({type(e).__name__}: {e}); using "
-            "the eager torch path (same bits, slower). Install numba to speed it up.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        return None
-    return _kernels
-
-
-def use_compiled(device: str | torch.device) -> bool:
-    """Whether work on ``device`` runs in the compiled CPU kernels."""
-    return torch.device(device).type == "cpu" and compiled_kernels() is not None
-
-
-def triton_kernels() -> ModuleType | None:
-    """The Triton kernels (:mod:`mezo_ckpt._triton`) when they can run here, else None.
-
-    ``MEZO_CKPT_TRITON=0`` turns them off (CUDA work then runs in eager torch, slower but
-    with the same bits)."""
-    if os.environ.get("MEZO_CKPT_TRITON", "1").strip() == "0":
-        return None
-    return _triton_module()
-
-
-@lru_cache(maxsize=1)
-def _triton_module() -> ModuleType | None:
-    try:
-        from mezo_ckpt import _triton
-    except Exception:  # noqa: BLE001 - no triton, or a triton that cannot import here
-        return None
-    return _triton if _triton.available() else None
-
-
-def use_triton(device: str | torch.device) -> bool:
-    """Whether work on ``device`` runs in the Triton kernels (CUDA devices with triton)."""
-    return torch.device(device).type == "cuda" and triton_kernels() is not None
 
 
 def _check_kind(kind: str) -> int:

@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 
+from mezo_ckpt.core.hashing import canonical_parameters, file_sha256, tensors_sha256
 from mezo_ckpt.errors import OutputError, VerificationError
-from mezo_ckpt.format import Trajectory
-from mezo_ckpt.fsutil import os_errors, staged_file, staged_folder
-from mezo_ckpt.hashing import canonical_parameters, file_sha256, tensors_sha256
+from mezo_ckpt.trajectory import Trajectory
+from mezo_ckpt.util.fsutil import os_errors, staged_file, staged_folder
 
 #: Written next to exported weights: which trajectory and step they come from.
 PROVENANCE_FILE = "mezo_ckpt_provenance.json"
@@ -77,7 +77,7 @@ def _copy_tokenizer(src: Path | None, dst: Path) -> None:
         return
     import shutil
 
-    from mezo_ckpt.hashing import TOKENIZER_DIRS
+    from mezo_ckpt.core.hashing import TOKENIZER_DIRS
 
     for p in Path(src).iterdir():
         if p.is_file() and p.name.startswith(TOKENIZER_PREFIXES):
@@ -147,7 +147,7 @@ def export_adapter_folder(
     """Write the PEFT adapter folder (``adapter_config.json``, ``adapter_model.safetensors``)
     that ``PeftModel.from_pretrained(base, out)`` and ``AutoPeftModelForCausalLM`` load,
     with the base's tokenizer and the provenance."""
-    from mezo_ckpt.adapters import export_adapter
+    from mezo_ckpt.models.adapters import export_adapter
 
     out = Path(out)
     name, revision = adapter_base_name(header, folder)

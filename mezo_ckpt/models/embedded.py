@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from mezo_ckpt.errors import EmbeddedModelMissing
-from mezo_ckpt.fsutil import staged_folder
-from mezo_ckpt.runtime import cache_root
+from mezo_ckpt.util.fsutil import staged_folder
+from mezo_ckpt.util.runtime import cache_root
 
 __all__ = [
     "DEFAULT_MODEL_NAME",
@@ -177,7 +177,7 @@ def _convert(gguf: Path, out: Path, identity: dict[str, Any], progress: bool) ->
     except ImportError:  # older transformers always dequantize GGUF files
         pass
 
-    from mezo_ckpt.runtime import bars_wanted
+    from mezo_ckpt.util.runtime import bars_wanted
 
     bars_were_on = hf_logging.is_progress_bar_enabled()
     if not bars_wanted(progress):

@@ -24,11 +24,11 @@ from typing import Any
 
 import torch
 
+from mezo_ckpt.core.hashing import canonical_parameters, tensors_sha256
+from mezo_ckpt.core.stream import param_key, z_reference
+from mezo_ckpt.core.update import to_fp32
 from mezo_ckpt.errors import BaseMismatchError, ConfigError
-from mezo_ckpt.hashing import canonical_parameters, tensors_sha256
-from mezo_ckpt.header import ADAPTER_INIT_RULE, AdapterInfo, Header
-from mezo_ckpt.stream import param_key, z_reference
-from mezo_ckpt.update import to_fp32
+from mezo_ckpt.trajectory.header import ADAPTER_INIT_RULE, AdapterInfo, Header
 
 INIT_PREFIX = "peft-init/"
 

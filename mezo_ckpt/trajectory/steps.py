@@ -1,8 +1,5 @@
-"""Replay engine: re-apply a trajectory to base weights, bit for bit, to any step.
-
-Replay needs no forward pass: each trainable tensor receives every stored step through
-the shared update rule (:mod:`mezo_ckpt.update`), block by block, so the work is
-element-parallel and the weights stream through memory once.
+"""Steps of a trajectory: which step a request means, whether a file binds it, and what
+a rebuild to it may claim. The rebuilding itself is :mod:`mezo_ckpt.rebuild`.
 
 What a replay to step N can claim (:attr:`ReplayReport.verified`):
 
@@ -17,16 +14,11 @@ What a replay to step N can claim (:attr:`ReplayReport.verified`):
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
-
 from mezo_ckpt.errors import StepOutOfRangeError, UnverifiedStepError, VerificationError
-from mezo_ckpt.format import Trajectory
-from mezo_ckpt.hashing import canonical_parameters, tensors_sha256
-from mezo_ckpt.update import UpdateSpec, apply_to_tensors
+from mezo_ckpt.trajectory import Trajectory
 
 ProgressFn = Callable[[int], None]
 
@@ -165,78 +157,3 @@ def check_verifiable(traj: Trajectory, step: int, *, allow_unverified: bool = Fa
         + (f" (0..{last})" if last is not None else "")
         + ", or pass --allow-unverified to replay it anyway"
     )
-
-
-def replay_tensors(
-    traj: Trajectory,
-    tensors: dict[str, torch.Tensor],
-    *,
-    step: int | str | None = None,
-    verify: bool = True,
-    allow_unverified: bool = False,
-    progress: ProgressFn | None = None,
-    backend: str = "auto",
-) -> ReplayReport:
-    """Apply the trajectory to named tensors in place (canonical names, contiguous).
-
-    Args:
-        traj: a parsed trajectory.
-        tensors: canonical name -> tensor, holding at least the trainable set, in the
-            trajectory's base state (check it with :func:`mezo_ckpt.base.verify_base`).
-        step: target step (see :func:`resolve_step`).
-        verify: compare the result with the checkpoint fingerprint stored for that step.
-        allow_unverified: replay a step of a bound file that no checkpoint covers.
-        progress: called with element-steps done after each tensor.
-
-    Raises:
-        VerificationError: the result does not match the stored fingerprint.
-        UnverifiedStepError: see :func:`check_verifiable`.
-    """
-    h = traj.header
-    upto = resolve_step(traj, step)
-    check_verifiable(traj, upto, allow_unverified=allow_unverified)
-    batch = traj.update_batch(upto)
-    t0 = time.perf_counter()
-    total = apply_to_tensors(
-        tensors, UpdateSpec.from_header(h), batch, progress=progress, backend=backend
-    )
-    seconds = time.perf_counter() - t0
-    fingerprint = None
-    if verify and upto in traj.checkpoints:
-        fingerprint = tensors_sha256(tensors, h.trainable)
-    verified, covered = judge(traj, upto, fingerprint, verify=verify)
-    return ReplayReport(upto, len(batch), total, seconds, fingerprint, verified, covered)
-
-
-def replay_model(
-    traj: Trajectory,
-    model: torch.nn.Module,
-    *,
-    step: int | str | None = None,
-    verify: bool = True,
-    check_base: bool = True,
-    allow_unverified: bool = False,
-    progress: ProgressFn | None = None,
-    backend: str = "auto",
-) -> ReplayReport:
-    """Verify the base identity, then replay into ``model``'s parameters in place.
-
-    Raises:
-        BaseMismatchError: the model is not the trajectory's base (nothing is modified).
-        VerificationError, UnverifiedStepError: see :func:`replay_tensors`.
-    """
-    if check_base:
-        from mezo_ckpt.base import verify_base
-
-        verify_base(traj.header, model)
-    params = canonical_parameters(model)
-    with torch.no_grad():
-        return replay_tensors(
-            traj,
-            dict(params),
-            step=step,
-            verify=verify,
-            allow_unverified=allow_unverified,
-            progress=progress,
-            backend=backend,
-        )

@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from mezo_ckpt.core.hashing import canonical_parameters
 from mezo_ckpt.errors import ConfigError
-from mezo_ckpt.fsutil import os_errors
-from mezo_ckpt.hashing import canonical_parameters
+from mezo_ckpt.util.fsutil import os_errors
 
 WRITABLE = "mezo-writable"
 _NP = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.uint16}

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from mezo_ckpt.errors import ConfigError
@@ -84,3 +85,28 @@ def quiet_progress(progress: bool) -> Iterator[None]:
                 enable_progress_bars()
             if tf_was_on:
                 hf_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def graceful_interrupt(message: Callable[[str], None]) -> Iterator[Callable[[], bool]]:
+    """First Ctrl-C: finish the current step, then stop cleanly. Second: stop now."""
+    hits = {"n": 0}
+
+    def handler(signum, frame):  # noqa: ARG001
+        hits["n"] += 1
+        if hits["n"] > 1:
+            raise KeyboardInterrupt
+        message(
+            "Interrupted: finishing the current step and saving a valid trajectory "
+            "(Ctrl-C again to stop at once)."
+        )
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread
+        yield lambda: False
+        return
+    try:
+        yield lambda: hits["n"] > 0
+    finally:
+        signal.signal(signal.SIGINT, previous)

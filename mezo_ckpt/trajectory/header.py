@@ -14,9 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mezo_ckpt.core.spec import ARITHMETIC, GENERATOR, KEY_RULE, ROUNDING_MODES, Z_KINDS
 from mezo_ckpt.errors import HeaderError, UnsupportedError
-from mezo_ckpt.stream import GENERATOR, KEY_RULE, Z_KINDS
-from mezo_ckpt.update import ARITHMETIC, ROUNDING_MODES
 
 #: Parameter dtypes a base may have.
 DTYPES = ("float32", "bfloat16", "float16")
@@ -320,7 +319,7 @@ class BaseIdentity:
         if (config is None) != (config_sha is None):
             raise HeaderError("base.config and base.config_sha256 go together")
         if config is not None:
-            from mezo_ckpt.hashing import json_sha256
+            from mezo_ckpt.core.hashing import json_sha256
 
             if json_sha256(config) != config_sha:
                 raise HeaderError("base.config does not hash to base.config_sha256")

@@ -26,23 +26,18 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mezo_ckpt.stream import (
+from mezo_ckpt.core.backends import compiled_kernels, triton_kernels, use_compiled
+from mezo_ckpt.core.spec import (
+    CANONICAL_NAN,
+    COEF_MAX,
+    COEF_MIN,
+    COEF_SIGNIFICANT_BITS,
     KIND_CODES,
-    compiled_kernels,
-    generate_rounding_bits,
-    generate_z,
+    ROUNDING_MODES,
     normal16_table_numpy,
-    param_key,
-    triton_kernels,
-    use_compiled,
 )
+from mezo_ckpt.core.stream import generate_rounding_bits, generate_z, param_key
 
-ARITHMETIC = "exact-v1"
-ROUNDING_MODES = ("nearest", "stochastic")
-COEF_SIGNIFICANT_BITS = 13
-#: Coefficients must be 0 or have magnitude in [COEF_MIN, COEF_MAX).
-COEF_MIN = 2.0**-100
-COEF_MAX = 2.0**100
 #: Elements per chunk on the generic (non-fused) path.
 CHUNK_ELEMENTS = 1 << 20
 
@@ -184,10 +179,6 @@ def stochastic_round(y: torch.Tensor, bits: torch.Tensor, dtype: torch.dtype) ->
     return torch.where(finite, out, near)
 
 
-#: NaN bit patterns the update writes into half-precision tensors.
-CANONICAL_NAN = {torch.bfloat16: 0x7FC0, torch.float16: 0x7E00}
-
-
 def _canonicalize_nan(t: torch.Tensor) -> None:
     """Rewrite any NaN in a bf16/fp16 tensor to the canonical quiet NaN, in place."""
     nan = torch.isnan(t)
@@ -294,7 +285,7 @@ def apply_updates(
     Args:
         tensor: contiguous floating tensor holding elements ``[start, start + numel)`` of
             one parameter (flattened in row-major order).
-        key: the parameter's Philox key (:func:`mezo_ckpt.stream.param_key`).
+        key: the parameter's Philox key (:func:`mezo_ckpt.core.stream.param_key`).
         batch: the steps to apply, in training order.
         kind: z kind ("normal16" or "rademacher").
         rounding: "nearest" or "stochastic" (matters for non-fp32 tensors only).
@@ -493,7 +484,7 @@ class UpdateSpec:
 
     @classmethod
     def from_header(cls, header) -> UpdateSpec:
-        """From a :class:`mezo_ckpt.header.Header`."""
+        """From a :class:`mezo_ckpt.trajectory.header.Header`."""
         return cls(
             seed=header.perturbation.seed,
             kind=header.perturbation.z,

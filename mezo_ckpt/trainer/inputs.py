@@ -1,0 +1,180 @@
+"""What a run reads: the task, the train/dev/test examples, the tokenizer, and which
+examples each step sees."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mezo_ckpt.errors import ConfigError, DataError
+from mezo_ckpt.trainer.config import TrainConfig, sources_of
+from mezo_ckpt.trainer.data import (
+    Split,
+    fingerprint,
+    load_dataset_split,
+    load_file,
+    map_columns,
+)
+from mezo_ckpt.trainer.tasks import PromptTask
+
+#: Salt of the per-step batch sampler (ASCII "mezo").
+BATCH_SALT = 0x6D657A6F
+
+
+def batch_indices(seed: int, step: int, n: int, size: int) -> np.ndarray:
+    """The training examples of one step: a pure function of (seed, step), resume-safe."""
+    rng = np.random.default_rng([seed, step, BATCH_SALT])
+    return rng.choice(n, size=min(size, n), replace=False)
+
+
+def build_task(cfg: TrainConfig) -> PromptTask:
+    builtin = cfg.builtin()
+    return PromptTask(
+        template=cfg.template or builtin.get("template", ""),
+        verbalizer=dict(cfg.verbalizer or builtin.get("verbalizer") or {}),
+        label_field=cfg.label_field,
+        options_field=cfg.options_field,
+        option_template=cfg.option_template,
+        target_field=cfg.target_field,
+        target_template=cfg.target_template,
+        max_length=cfg.max_length,
+        chat_template=cfg.chat_template,
+        max_new_tokens=cfg.max_new_tokens,
+        stop=tuple(cfg.stop),
+    )
+
+
+def load_splits(
+    cfg: TrainConfig, data: dict[str, Sequence[dict]] | None = None
+) -> dict[str, Split]:
+    """The train/dev/test examples: in memory, from files, a dataset, or the built-in task."""
+    splits: dict[str, Split] = {}
+    if data is not None:
+        if "train" not in data or not data["train"]:
+            raise DataError("data= needs a non-empty 'train' list of examples")
+        for name, rows in data.items():
+            rows = [dict(r) for r in rows]
+            splits[name] = Split(name, rows, [f"{name} row {i + 1}" for i in range(len(rows))])
+        splits["train"] = splits["train"].head(cfg.train_examples)
+    elif cfg.dataset:
+        train = load_dataset_split(
+            cfg.dataset,
+            cfg.train_split,
+            name="train",
+            config=cfg.dataset_config,
+            limit=cfg.train_examples,
+        )
+        assert train is not None
+        splits["train"] = train
+        given = sources_of(cfg)
+        for name, split in (("dev", cfg.dev_split), ("test", cfg.test_split)):
+            if split:
+                got = load_dataset_split(
+                    cfg.dataset,
+                    split,
+                    name=name,
+                    config=cfg.dataset_config,
+                    required=f"{name}_split" in given,
+                )
+                if got is not None:
+                    splits[name] = got
+        if cfg.dev_file:
+            splits["dev"] = load_file(cfg.dev_file, name="dev")
+        if cfg.test_file:
+            splits["test"] = load_file(cfg.test_file, name="test")
+    elif cfg.train_file:
+        splits["train"] = load_file(cfg.train_file, name="train", limit=cfg.train_examples)
+        if cfg.dev_file:
+            splits["dev"] = load_file(cfg.dev_file, name="dev")
+        if cfg.test_file:
+            splits["test"] = load_file(cfg.test_file, name="test")
+    elif cfg.task in ("sentiment",):
+        from mezo_ckpt.data import load_split
+
+        for name in ("train", "dev", "test"):
+            rows = load_split(name)
+            splits[name] = Split(
+                name, rows, [f"built-in {name}.jsonl:{i + 1}" for i in range(len(rows))]
+            )
+        splits["train"] = splits["train"].head(cfg.train_examples)
+    else:
+        raise ConfigError("no training data: set --train-file or --dataset")
+    splits = {k: map_columns(v, cfg.columns) for k, v in splits.items()}
+    if "dev" in splits and cfg.eval_examples:
+        splits["dev"] = splits["dev"].subset(cfg.eval_examples)
+    if "test" in splits and cfg.test_examples:
+        splits["test"] = splits["test"].subset(cfg.test_examples)
+    return splits
+
+
+def load_tokenizer(folder: Path | None, model_spec: str | None):
+    from transformers import AutoTokenizer
+
+    src = str(folder) if folder is not None else model_spec
+    try:
+        return AutoTokenizer.from_pretrained(src)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"could not load a tokenizer for {src}: {e}") from None
+
+
+def data_info(
+    cfg: TrainConfig, splits: dict[str, Split], task: PromptTask, in_memory: bool
+) -> dict[str, Any]:
+    """What the header records of the data: its source and each split's fingerprint (a
+    resume checks the data it is given against them)."""
+    if in_memory:
+        source = "memory"
+    else:
+        source = "dataset" if cfg.dataset else ("files" if cfg.train_file else "builtin")
+    return {
+        "source": source,
+        "train_sha256": fingerprint(splits["train"].examples),
+        "train_examples": len(splits["train"]),
+        **{f"{k}_sha256": fingerprint(v.examples) for k, v in splits.items() if k != "train"},
+        "task_kind": task.kind,
+    }
+
+
+def count_truncated(task: PromptTask, tokenizer: Any, split: Split) -> int:
+    """How many prompts of ``split`` --max-length cuts."""
+    return sum(
+        task.encode(tokenizer, split.examples[lo : lo + 64]).truncated
+        for lo in range(0, len(split.examples), 64)
+    )
+
+
+def cut_note(cut: int, n: int, what: str, max_length: int) -> str:
+    """The note a run prints once when --max-length cuts prompts ('' when none is)."""
+    if not cut:
+        return ""
+    return (
+        f"Note: {cut} of {n} {what} prompts are longer than --max-length {max_length} "
+        "tokens and are cut from the left"
+    )
+
+
+@dataclass(frozen=True)
+class RunData:
+    """The data side of a run: its task, its splits, what the header records of them, and
+    the user's objective function if one is named."""
+
+    task: PromptTask
+    splits: dict[str, Split]
+    info: dict[str, Any]
+    user: Any
+
+
+def load_run_data(cfg: TrainConfig, data: dict[str, Sequence[dict]] | None) -> RunData:
+    """Build the task, load and check the splits, and load a ``python:`` objective."""
+    from mezo_ckpt.trainer.objectives import load_user_objective
+
+    task = build_task(cfg)
+    splits = load_splits(cfg, data)
+    for split in splits.values():
+        task.validate(split)
+    user = load_user_objective(cfg.objective) if cfg.objective.startswith("python:") else None
+    return RunData(task, splits, data_info(cfg, splits, task, data is not None), user)

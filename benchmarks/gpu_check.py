@@ -6,7 +6,7 @@ parameters from a config (hidden 2048, 16 layers, MLP 8192, 32 heads / 8 KV head
 the portable Philox stream (``0.02 * z``, norms ``1 + z/16``), and the toy sentiment task
 of tests/tinymodels.py. Prints one markdown table.
 
-1. Exactness. The kernel tests (tests/test_triton.py) run compiled on the GPU. Then
+1. Exactness. The kernel tests (tests/core/test_triton.py) run compiled on the GPU. Then
    ``mezo_ckpt.trainer.train`` runs 20 steps on CUDA, fp32 (normal16, one direction) and
    bf16 stochastic rounding (normal16, two directions, weight decay); each trajectory is
    replayed from a CPU copy of the base on this machine's CPU (numba kernels), on CUDA
@@ -63,7 +63,7 @@ ARGS = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ARGS.add_argument("--dry-run", action="store_true", help="tiny sizes, CPU only")
 ARGS.add_argument("--steps", type=int, default=None, help="training steps (default 20)")
 ARGS.add_argument("--budget", type=float, default=450.0, help="seconds; later parts skip")
-ARGS.add_argument("--skip-pytest", action="store_true", help="do not run tests/test_triton.py")
+ARGS.add_argument("--skip-pytest", action="store_true", help="do not run tests/core/test_triton.py")
 ARGS.add_argument("--json", default=None, help="also write the rows as JSON here")
 
 #: Llama shapes: the ~1B model, the CPU-trained one, and the dry run's.
@@ -174,9 +174,10 @@ def build_model(shape: dict, dtype, device: str, seed: int = 1234):
 
 
 def kernel_tests(budget: Budget, dry: bool) -> None:
-    """tests/test_triton.py, compiled on the GPU (a tiny subset in a dry run)."""
+    """tests/core/test_triton.py, compiled on the GPU (a tiny subset in a dry run)."""
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "triton"]
-    cmd += ["-o", "markers=triton: triton", "-o", "addopts=", str(ROOT / "tests/test_triton.py")]
+    test_file = str(ROOT / "tests/core/test_triton.py")
+    cmd += ["-o", "markers=triton: triton", "-o", "addopts=", test_file]
     if dry:
         cmd += ["-k", "z_fill_matches_reference and 77"]
     t0 = time.perf_counter()
@@ -195,7 +196,7 @@ def kernel_tests(budget: Budget, dry: bool) -> None:
     ok = proc.returncode == 0
     row(
         "1 exactness",
-        "kernel tests (tests/test_triton.py" + (" subset" if dry else "") + ")",
+        "kernel tests (tests/core/test_triton.py" + (" subset" if dry else "") + ")",
         "PASS" if ok else "FAIL",
         f"{tail} ({time.perf_counter() - t0:.0f} s)",
     )

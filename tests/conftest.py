@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-# Without a GPU, Triton's kernels run in its CPU interpreter (tests/test_triton.py). Triton
+# Without a GPU, Triton's kernels run in its CPU interpreter (tests/core/test_triton.py). Triton
 # reads TRITON_INTERPRET when it is first imported, and transformers imports it while
 # other test modules load, so it is set here, before any of them.
 if not torch.cuda.is_available():

@@ -2,7 +2,7 @@
 
 Each golden trajectory has synthetic, deterministic step records over a tiny base whose
 weights come from the portable stream, so the files and the hashes they replay to are
-the same on every machine. tests/test_golden.py checks that every later version of
+the same on every machine. tests/scenarios/test_golden.py checks that every later version of
 mezo-ckpt still replays them to exactly these hashes.
 
     python tests/make_golden.py            # writes only the cases whose file is missing

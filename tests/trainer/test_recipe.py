@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-from pathlib import Path
 
 import pytest
 import torch
+from helpers_train import assert_same, config, state, write_jsonl
 from tinymodels import save_tiny, tiny_model, toy_sentiment
 
 from mezo_ckpt.core.hashing import canonical_parameters
@@ -18,11 +17,6 @@ from mezo_ckpt.rebuild import replay_model
 from mezo_ckpt.trainer import TrainConfig, train
 from mezo_ckpt.trainer.perturb import Perturber
 from mezo_ckpt.trajectory import read_trajectory
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> str:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -45,39 +39,6 @@ def bases(tmp_path_factory) -> dict[tuple[str, str], str]:
             save_tiny(folder, arch, dtype=getattr(torch, dt))
             out[(arch, dt)] = str(folder)
     return out
-
-
-def config(base: str, data: dict, out: Path, **kw) -> TrainConfig:
-    settings = dict(
-        model=base,
-        task="custom",
-        template="{text} =",
-        verbalizer={"pos": "+", "neg": "-"},
-        steps=6,
-        batch_size=8,
-        lr=3e-3,
-        eps=1e-2,
-        eval_every=3,
-        eval_examples=32,
-        eval_test=False,
-        fsync=False,
-        output=str(out),
-        dtype=kw.pop("dtype", "float32"),
-        **data,
-    )
-    settings.update(kw)
-    return TrainConfig(**settings)
-
-
-def state(model) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in canonical_parameters(model).items()}
-
-
-def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        assert a[k].dtype == b[k].dtype
-        assert torch.equal(a[k], b[k]), k
 
 
 # ----------------------------------------------------------------------------- promise 3

@@ -41,6 +41,7 @@ import pytest
 import torch
 import zstandard
 from click.testing import CliRunner
+from paths import GOLDEN
 from tinymodels import save_tiny, toy_sentiment
 from wrong_bases import ARCH_KEYS, CASES, PICKLE_MARKER, make_wrong_base, reserialised_config
 
@@ -740,7 +741,7 @@ def test_the_journal_itself_is_locked_whatever_the_cache(
 def test_a_held_journal_cannot_be_reopened_in_the_same_process(tmp_path: Path):
     from mezo_ckpt.trajectory import TrajectoryWriter
 
-    traj = read_trajectory(Path(__file__).parent / "golden" / "llama-fp32-normal16.zst")
+    traj = read_trajectory(GOLDEN / "llama-fp32-normal16.zst")
     p = tmp_path / "j.zst.partial"
     with TrajectoryWriter.create(p, traj.header) as w:
         w.append_steps(traj.records.slice(0, 1))

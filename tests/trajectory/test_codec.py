@@ -34,6 +34,7 @@ from helpers_format import (
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from paths import TESTS
 
 import mezo_ckpt.errors as E
 from mezo_ckpt.trajectory import (
@@ -48,7 +49,7 @@ from mezo_ckpt.trajectory import (
     serialize,
 )
 
-HERE = Path(__file__).resolve().parent
+HERE = TESTS
 CORPUS = HERE / "corpus"
 INDEX: dict[str, str | None] = json.loads((CORPUS / "INDEX.json").read_text())
 

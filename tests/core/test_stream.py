@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from paths import ROOT, TESTS
 from reference_numpy import (
     KEYS,
     TORCH,
@@ -423,16 +424,16 @@ def test_same_bits_under_default_cpu_capability():
     here = _fingerprints()
     env = dict(os.environ, ATEN_CPU_CAPABILITY="default")
     code = (
-        "import json, sys; sys.path.insert(0, sys.argv[1]); import test_stream; "
+        "import json, sys; sys.path[:0] = sys.argv[1:3]; import test_stream; "
         "print(json.dumps(test_stream._fingerprints()))"
     )
     res = subprocess.run(
-        [sys.executable, "-c", code, str(Path(__file__).parent)],
+        [sys.executable, "-c", code, str(Path(__file__).parent), str(TESTS)],
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
-        cwd=Path(__file__).parent.parent,
+        cwd=ROOT,
     )
     assert res.returncode == 0, res.stderr[-3000:]
     there = json.loads(res.stdout.strip().splitlines()[-1])

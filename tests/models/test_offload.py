@@ -6,7 +6,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from test_trainer import write_jsonl
+from helpers_train import write_jsonl
 from tinymodels import save_tiny, toy_sentiment
 
 from mezo_ckpt.cli import main

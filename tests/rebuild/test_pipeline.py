@@ -17,9 +17,9 @@ import shutil
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers_train import write_jsonl
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from test_trainer import write_jsonl
 from tinymodels import tiny_model, tiny_tokenizer, toy_sentiment
 from transformers import AutoModelForCausalLM
 

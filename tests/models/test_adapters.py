@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
-from test_trainer import write_jsonl
+from helpers_train import write_jsonl
 from tinymodels import save_tiny, tiny_model, toy_sentiment
 
 import mezo_ckpt

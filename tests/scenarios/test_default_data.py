@@ -8,11 +8,12 @@ import os
 from pathlib import Path
 
 import pytest
+from paths import ROOT
 
 from mezo_ckpt.data import DEFAULT_TASK_DIR, LABELS, SPLITS, load_manifest, load_split
 
 EXPECTED_COUNTS = {"train": 9066, "dev": 500, "test": 1000}
-REPO = Path(__file__).resolve().parents[1]
+REPO = ROOT
 
 
 @pytest.fixture(scope="module")

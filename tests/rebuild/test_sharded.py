@@ -6,8 +6,8 @@ import json
 
 import torch
 from click.testing import CliRunner
+from helpers_train import write_jsonl
 from safetensors.torch import load_file, save_file
-from test_trainer import write_jsonl
 from tinymodels import tiny_model, tiny_tokenizer, toy_sentiment
 from transformers import AutoModelForCausalLM
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
+from paths import ROOT
 from tinymodels import save_tiny
 
 from mezo_ckpt import recipes
@@ -138,7 +139,7 @@ def test_unknown_recipe_lists_the_packaged_ones(tmp_path):
 
 
 def test_recipes_are_in_the_wheel_manifest():
-    text = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    text = (ROOT / "pyproject.toml").read_text()
     assert '"recipes/*.yaml"' in text
 
 

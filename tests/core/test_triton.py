@@ -9,7 +9,7 @@ size and split), the perturbed copy and rows, the rounding helpers at their exac
 thresholds, and the absence of multiply-add fusion (numerically, and in the compiled
 PTX/SASS for a CUDA target, which needs no GPU).
 
-Run: ``pytest -m triton tests/test_triton.py`` (the interpreter is slow: small sizes).
+Run: ``pytest -m triton tests/core/test_triton.py`` (the interpreter is slow: small sizes).
 """
 
 import importlib
@@ -18,7 +18,6 @@ import os
 import subprocess
 import sys
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,6 +27,8 @@ CUDA = torch.cuda.is_available()
 if not CUDA:
     os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
 pytest.importorskip("triton")
+
+from paths import ROOT  # noqa: E402
 
 from mezo_ckpt.core import backends  # noqa: E402
 from mezo_ckpt.core import kernels_triton as TT  # noqa: E402
@@ -487,7 +488,7 @@ def test_compiled_kernels_have_no_fma():
     sees what it is meant to see."""
     assert TT.LAUNCH_OPTIONS == {"enable_fp_fusion": False}
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    root = Path(__file__).resolve().parent.parent
+    root = ROOT
     env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run(
         [sys.executable, "-c", _ASM_SCRIPT],

@@ -27,13 +27,14 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
+from paths import ROOT
 from tinymodels import save_tiny, tiny_model, tiny_tokenizer, toy_sentiment
 
 from mezo_ckpt.cli import main
 from mezo_ckpt.trajectory import read_trajectory
 
 try:
-    from test_trainer import write_jsonl
+    from helpers_train import write_jsonl
 except ImportError:  # pragma: no cover - tests/ imported as a package
     from tests.test_trainer import write_jsonl
 
@@ -1077,7 +1078,7 @@ def test_python_api_in_memory_rows_are_not_recorded_as_the_builtin_task(tmp_path
 def test_extras_named_in_messages_exist():
     import tomllib
 
-    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    pyproject = ROOT / "pyproject.toml"
     extras = tomllib.loads(pyproject.read_text())["project"]["optional-dependencies"]
     assert {"data", "report", "plot"} <= set(extras)
 

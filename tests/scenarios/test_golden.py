@@ -12,10 +12,10 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from paths import GOLDEN, TESTS  # noqa: E402
 from tinymodels import tiny_model
 
 from mezo_ckpt.core.hashing import canonical_parameters, tensors_sha256
@@ -24,7 +24,6 @@ from mezo_ckpt.models.base import verify_base
 from mezo_ckpt.rebuild import replay_model, replay_tensors
 from mezo_ckpt.trajectory import read_trajectory
 
-GOLDEN = Path(__file__).parent / "golden"
 INDEX = json.loads((GOLDEN / "HASHES.json").read_text())
 
 
@@ -102,7 +101,7 @@ def test_golden_in_fresh_process(env, backend):
     """Same bits under the portable 'default' ATen build path, other thread counts."""
     full_env = {**os.environ, **env}
     proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(Path(__file__).parent), backend],
+        [sys.executable, "-c", SCRIPT, str(TESTS), backend],
         env=full_env,
         capture_output=True,
         text=True,

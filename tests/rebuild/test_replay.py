@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers_train import assert_same, config, state, write_jsonl
 from safetensors.torch import load_file
-from test_trainer import assert_same, config, state, write_jsonl
 from tinymodels import save_tiny, tiny_model, toy_sentiment
 from transformers import AutoModelForCausalLM
 

@@ -251,7 +251,7 @@ def summarize(path: str | os.PathLike) -> dict[str, Any]:
     base.pop("tensors", None)
     files = base.pop("files", {})
     trainable_elements = None
-    if h.base.tensors is not None:
+    if h.base.tensors is not None and h.peft is None:  # adapter tensors are not the base's
         sizes = {t.name: math.prod(t.shape) for t in h.base.tensors}
         trainable_elements = sum(sizes.get(n, 0) for n in h.trainable)
     state = "complete" if traj.complete else "incomplete"
@@ -266,6 +266,7 @@ def summarize(path: str | os.PathLike) -> dict[str, Any]:
         "base_files": files,
         "trainable_tensors": len(h.trainable),
         "trainable_elements": trainable_elements,
+        "adapter": h.peft.type if h.peft is not None else None,
         "perturbation": h.perturbation.to_json(),
         "update": {k: v for k, v in h.update.to_json().items() if k != "decay_params"},
         "optimizer": h.optimizer.to_json(),

@@ -421,3 +421,58 @@ def ckpt_content(step: int, digest: str = HEX_C) -> bytes:
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+# ----------------------------------------------------------------------------- format 1.1
+# Written from docs/FORMAT.md §5.2, §7.3 and §11.4, not from the code.
+
+CHAIN_TAG = b"mezo-ckpt/chain/v1\x00"
+
+
+def canonical_json_sha256(obj: Any) -> str:
+    """sha256 of canonical JSON (sorted keys, ',' ':' separators, ASCII escapes)."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return sha256(text.encode("ascii"))
+
+
+def make_base_v11(**overrides: Any) -> dict:
+    """A syntactically valid 1.1 ``base``: every tensor, the config and the tokenizer
+    pinned (matching no real model)."""
+    config = {"model_type": "custom", "hidden_size": 4}
+    base = make_base(
+        tensors=[
+            {"name": "layer.bias", "aliases": [], "shape": [4], "dtype": "float32",
+             "sha256": "1" * 16},
+            {"name": "layer.weight", "aliases": [], "shape": [4, 4], "dtype": "float32",
+             "sha256": "2" * 16},
+        ],
+        tensors_sha256=HEX_B,
+        config=config,
+        config_sha256=canonical_json_sha256(config),
+        generation_config_sha256=None,
+        tokenizer={"tokenizer.json": HEX_A},
+    )  # fmt: skip
+    base.update(overrides)
+    return base
+
+
+def make_header_v11(**kw: Any) -> dict:
+    """A valid 1.1 header: the record chain declared and the whole base pinned."""
+    kw.setdefault("base", make_base_v11())
+    return make_header(integrity={"chain": "sha256-records-v1"}, **kw)
+
+
+def chain_sha256(header: dict | bytes, records: bytes) -> str:
+    """chain(N) of §7.3 over the header bytes and the first N records' bytes."""
+    h = header if isinstance(header, bytes) else json_bytes(header)
+    return sha256(CHAIN_TAG + struct.pack("<Q", len(h)) + h + records)
+
+
+def chained_ckpt(step: int, header: dict | bytes, records: bytes, digest: str = HEX_C) -> bytes:
+    return b"CKPT" + json_bytes(
+        {"step": step, "trainable_sha256": digest, "chain_sha256": chain_sha256(header, records)}
+    )
+
+
+def preamble_v11(minor: int = 1) -> bytes:
+    return struct.pack("<II", 0x184D2A5E, 16) + b"MEZOCKPT" + struct.pack("<HHI", 1, minor, 0)

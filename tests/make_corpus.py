@@ -29,14 +29,17 @@ from helpers_format import (  # noqa: E402
     PREAMBLE_V1,
     ZSTD_MAGIC,
     assemble,
+    chained_ckpt,
     ckpt_content,
     eval_content,
     head_content,
     json_bytes,
     make_base,
     make_header,
+    make_header_v11,
     pack_records,
     preamble,
+    preamble_v11,
     set_path,
     step_content,
     zstd_frame,
@@ -49,10 +52,13 @@ TRUNC = "TruncatedError"
 CORRUPT = "CorruptFrameError"
 HEADER = "HeaderError"
 RECORD = "RecordError"
+CHAIN = "ChainMismatchError"
 UNSUP = "UnsupportedError"
 
 # Lean header: 1 direction, no decay, no losses -> 4-byte records.
 H1 = make_header(total_steps=8, seed=7)
+# The same as a format 1.1 header (record chain, whole base).
+H11 = make_header_v11(total_steps=8, seed=7)
 # Full header: 2 directions, decay and losses -> 1 + 6 + 4 + 16 = 27-byte records.
 H2 = make_header(
     total_steps=8,
@@ -140,7 +146,54 @@ def build() -> dict[str, tuple[bytes, str | None]]:
         ),
         None,
     )
-    add("valid_minor_version_7", assemble(H1, lean([C1]), pre=preamble(minor=7)), None)
+    # ------------------------------------------------------------------ format 1.1
+    # One rule (docs/FORMAT.md §3.1): a minor version >= 1 requires the record chain and the
+    # whole-base identity; a minor version of 0 carries neither.
+    body = pack_records([[C1], [C2], [0.0]])
+    v11 = H11
+    ok11 = assemble(
+        v11, step_content(0, body, 3), chained_ckpt(3, v11, body, HEX_B), pre=preamble_v11()
+    )
+    add("valid_v11_chained_whole_base", ok11, None)
+    add(
+        "valid_minor_version_7",
+        assemble(v11, step_content(0, body, 3), chained_ckpt(3, v11, body), pre=preamble_v11(7)),
+        None,
+    )
+    add("minor_version_7_without_chain", assemble(H1, lean([C1]), pre=preamble(minor=7)), HEADER)
+    no_integrity = set_path(v11, "integrity", None, delete=True)
+    add(
+        "v11_integrity_deleted",
+        assemble(no_integrity, step_content(0, body, 3), ckpt_content(3), pre=preamble_v11()),
+        HEADER,
+    )
+    for key in ("tensors_sha256", "config_sha256"):
+        other = "tensors" if key == "tensors_sha256" else "config"
+        cut = set_path(set_path(v11, f"base.{key}", None, delete=True), f"base.{other}", None,
+                       delete=True)  # fmt: skip
+        add(
+            f"v11_base_{other}_deleted",
+            assemble(
+                cut, step_content(0, body, 3), chained_ckpt(3, cut, body), pre=preamble_v11()
+            ),  # fmt: skip
+            HEADER,
+        )
+    add(
+        "v11_version_lowered_to_1_0",
+        assemble(v11, step_content(0, body, 3), chained_ckpt(3, v11, body), pre=preamble()),
+        HEADER,
+    )
+    edited = pack_records([[C1], [C1], [0.0]])  # the chain was computed over ``body``
+    add(
+        "v11_record_edited_after_chaining",
+        assemble(v11, step_content(0, edited, 3), chained_ckpt(3, v11, body), pre=preamble_v11()),
+        CHAIN,
+    )
+    add(
+        "v11_ckpt_without_chain_digest",
+        assemble(v11, step_content(0, body, 3), ckpt_content(3), pre=preamble_v11()),
+        RECORD,
+    )
 
     # ------------------------------------------------------------------ not a trajectory
     add("empty", b"", BAD_MAGIC)

@@ -74,7 +74,9 @@ def info(trajectory: Path, as_json: bool, plot: Path | None, overwrite: bool) ->
     n_tr = s["trainable_tensors"]
     el = s["trainable_elements"]
     share = ""
-    if el is not None and b.get("num_parameters"):
+    if s["perturbation"] and s.get("adapter"):
+        share = f" ({s['adapter']} adapter tensors; the base is frozen)"
+    elif el is not None and b.get("num_parameters"):
         share = f", {el:,} elements = {100 * el / b['num_parameters']:.1f}% of the model"
     pinned = (
         f"every tensor {b['tensors_sha256'][:16]}..., config {b['config_sha256'][:12]}..., "

@@ -114,7 +114,10 @@ def attach(model: torch.nn.Module, kind: str, config: Mapping[str, Any], seed: i
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
         # GPT-2's Conv1D layers: peft sets fan_in_fan_out itself, and says so each time
         warnings.filterwarnings("ignore", message=".*fan_in_fan_out is set to False.*")
-        wrapped = peft.get_peft_model(model, peft_config(kind, config))
+        try:
+            wrapped = peft.get_peft_model(model, peft_config(kind, config))
+        except ValueError as e:  # e.g. target modules that name no module of this model
+            raise ConfigError(f"peft cannot attach this {kind} adapter to the model: {e}") from None
     wrapped.eval()
     params = canonical_parameters(wrapped)
     with torch.no_grad():

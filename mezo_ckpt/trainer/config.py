@@ -32,7 +32,14 @@ from typing import Any
 from mezo_ckpt.core.spec import ROUNDING_MODES, Z_KINDS
 from mezo_ckpt.errors import ConfigError
 from mezo_ckpt.trainer.schedule import SCHEDULES, learning_rate
-from mezo_ckpt.trajectory.header import DTYPES, ESTIMATORS, MAX_DIRECTIONS, MAX_HISTORY, PEFT_TYPES
+from mezo_ckpt.trajectory.header import (
+    DTYPES,
+    ESTIMATORS,
+    MAX_ADAPTER_SIZE,
+    MAX_DIRECTIONS,
+    MAX_HISTORY,
+    PEFT_TYPES,
+)
 
 #: The embedded default task (movie-review sentiment shipped in mezo_ckpt/data).
 DEFAULT_TASK = "sentiment"
@@ -53,6 +60,16 @@ REPORTERS = ("none", "tensorboard", "wandb")
 PEFT_MODES = ("none", *PEFT_TYPES)
 #: --dist-mode under torchrun: shard the batch, or each rank its own n-SPSA directions.
 DIST_MODES = ("data", "directions")
+#: Upper bounds of sizes typed by people: beyond them a value is a typo, not a run.
+SIZE_LIMITS = {
+    "batch_size": 1 << 20,
+    "eval_batch_size": 1 << 20,
+    "max_length": 1 << 20,
+    "max_new_tokens": 1 << 16,
+    "lora_r": MAX_ADAPTER_SIZE,
+    "prefix_tokens": MAX_ADAPTER_SIZE,
+    "threads": 4096,
+}
 #: Settings people often type under another name (used for "did you mean").
 ALIASES = {
     "learning_rate": "lr",
@@ -407,6 +424,9 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise bad(name, "must be a positive integer")
+        for name, most in SIZE_LIMITS.items():  # a typo must not become a huge allocation
+            if (getattr(self, name) or 0) > most:
+                raise bad(name, f"is far beyond any real run (at most {most:,})")
         if self.steps > 2**32 - 1:
             raise bad("steps", "must be below 2**32")
         if self.n_directions > MAX_DIRECTIONS:
@@ -536,7 +556,7 @@ def coerce(name: str, value: Any, source: str) -> Any:
                 pass
         try:
             v = _number(value) if isinstance(value, str) else float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise bad("must be an integer") from None
         if not math.isfinite(v) or v != int(v):
             raise bad("must be an integer")
@@ -546,7 +566,7 @@ def coerce(name: str, value: Any, source: str) -> Any:
             raise bad("must be a number")
         try:
             v = _number(value) if isinstance(value, str) else float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise bad("must be a number (e.g. 3e-5 or 0.00003)") from None
         if not math.isfinite(v):
             raise bad("must be a finite number")
@@ -619,26 +639,75 @@ def _packaged_recipe(name: str):
     return recipes.path(name[:-5] if name.endswith(".yaml") else name)
 
 
+#: Largest YAML recipe read (a real one is a few hundred bytes).
+MAX_YAML_BYTES = 1 << 20
+
+
+def _strict_yaml(text: str, where: str, what: str = "not valid YAML") -> tuple[Any, Any]:
+    """(data, node) of YAML text: safe types only, a duplicate key is an error (YAML
+    leaves it undefined; PyYAML keeps the last one silently), bounded nesting."""
+    import yaml
+
+    class Strict(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):  # noqa: ANN001 - PyYAML's API
+            seen: set = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    dup = key in seen
+                except TypeError:  # an unhashable key: PyYAML reports it itself
+                    dup = False
+                if dup:
+                    raise ConfigError(
+                        f"{where}:{key_node.start_mark.line + 1}: the key {str(key)[:80]!r} "
+                        "appears twice (which one counts would be a guess)"
+                    )
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    try:
+        node = yaml.compose(text, Loader=Strict)
+        data = yaml.load(text, Loader=Strict)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: {what}: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply to be a recipe") from None
+    return data, node
+
+
 def load_yaml(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
-    """A YAML recipe: (settings, line of each key). Keys may use dashes or underscores."""
+    """A YAML recipe: (settings, line of each key). Keys may use dashes or underscores.
+
+    A bare packaged recipe name (``sst2``) always means the packaged recipe, whatever the
+    current folder holds; a file is named as a path (``./sst2.yaml``). ``sst2.yaml`` that
+    is both a packaged name and a file here is refused as ambiguous.
+    """
     import yaml
 
     p = Path(path)
-    if not p.is_file():
-        packaged = _packaged_recipe(str(path))
-        if packaged is None:
-            from mezo_ckpt.recipes import NAMES
-
-            raise ConfigError(f"config file not found: {p} (packaged recipes: {', '.join(NAMES)})")
+    packaged = _packaged_recipe(str(path))
+    if packaged is not None and (str(path) == p.stem or not p.is_file()):
         p = packaged
+    elif packaged is not None:
+        raise ConfigError(
+            f"-c {path} names both the packaged recipe and a file in this folder: use "
+            f"-c {p.stem} for the recipe or -c ./{path} for the file"
+        )
+    elif not p.is_file():
+        from mezo_ckpt.recipes import NAMES
+
+        raise ConfigError(f"config file not found: {p} (packaged recipes: {', '.join(NAMES)})")
     try:
-        text = p.read_text(encoding="utf-8-sig")
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        raw = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read it ({e.strerror or e})") from None
+    if len(raw) > MAX_YAML_BYTES:
+        raise ConfigError(f"{p}: {len(raw):,} bytes is not a recipe (at most {MAX_YAML_BYTES:,})")
+    try:
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise ConfigError(f"{p}: not UTF-8 text ({e})") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    data, node = _strict_yaml(text, str(p))
     if data is None:
         return {}, {}
     if not isinstance(data, dict) or not isinstance(node, yaml.MappingNode):
@@ -655,7 +724,6 @@ def parse_set(item: str) -> tuple[str, Any]:
     """``key=value`` from ``--set``. The value is the text after ``=``, exactly as typed
     (``" great"`` keeps its space); lists and mappings may also be written in YAML/JSON
     flow style (``[a, b]``, ``{positive: " great"}``). Coercion then works as for flags."""
-    import yaml
 
     if "=" not in item:
         raise ConfigError(f"--set {item!r}: use key=value")
@@ -666,10 +734,7 @@ def parse_set(item: str) -> tuple[str, Any]:
     if key in _FIELDS and typing.get_origin(_base_type(key)[0]) in (list, dict):
         text = raw.strip()
         if text.startswith(("[", "{")):
-            try:
-                return key, yaml.safe_load(text)
-            except yaml.YAMLError as e:
-                raise ConfigError(f"--set {item!r}: not a valid list or mapping: {e}") from None
+            return key, _strict_yaml(text, f"--set {item[:80]!r}", "not a valid list or mapping")[0]
     return key, raw
 
 

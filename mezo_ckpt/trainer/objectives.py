@@ -28,7 +28,7 @@ import inspect
 import math
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,14 +73,23 @@ class UserObjective:
         """
         try:
             got = self.fn(examples, outputs)
+        except SystemExit as e:  # exit() in the user's code must not end the run silently
+            raise DataError(
+                f"objective {self.qualname} called exit({e.code!r}); it must return scores"
+            ) from None
         except Exception as e:  # the user's code: report, do not hide
             raise DataError(f"objective {self.qualname} raised {type(e).__name__}: {e}") from e
+        if isinstance(got, (str, bytes, Mapping)) or not hasattr(got, "__len__"):
+            raise DataError(
+                f"objective {self.qualname} must return a list of numbers (one per example), "
+                f"got {type(got).__name__}"
+            )
         try:
             vals = [float(v) for v in got]
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise DataError(
-                f"objective {self.qualname} must return one number per example, got "
-                f"{type(got).__name__}"
+                f"objective {self.qualname} must return one number per example (finite), "
+                f"got a {type(got).__name__} holding something else"
             ) from None
         if len(vals) != len(examples):
             raise DataError(
@@ -107,14 +116,21 @@ def load_user_objective(spec: str) -> UserObjective:
         sys.path.insert(0, cwd)
     try:
         module = importlib.import_module(module_name)
-    except Exception as e:  # ImportError, or the module's own error
-        raise ConfigError(f"objective {spec!r}: cannot import {module_name}: {e}") from None
+    except (Exception, SystemExit) as e:  # ImportError, or the module's own error or exit
+        raise ConfigError(
+            f"objective {spec!r}: cannot import {module_name}: {type(e).__name__}: {e}"
+        ) from None
     finally:
         if added:
             sys.path.remove(cwd)
     fn = getattr(module, fn_name, None)
-    if not callable(fn):
+    if fn is None:
         raise ConfigError(f"objective {spec!r}: {module_name} has no function {fn_name}")
+    if not inspect.isfunction(fn):  # builtins, classes, objects: no source to record
+        raise ConfigError(
+            f"objective {spec!r}: {module_name}.{fn_name} is a {type(fn).__name__}, not a "
+            "Python function `def f(examples, outputs)` whose source can be recorded"
+        )
     try:
         path = inspect.getsourcefile(fn) or inspect.getfile(module)
         with open(path, "rb") as f:

@@ -216,6 +216,12 @@ def open_resumed(run: Any) -> None:
             writer = FollowerWriter(traj.num_steps)
     h = traj.header
     try:
+        if h.records.history != cfg.history_window:  # a crafted or edited header
+            raise ConfigError(
+                f"cannot resume {src}: its records carry a momentum window of "
+                f"{h.records.history} steps but its settings ask for {cfg.history_window} "
+                "(momentum / momentum_window disagree with the records)"
+            )
         stored = h.config.get("data") or {}
         now = run.data_info
         for key in sorted(set(stored) | set(now)):

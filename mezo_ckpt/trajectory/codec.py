@@ -420,6 +420,7 @@ def parse_trajectory(data: bytes, *, allow_truncated_tail: bool = False) -> Traj
         raise HeaderError("the first frame is not a header")
     header_bytes = content[4:]
     header = Header.from_json(strict_json(header_bytes, "header"))
+    check_version_features(version[1], header)
     n = header.n_directions
     has_decay, has_losses = header.records.decay, header.records.losses
     window = header.records.history
@@ -508,6 +509,32 @@ def parse_trajectory(data: bytes, *, allow_truncated_tail: bool = False) -> Traj
     if header.chain is not None:
         _check_chain(traj)
     return traj
+
+
+def check_version_features(minor: int, header: Header) -> None:
+    """One rule for "a 1.1 file" (docs/FORMAT.md §3.1): a preamble minor version of 1 or
+    more requires the record chain (``integrity``) and the whole-base identity
+    (``base.tensors``/``tensors_sha256`` and ``base.config``/``config_sha256``); a minor
+    version of 0 carries neither. A key deleted from a 1.1 header, or a version lowered
+    to pass a 1.1 file off as 1.0, is refused instead of switching the checks off.
+
+    Raises:
+        HeaderError: the preamble's minor version and the header disagree.
+    """
+    chained, whole = header.chain is not None, header.base.pins_everything
+    if minor >= 1 and not (chained and whole):
+        lacks = [
+            k for k, ok in (("integrity", chained), ("the whole-base identity", whole)) if not ok
+        ]
+        raise HeaderError(
+            f"a format 1.{minor} file must carry {' and '.join(lacks)} (docs/FORMAT.md "
+            "§3.1): a key was deleted from its header"
+        )
+    if minor == 0 and (chained or header.base.tensors_sha256 is not None):
+        raise HeaderError(
+            "a format 1.0 file cannot carry the record chain or the whole-base identity "
+            "(they came in 1.1): the file's version was lowered"
+        )
 
 
 def _check_chain(traj: Trajectory) -> None:
@@ -653,8 +680,12 @@ def serialize(traj: Trajectory) -> bytes:
     """The compact form of a trajectory: header, big step frames, evaluations, checkpoints.
 
     The header bytes are copied verbatim (the chain covers them).
+
+    Raises:
+        HeaderError: the header is one a reader would refuse (docs/FORMAT.md §3.1).
     """
     h = traj.header
+    check_version_features(_minor(h), h)
     parts = [preamble(_minor(h)), header_frame(traj.header_bytes)]
     decay = h.records.decay
     per = records_per_frame(h)

@@ -36,6 +36,8 @@ MAX_HISTORY = 64
 CHAIN_RULE = "sha256-records-v1"
 MAX_STEPS = 2**32 - 1
 MAX_DIRECTIONS = 64
+#: Largest LoRA rank and prefix length a header may ask for (no real adapter is near it).
+MAX_ADAPTER_SIZE = 65536
 #: How the trainer estimates the step's coefficients (recorded in optimizer.estimator; a
 #: reader never needs it: every update is the stored coefficients).
 ESTIMATORS = ("spsa", "one-sided", "fzoo")
@@ -536,7 +538,18 @@ class AdapterInfo:
             raise UnsupportedError(
                 f"unknown adapter init rule {init!r} (known: {ADAPTER_INIT_RULE})"
             )
-        return cls(kind, f.get("config", dict), init, f.hexdigest("init_sha256"))
+        config = f.obj_of("config")
+        assert config is not None
+        if kind == "lora":  # what peft needs to build the adapter, checked before it is asked
+            config.integer("r", 1, MAX_ADAPTER_SIZE)
+            config.number("lora_alpha", positive=True)
+            config.names("target_modules", nonempty=True)
+            if config.number("lora_dropout", optional=True) not in (None, 0.0):
+                raise HeaderError("header field peft.config.lora_dropout must be 0")
+            config.text("bias", optional=True, choices=("none",))
+        else:
+            config.integer("num_virtual_tokens", 1, MAX_ADAPTER_SIZE)
+        return cls(kind, config.obj, init, f.hexdigest("init_sha256"))
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from mezo_ckpt.trajectory.codec import (
     Trajectory,
     _minor,
     chain_digest,
+    check_version_features,
     ckpt_frame,
     dump_json,
     eval_frame,
@@ -96,6 +97,7 @@ class TrajectoryWriter:
         """Start a new journal (replaces ``path``) holding the preamble and header."""
         p = Path(path)
         header = Header.coerce(header)
+        check_version_features(_minor(header), header)  # nothing a reader would refuse
         header_bytes = dump_json(header.to_json())
         frame = header_frame(header_bytes)
         f = _open_locked(p)  # locked before anything is cut: a live run's journal survives

@@ -24,8 +24,7 @@ from mezo_ckpt import hub as mhub
 from mezo_ckpt.cli import main
 from mezo_ckpt.core.hashing import file_sha256
 from mezo_ckpt.errors import BaseMismatchError, MezoCkptError
-from mezo_ckpt.trajectory import Trajectory, read_trajectory, write_trajectory
-from mezo_ckpt.trajectory.header import Header
+from mezo_ckpt.trajectory import read_trajectory
 
 try:
     from hubserver import FakeHub, patch_hf_client
@@ -517,17 +516,16 @@ def test_embedded_base_card(trained: Trained, tmp_path: Path) -> None:
         },
     )
     path = tmp_path / "trajectory.zst"
-    write_trajectory(
-        path,
-        Trajectory(
-            Header.from_json(
-                {k: v for k, v in traj.header.raw.items() if k != "integrity"} | {"base": base}
-            ),
-            traj.records,
-            [dataclasses.replace(e, chain_sha256=None) for e in traj.evaluations],
-            traj.checkpoints,
-        ),
-    )
+    from mezo_ckpt.trajectory import TrajectoryWriter, compact
+
+    journal = tmp_path / "trajectory.zst.partial"  # the edited header, chained again
+    with TrajectoryWriter.create(journal, traj.header.raw | {"base": base}, fsync=False) as w:
+        w.append_steps(traj.records)
+        for e in traj.evaluations:
+            w.append_evaluation(dataclasses.replace(e, chain_sha256=None))
+        for s, d in sorted(traj.checkpoints.items()):
+            w.append_checkpoint(s, d)
+    compact(journal, path)
     pub = mhub.build_publication(path, REPO)
     card = ModelCard(pub.card)
     assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"

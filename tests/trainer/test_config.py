@@ -716,10 +716,11 @@ def test_unknown_recipe_and_folder_names():
         resolve_config("recipes/sst2")
 
 
-def test_local_file_named_like_a_recipe_wins(tmp_path, monkeypatch):
+def test_a_local_file_named_like_a_recipe_is_named_as_a_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write(tmp_path, "steps: 3\n", "sst2")
-    cfg = resolve_config("sst2")
+    assert resolve_config("sst2").steps == 20000  # the packaged recipe, never the file
+    cfg = resolve_config("./sst2")
     assert cfg.steps == 3 and cfg.dataset is None
     assert math.isclose(cfg.lr, TrainConfig().lr)
 

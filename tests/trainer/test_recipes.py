@@ -124,11 +124,18 @@ def test_paper_hyperparameters_are_the_defaults_of_every_recipe():
         assert (cfg.batch_size, cfg.eps, cfg.lr, cfg.steps) == (16, 1e-3, 1e-6, 20000), name
 
 
-def test_a_local_file_wins_over_a_packaged_recipe(tmp_path, monkeypatch):
+def test_a_packaged_recipe_name_means_the_packaged_recipe(tmp_path, monkeypatch):
+    """A file named like a recipe in the current folder (which could name an objective to
+    import) never stands in for it; the file is named as a path."""
     monkeypatch.chdir(tmp_path)
-    Path("sst2").write_text("lr: 0.5\n")
-    assert resolve_config("sst2").lr == 0.5
+    Path("sst2").write_text("lr: 0.5\nobjective: python:evil:run\n")
+    assert resolve_config("sst2").lr == 1e-6  # the packaged recipe
+    assert resolve_config("./sst2").lr == 0.5  # the file, named as a path
     assert resolve_config("sst2.yaml").lr == 1e-6  # no file of that name: the recipe
+    Path("sst2.yaml").write_text("lr: 0.25\n")
+    with pytest.raises(ConfigError, match="both the packaged recipe and a file"):
+        resolve_config("sst2.yaml")
+    assert resolve_config("./sst2.yaml").lr == 0.25
 
 
 def test_unknown_recipe_lists_the_packaged_ones(tmp_path):

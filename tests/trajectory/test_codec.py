@@ -24,6 +24,7 @@ from helpers_format import (
     eval_content,
     json_bytes,
     make_header,
+    make_header_v11,
     make_records,
     make_trajectory,
     pack_records,
@@ -59,6 +60,7 @@ BUILTIN: dict[str, type[Exception]] = {
     "CorruptFrameError": ValueError,
     "HeaderError": ValueError,
     "RecordError": ValueError,
+    "ChainMismatchError": ValueError,
     "UnsupportedError": NotImplementedError,
 }
 
@@ -681,8 +683,7 @@ def test_chain_vectors_documented():
 
 
 def _bound_journal(tmp_path, n_steps=20, seed=0, **kw):
-    h = make_header(total_steps=n_steps, **kw)
-    h["integrity"] = {"chain": "sha256-records-v1"}
+    h = make_header_v11(total_steps=n_steps, **kw)
     rec = make_records(n_steps, seed=seed)
     path = tmp_path / f"bound{seed}.partial"
     with TrajectoryWriter.create(path, h, fsync=False) as w:

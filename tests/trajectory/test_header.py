@@ -176,7 +176,8 @@ def test_build_adds_the_features_it_needs(header):
     assert hist.requires == (HISTORY_FEATURE,)
     assert hist.records.history == 8
     assert hist.to_json()["records"] == {"decay": False, "losses": True, "history": 8}
-    adapter = AdapterInfo("lora", {"r": 8}, ADAPTER_INIT_RULE, "ab" * 32)
+    lora = {"r": 8, "lora_alpha": 16.0, "target_modules": ["q_proj", "v_proj"]}
+    adapter = AdapterInfo("lora", lora, ADAPTER_INIT_RULE, "ab" * 32)
     both = hist.with_(peft=adapter)
     parsed = Header.from_json(both.to_json())
     assert set(parsed.requires) == {HISTORY_FEATURE, PEFT_FEATURE}
@@ -246,7 +247,8 @@ def test_peft_feature_without_peft(raw):
 
 
 def test_peft_without_feature(raw):
-    peft = {"type": "lora", "config": {}, "init": ADAPTER_INIT_RULE, "init_sha256": "0" * 64}
+    config = {"r": 2, "lora_alpha": 4.0, "target_modules": ["q_proj"]}
+    peft = {"type": "lora", "config": config, "init": ADAPTER_INIT_RULE, "init_sha256": "0" * 64}
     with pytest.raises(HeaderError, match=PEFT_FEATURE):
         Header.from_json(edit(raw, "peft", peft))
     ok = Header.from_json(edit(edit(raw, "peft", peft), "requires", [PEFT_FEATURE]))

@@ -14,9 +14,10 @@ Every writer stages its output next to the destination and renames it into place
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +107,8 @@ def export_hf(
         bars = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()
         try:
-            model.save_pretrained(tmp, safe_serialization=True)
+            with safetensors_errors(out):
+                model.save_pretrained(tmp, safe_serialization=True)
         finally:
             if bars:
                 hf_logging.enable_progress_bar()
@@ -114,6 +116,20 @@ def export_hf(
         doc = {**meta, "files": recorded_files(tmp)}
         (tmp / PROVENANCE_FILE).write_text(json.dumps(doc, indent=2) + "\n")
     return out
+
+
+@contextlib.contextmanager
+def safetensors_errors(out: Path) -> Iterator[None]:
+    """safetensors' own write errors (a full disk inside its Rust writer) as the typed
+    OutputError the rest of the writers raise."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except SafetensorError as e:
+        text = str(e)
+        why = "the disk is full" if "No space left" in text or "os error 28" in text else text
+        raise OutputError(f"cannot write {out}: {why}") from None
 
 
 def recorded_files(folder: Path) -> dict[str, str]:
@@ -199,19 +215,15 @@ def state_dict_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def export_safetensors(tensors: Mapping[str, torch.Tensor], out: str | os.PathLike, meta: dict):
     """Write tensors to one safetensors file, atomically (provenance in its metadata)."""
-    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     out = Path(out)
-    with staged_file(out) as tmp:
-        try:
-            save_file(
-                {k: v.detach().contiguous().cpu() for k, v in tensors.items()},
-                str(tmp),
-                metadata={"format": "pt", META_KEY: json.dumps(meta, sort_keys=True)},
-            )
-        except SafetensorError as e:
-            raise OutputError(f"cannot write {out}: {e}") from None
+    with staged_file(out) as tmp, safetensors_errors(out):
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+            str(tmp),
+            metadata={"format": "pt", META_KEY: json.dumps(meta, sort_keys=True)},
+        )
     return out
 
 

@@ -32,6 +32,7 @@ from typing import Any
 from mezo_ckpt.core.spec import ROUNDING_MODES, Z_KINDS
 from mezo_ckpt.errors import ConfigError
 from mezo_ckpt.trainer.schedule import SCHEDULES, learning_rate
+from mezo_ckpt.trainer.yaml_files import load_yaml, strict_yaml
 from mezo_ckpt.trajectory.header import (
     DTYPES,
     ESTIMATORS,
@@ -366,8 +367,23 @@ class TrainConfig:
         cfg.validate()
         return cfg
 
-    def validate(self, sources: Mapping[str, str] | None = None) -> None:
-        """Raise ConfigError on any invalid value (naming the setting and its source)."""
+    def __post_init__(self) -> None:
+        # values set in code get the same notations as flags and YAML ("1e-5", "bf16", "a,b"):
+        # a config holds typed values from construction on, and validate() only checks
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, coerce(f.name, getattr(self, f.name), "config"))
+
+    def validate(
+        self, sources: Mapping[str, str] | None = None, *, in_memory: bool = False
+    ) -> None:
+        """Raise ConfigError on any invalid value (naming the setting and its source); it
+        changes nothing.
+
+        Args:
+            sources: where each value came from (for the messages).
+            in_memory: the examples come from the caller (``train(data=...)``), so a
+                custom task needs no data file.
+        """
         src = dict(sources or {})
 
         def bad(name: str, why: str) -> ConfigError:
@@ -375,8 +391,6 @@ class TrainConfig:
             head = f"{where}: " if where else ""
             return ConfigError(f"{head}{name}={getattr(self, name)!r}: {why}")
 
-        for f in dataclasses.fields(self):  # values set in code get the same notations
-            setattr(self, f.name, coerce(f.name, getattr(self, f.name), src.get(f.name, "config")))
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise bad("device", "use auto, cpu, cuda or cuda:N")
         if self.peft != "none" and self.device_map:
@@ -385,7 +399,6 @@ class TrainConfig:
                 "--peft with --device-map is not supported: adapters are small, train them "
                 "on a model that fits (or offload without adapters)",
             )
-        in_memory = getattr(self, "in_memory", False)
         if self.task == "custom" and not (self.train_file or self.dataset or in_memory):
             raise bad("task", "task 'custom' needs --train-file or --dataset")
         if self.task == "custom" and not self.template:
@@ -630,96 +643,6 @@ def unknown_setting(name: str, source: str) -> ConfigError:
 # ----------------------------------------------------------------------------- sources
 
 
-def _packaged_recipe(name: str):
-    """``sst2`` or ``sst2.yaml`` (no folder part) names a recipe shipped in mezo_ckpt.recipes."""
-    from mezo_ckpt import recipes
-
-    if "/" in name or "\\" in name:
-        return None
-    return recipes.path(name[:-5] if name.endswith(".yaml") else name)
-
-
-#: Largest YAML recipe read (a real one is a few hundred bytes).
-MAX_YAML_BYTES = 1 << 20
-
-
-def _strict_yaml(text: str, where: str, what: str = "not valid YAML") -> tuple[Any, Any]:
-    """(data, node) of YAML text: safe types only, a duplicate key is an error (YAML
-    leaves it undefined; PyYAML keeps the last one silently), bounded nesting."""
-    import yaml
-
-    class Strict(yaml.SafeLoader):
-        def construct_mapping(self, node, deep=False):  # noqa: ANN001 - PyYAML's API
-            seen: set = set()
-            for key_node, _ in node.value:
-                key = self.construct_object(key_node, deep=True)
-                try:
-                    dup = key in seen
-                except TypeError:  # an unhashable key: PyYAML reports it itself
-                    dup = False
-                if dup:
-                    raise ConfigError(
-                        f"{where}:{key_node.start_mark.line + 1}: the key {str(key)[:80]!r} "
-                        "appears twice (which one counts would be a guess)"
-                    )
-                seen.add(key)
-            return super().construct_mapping(node, deep=deep)
-
-    try:
-        node = yaml.compose(text, Loader=Strict)
-        data = yaml.load(text, Loader=Strict)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{where}: {what}: {e}") from None
-    except RecursionError:
-        raise ConfigError(f"{where}: nested too deeply to be a recipe") from None
-    return data, node
-
-
-def load_yaml(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
-    """A YAML recipe: (settings, line of each key). Keys may use dashes or underscores.
-
-    A bare packaged recipe name (``sst2``) always means the packaged recipe, whatever the
-    current folder holds; a file is named as a path (``./sst2.yaml``). ``sst2.yaml`` that
-    is both a packaged name and a file here is refused as ambiguous.
-    """
-    import yaml
-
-    p = Path(path)
-    packaged = _packaged_recipe(str(path))
-    if packaged is not None and (str(path) == p.stem or not p.is_file()):
-        p = packaged
-    elif packaged is not None:
-        raise ConfigError(
-            f"-c {path} names both the packaged recipe and a file in this folder: use "
-            f"-c {p.stem} for the recipe or -c ./{path} for the file"
-        )
-    elif not p.is_file():
-        from mezo_ckpt.recipes import NAMES
-
-        raise ConfigError(f"config file not found: {p} (packaged recipes: {', '.join(NAMES)})")
-    try:
-        raw = p.read_bytes()
-    except OSError as e:
-        raise ConfigError(f"{p}: cannot read it ({e.strerror or e})") from None
-    if len(raw) > MAX_YAML_BYTES:
-        raise ConfigError(f"{p}: {len(raw):,} bytes is not a recipe (at most {MAX_YAML_BYTES:,})")
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{p}: not UTF-8 text ({e})") from None
-    data, node = _strict_yaml(text, str(p))
-    if data is None:
-        return {}, {}
-    if not isinstance(data, dict) or not isinstance(node, yaml.MappingNode):
-        raise ConfigError(f"{p}: the top level must be a mapping of setting: value")
-    lines = {
-        str(k.value).replace("-", "_"): k.start_mark.line + 1
-        for k, _ in node.value
-        if isinstance(k, yaml.ScalarNode)
-    }
-    return {str(k).replace("-", "_"): v for k, v in data.items()}, lines
-
-
 def parse_set(item: str) -> tuple[str, Any]:
     """``key=value`` from ``--set``. The value is the text after ``=``, exactly as typed
     (``" great"`` keeps its space); lists and mappings may also be written in YAML/JSON
@@ -734,11 +657,11 @@ def parse_set(item: str) -> tuple[str, Any]:
     if key in _FIELDS and typing.get_origin(_base_type(key)[0]) in (list, dict):
         text = raw.strip()
         if text.startswith(("[", "{")):
-            return key, _strict_yaml(text, f"--set {item[:80]!r}", "not a valid list or mapping")[0]
+            return key, strict_yaml(text, f"--set {item[:80]!r}", "not a valid list or mapping")[0]
     return key, raw
 
 
-def resolve_config(
+def resolve_with_sources(
     yaml_path: str | Path | None = None,
     flags: Mapping[str, Any] | None = None,
     sets: Sequence[str] = (),
@@ -746,8 +669,9 @@ def resolve_config(
     layers: Sequence[tuple[dict[str, Any], Any]] = (),
     base: TrainConfig | None = None,
     in_memory: bool = False,
-) -> TrainConfig:
-    """defaults (or ``base``) < YAML < flags < ``--set``, coerced and validated.
+) -> tuple[TrainConfig, dict[str, str]]:
+    """defaults (or ``base``) < YAML < flags < ``--set``, coerced and validated: the config
+    and, beside it, where each explicitly set value came from.
 
     ``flags`` maps setting names to values typed on the command line (None: not given).
     Each value keeps its source for error messages.
@@ -771,12 +695,20 @@ def resolve_config(
             sources[key] = src
     start = base.to_dict() if base is not None else {}
     cfg = TrainConfig(**{**start, **values})
-    cfg.in_memory = in_memory  # type: ignore[attr-defined]
-    cfg.validate(sources)
-    cfg._sources = sources  # type: ignore[attr-defined]
-    return cfg
+    cfg.validate(sources, in_memory=in_memory)
+    return cfg, sources
 
 
-def sources_of(cfg: TrainConfig) -> dict[str, str]:
-    """Where each explicitly set value of a resolved config came from."""
-    return dict(getattr(cfg, "_sources", {}))
+def resolve_config(
+    yaml_path: str | Path | None = None,
+    flags: Mapping[str, Any] | None = None,
+    sets: Sequence[str] = (),
+    *,
+    layers: Sequence[tuple[dict[str, Any], Any]] = (),
+    base: TrainConfig | None = None,
+    in_memory: bool = False,
+) -> TrainConfig:
+    """The config of :func:`resolve_with_sources` (the sources only name values in errors)."""
+    return resolve_with_sources(
+        yaml_path, flags, sets, layers=layers, base=base, in_memory=in_memory
+    )[0]

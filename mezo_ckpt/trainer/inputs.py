@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from mezo_ckpt.errors import ConfigError, DataError
-from mezo_ckpt.trainer.config import TrainConfig, sources_of
+from mezo_ckpt.trainer.config import TrainConfig
 from mezo_ckpt.trainer.data import (
     Split,
     fingerprint,
@@ -70,7 +70,7 @@ def load_splits(
         )
         assert train is not None
         splits["train"] = train
-        given = sources_of(cfg)
+        defaults = TrainConfig()
         for name, split in (("dev", cfg.dev_split), ("test", cfg.test_split)):
             if split:
                 got = load_dataset_split(
@@ -78,7 +78,8 @@ def load_splits(
                     split,
                     name=name,
                     config=cfg.dataset_config,
-                    required=f"{name}_split" in given,
+                    # a split the user chose must exist; the default one may be absent
+                    required=split != getattr(defaults, f"{name}_split"),
                 )
                 if got is not None:
                     splits[name] = got

@@ -91,10 +91,18 @@ def attach_adapter(
     return model, identity, info_for(model, cfg.peft, conf)
 
 
-def run_config(cfg: TrainConfig, data: dict[str, Any], task: Any, user: Any) -> dict[str, Any]:
+def run_config(
+    cfg: TrainConfig, data: dict[str, Any], task: Any, user: Any, world: int = 1
+) -> dict[str, Any]:
     """The header's ``config``: the resolved settings, the data's fingerprints, the
-    resolved task and the provenance of a user objective."""
-    config: dict[str, Any] = {**cfg.to_dict(), "data": data, "resolved_task": task.resolved()}
+    resolved task, the number of data-parallel ranks and the provenance of a user
+    objective."""
+    config: dict[str, Any] = {
+        **cfg.to_dict(),
+        "data": data,
+        "resolved_task": task.resolved(),
+        "world": world,
+    }
     if user is not None:
         config["objective_provenance"] = user.provenance()
     return config

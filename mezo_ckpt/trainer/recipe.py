@@ -162,7 +162,7 @@ class MezoRecipe:
         """Everything a run needs, in order: settings and ranks, the lock and outputs, the
         data, the model, the trainable set and header, the journal, the step, reporting."""
         cfg = self.cfg
-        cfg.validate()
+        cfg.validate(in_memory=self._data_arg is not None)
         set_threads(cfg.threads)
         self.dist = Dist(cfg.dist_mode, cfg.dist_timeout)
         self.main = self.dist.is_main
@@ -236,7 +236,8 @@ class MezoRecipe:
         identity = self.base_identity or identity_of(
             self.loaded, self.model, self.tokenizer, trainable, self.offload
         )
-        config = run_config(cfg, self.data_info, self.task, self.user)
+        assert self.dist is not None
+        config = run_config(cfg, self.data_info, self.task, self.user, self.dist.world)
         self.header = build_header(cfg, identity, trainable, decay, config, self.adapter_info)
         if not self.main:
             self.writer = FollowerWriter(0)

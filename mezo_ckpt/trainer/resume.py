@@ -23,7 +23,8 @@ from typing import Any
 import torch
 
 from mezo_ckpt.errors import ConfigError, DataError, TrajectoryNotFoundError
-from mezo_ckpt.trainer.config import TrainConfig, coerce, load_yaml, parse_set, unknown_setting
+from mezo_ckpt.trainer.config import TrainConfig, coerce, parse_set, unknown_setting
+from mezo_ckpt.trainer.yaml_files import load_yaml
 from mezo_ckpt.trajectory import Trajectory, TrajectoryWriter, read_trajectory
 from mezo_ckpt.util.fsutil import os_errors, staged_file
 
@@ -231,6 +232,15 @@ def open_resumed(run: Any) -> None:
                     "from what the run trained on (its fingerprint changed); pass the same "
                     "files, columns and example limits"
                 )
+        world = h.config.get("world")
+        if isinstance(world, int) and not isinstance(world, bool) and world != run.dist.world:
+            note = (
+                f"the run used {world} data-parallel rank(s) and continues with "
+                f"{run.dist.world}: the steps from here on differ from what {world} "
+                "rank(s) would record (the file still replays exactly)"
+            )
+            run.notes.append(note)
+            run._log(f"Note: {note}")
         check = verify_base(h, run.model, offered=run.loaded, values=run.offload)
         run.notes.append("base checked: " + check.summary())
         run.model = prepare(h, run.model)

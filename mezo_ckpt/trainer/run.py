@@ -47,10 +47,9 @@ def train(
     if isinstance(model, (str, os.PathLike)):  # a folder or repo id: the `model` setting
         settings["model"] = str(model)
         model = None
-    if data is not None and resume is None:  # examples in memory: a custom task
-        if cfg is None:
-            settings.setdefault("task", "custom")
-        settings["_in_memory"] = True
+    in_memory = data is not None
+    if in_memory and resume is None and cfg is None:  # examples in memory: a custom task
+        settings.setdefault("task", "custom")
     if resume is not None:
         from mezo_ckpt.trainer.resume import resume_config
 
@@ -58,19 +57,13 @@ def train(
         # named by the caller); keywords are what changes, e.g. train(resume=p, steps=200).
         given = {**(cfg.to_dict() if cfg is not None else {}), **settings}
         given.pop("output", None)
-        cfg, _, notes = resume_config(resume, given, in_memory=data is not None)
+        cfg, _, notes = resume_config(resume, given, in_memory=in_memory)
         for n in notes:
             log(f"Note: {n}")
-    else:
-        in_memory = settings.pop("_in_memory", False)
-        if cfg is None:
-            cfg = TrainConfig.from_dict(settings, where="train()", in_memory=in_memory)
-        elif settings or in_memory:
-            cfg = dataclasses.replace(cfg, **settings)
-            if in_memory:
-                cfg.task = "custom"
-            cfg.in_memory = in_memory
-            cfg.validate()
+    elif cfg is None:
+        cfg = TrainConfig.from_dict(settings, where="train()", in_memory=in_memory)
+    elif settings or in_memory:  # the recipe checks the result
+        cfg = dataclasses.replace(cfg, **settings, **({"task": "custom"} if in_memory else {}))
     with MezoRecipe(
         cfg,
         resume=resume,

@@ -127,7 +127,7 @@ def resolve_step(traj: Trajectory, step: int | str | None) -> int:
         return traj.num_steps
     if step == "best":
         return best_step(traj)
-    if isinstance(step, bool):
+    if isinstance(step, bool) or (isinstance(step, float) and not step.is_integer()):
         raise StepOutOfRangeError(f"step must be an integer, 'best' or 'last', not {step!r}")
     try:
         n = int(step)

@@ -240,3 +240,50 @@ def test_resume_of_a_journal_whose_settings_disagree_with_its_records(tiny, tmp_
     assert "momentum" in r.output, r.output
     assert compact  # the journal is kept for the user to inspect
     assert journal.exists()
+
+
+def test_resuming_a_multi_rank_journal_in_one_process_says_so(tiny, tmp_path):
+    """The header records the number of ranks; continuing with another number is allowed
+    (the file stays exact) but never silent."""
+    out = tmp_path / "w.zst"
+    r = CliRunner().invoke(main, [str(a) for a in train_args(tiny, out)])
+    assert r.exit_code == 0, r.output
+    traj = read_trajectory(out)
+    assert traj.header.config["world"] == 1
+    raw = dict(traj.header.raw)
+    raw["config"] = {**raw["config"], "world": 2}
+    journal = tmp_path / "w.zst.partial"
+    with TrajectoryWriter.create(journal, raw, fsync=False) as w:
+        w.append_steps(traj.records)
+        for e in traj.evaluations:
+            w.append_evaluation(dataclasses.replace(e, chain_sha256=None))
+        for s, d in sorted(traj.checkpoints.items()):
+            w.append_checkpoint(s, d)
+    out.unlink()
+    r = CliRunner().invoke(
+        main,
+        ["train", "--resume", str(out), "--steps", "3", "--model", str(tiny / "base"),
+         "--train-file", str(tiny / "train.jsonl"), "-q"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "used 2 data-parallel rank(s) and continues with 1" in r.output
+
+
+def test_a_full_disk_while_writing_whole_weights_is_a_typed_error(tiny, tmp_path, monkeypatch):
+    """safetensors' own writer reports a full disk as SafetensorError (not OSError); the
+    whole-model replay of a sharded base once ended in that traceback."""
+    from safetensors import SafetensorError
+    from transformers import PreTrainedModel
+
+    out = tmp_path / "r.zst"
+    r = CliRunner().invoke(main, [str(a) for a in train_args(tiny, out)])
+    assert r.exit_code == 0, r.output
+
+    def full(self, *a, **k):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device")
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", full)
+    dest = tmp_path / "o"
+    r = fails("replay", out, "--base", tiny / "base", "-o", dest, "--no-stream")
+    assert "OutputError" in r.output and "the disk is full" in r.output
+    assert not dest.exists() and not list(tmp_path.glob(".o.tmp-*"))

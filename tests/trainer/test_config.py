@@ -14,12 +14,12 @@ from mezo_ckpt.trainer.config import (
     NO_DECAY_DEFAULT,
     TrainConfig,
     coerce,
-    load_yaml,
     parse_set,
     resolve_config,
-    sources_of,
+    resolve_with_sources,
 )
 from mezo_ckpt.trainer.schedule import SCHEDULES
+from mezo_ckpt.trainer.yaml_files import load_yaml
 
 #: Flags that make a valid custom classification task without touching the disk.
 CUSTOM = {
@@ -307,12 +307,12 @@ def test_unknown_key_in_yaml_names_file_and_line(tmp_path):
 
 def test_resolve_defaults_equal_the_dataclass():
     assert resolve_config() == TrainConfig()
-    assert sources_of(resolve_config()) == {}
+    assert resolve_with_sources()[1] == {}
 
 
 def test_precedence_defaults_yaml_flags_set(tmp_path):
     p = write(tmp_path, "lr: 1e-4\nbatch_size: 8\nsteps: 50\nseed: 3\n")
-    cfg = resolve_config(
+    cfg, src = resolve_with_sources(
         p,
         flags={"lr": "2e-4", "batch_size": None, "seed": "4"},
         sets=["lr=3e-4", "eps=1e-2"],
@@ -323,7 +323,6 @@ def test_precedence_defaults_yaml_flags_set(tmp_path):
     assert cfg.steps == 50  # YAML beats default
     assert cfg.eps == 1e-2
     assert cfg.schedule == "constant"  # default
-    src = sources_of(cfg)
     assert src["lr"] == "--set lr=3e-4"
     assert src["seed"] == "--seed"
     assert src["batch_size"] == f"{p}:2"
@@ -332,9 +331,9 @@ def test_precedence_defaults_yaml_flags_set(tmp_path):
 
 
 def test_later_set_beats_earlier_set():
-    cfg = resolve_config(sets=["steps=5", "steps=7"])
+    cfg, src = resolve_with_sources(sets=["steps=5", "steps=7"])
     assert cfg.steps == 7
-    assert sources_of(cfg)["steps"] == "--set steps=7"
+    assert src["steps"] == "--set steps=7"
 
 
 def test_base_config_is_the_starting_point():
@@ -681,13 +680,12 @@ def test_option_metadata():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_every_packaged_recipe_resolves(name):
-    cfg = resolve_config(name)
+    cfg, src = resolve_with_sources(name)
     assert cfg.task == "custom"
     assert cfg.dataset
     assert cfg.template
     assert cfg.lr == 1e-6 and cfg.eps == 1e-3 and cfg.steps == 20000
     assert resolve_config(name + ".yaml") == cfg
-    src = sources_of(cfg)
     assert src["template"].startswith(name)
 
 
@@ -742,3 +740,20 @@ def test_more_refused_values(flags, match):
 def test_cuda_device_forms_are_accepted():
     for dev in ("auto", "cpu", "cuda", "cuda:0", "cuda:12"):
         assert resolve_config(flags={"device": dev}).device == dev
+
+
+def test_a_config_carries_only_its_settings():
+    """Sources and in-memory data live beside the config, not patched onto it; values are
+    typed at construction, and validate() checks without changing anything."""
+    cfg, sources = resolve_with_sources(sets=["lr=2e-5"])
+    assert sources == {"lr": "--set lr=2e-5"}
+    assert set(vars(cfg)) == set(TrainConfig.fields())
+    typed = TrainConfig(lr="1e-5", dtype="bf16", trainable="a*,b*")
+    assert typed.lr == 1e-5 and typed.dtype == "bfloat16" and typed.trainable == ["a*", "b*"]
+    before = typed.to_dict()
+    typed.validate()
+    assert typed.to_dict() == before
+    custom = dict(task="custom", template="{text} =", verbalizer={"p": " p"})
+    with pytest.raises(ConfigError, match="needs --train-file"):
+        TrainConfig(**custom).validate()
+    TrainConfig(**custom).validate(in_memory=True)  # examples handed over in memory

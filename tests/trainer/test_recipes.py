@@ -19,7 +19,8 @@ from tinymodels import save_tiny
 from mezo_ckpt import recipes
 from mezo_ckpt.cli import main
 from mezo_ckpt.errors import ConfigError
-from mezo_ckpt.trainer.config import load_yaml, resolve_config
+from mezo_ckpt.trainer.config import resolve_config
+from mezo_ckpt.trainer.yaml_files import load_yaml
 from mezo_ckpt.trajectory import read_trajectory
 
 datasets = pytest.importorskip("datasets")

@@ -533,7 +533,8 @@ def check_version_features(minor: int, header: Header) -> None:
     if minor == 0 and (chained or header.base.tensors_sha256 is not None):
         raise HeaderError(
             "a format 1.0 file cannot carry the record chain or the whole-base identity "
-            "(they came in 1.1): the file's version was lowered"
+            "(docs/FORMAT.md §3.1: they come together in 1.1): a 1.1 file whose version "
+            "was lowered, or a whole-base header without its integrity key"
         )
 
 

@@ -1,8 +1,11 @@
 """mezo-ckpt: MeZO fine-tuning with tiny, bit-exact, replayable trajectory files.
 
 ``mezo_ckpt.load(...)`` rebuilds a fine-tune (Hub repo id, trajectory file or folder) as
-``(model, tokenizer)``; see :func:`mezo_ckpt.hub.fetch.load`. It is imported on first use,
-so ``import mezo_ckpt`` stays light.
+``(model, tokenizer)`` through the verified replay cache (:func:`mezo_ckpt.hub.fetch.load`);
+``mezo_ckpt.replay(trajectory, base)`` rebuilds it in memory onto a base you name or hold
+(:func:`mezo_ckpt.api.replay_model_from`); ``mezo_ckpt.train(...)`` runs MeZO
+(:func:`mezo_ckpt.trainer.train`). They are imported on first use, so ``import mezo_ckpt``
+stays light.
 """
 
 from __future__ import annotations
@@ -11,14 +14,16 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.2.0"
 
-__all__ = ["__version__", "load"]
+__all__ = ["__version__", "load", "replay", "train"]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from mezo_ckpt.api import replay_model_from as replay
     from mezo_ckpt.hub.fetch import load
+    from mezo_ckpt.trainer import train
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), "load"])
+    return sorted([*globals(), "load", "replay", "train"])
 
 
 def __getattr__(name: str) -> Any:
@@ -26,4 +31,12 @@ def __getattr__(name: str) -> Any:
         from mezo_ckpt.hub.fetch import load
 
         return load
+    if name == "replay":
+        from mezo_ckpt.api import replay_model_from
+
+        return replay_model_from
+    if name == "train":
+        from mezo_ckpt.trainer import train
+
+        return train
     raise AttributeError(f"module 'mezo_ckpt' has no attribute {name!r}")

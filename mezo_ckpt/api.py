@@ -409,3 +409,62 @@ def diff_trajectories(
         "checked": done.check.checked,
         **done.output,
     }
+
+
+# ----------------------------------------------------------------------------- python
+
+
+def replay_model_from(
+    trajectory: str | os.PathLike,
+    base: Any = None,
+    *,
+    step: int | str | None = None,
+    allow_unverified: bool = False,
+    progress: bool = False,
+):
+    """``mezo_ckpt.replay``: the fine-tuned model a trajectory rebuilds, in memory.
+
+    Args:
+        trajectory: the trajectory file.
+        base: None (the base the trajectory names: the embedded default or its Hub repo at
+            the pinned commit), a local folder or Hub repo id, or an already loaded
+            ``torch.nn.Module`` (changed in place: pass a copy to keep the original).
+        step: None (last), "best", or N.
+        allow_unverified: allow a step after the file's last checkpoint.
+
+    Returns:
+        The rebuilt model (a ``peft.PeftModel`` for a LoRA/prefix run), with
+        ``model.mezo_ckpt`` saying which step and what was verified.
+
+    Raises:
+        BaseMismatchError: the base is not the trajectory's (nothing is changed).
+        VerificationError, StepOutOfRangeError, UnverifiedStepError, TrajectoryError.
+    """
+    import torch
+
+    from mezo_ckpt import rebuild as rb
+
+    path = Path(trajectory)
+    traj = read_trajectory(path)
+    plan = rb.Plan.make(traj, step, allow_unverified=allow_unverified, path=path)
+    if isinstance(base, torch.nn.Module):
+        source: Any = rb.ModelSource(base)
+    elif base is None or isinstance(base, (str, os.PathLike)):
+        with quiet_progress(progress):
+            source = rb.ModelSource.of(load_base_for(traj, None if base is None else str(base)))
+    else:
+        raise TypeError(
+            f"base must be None, a folder, a Hub repo id or a torch.nn.Module, not "
+            f"{type(base).__name__}"
+        )
+    with torch.no_grad():
+        done = rb.rebuild(plan, source, rb.ModelSink(), progress=progress)
+    model = done.output
+    model.mezo_ckpt = {
+        "trajectory": str(path),
+        "step": plan.step,
+        "verified": done.verdict.verified,
+        "verification": done.verdict.describe(),
+        "checked": done.check.checked,
+    }
+    return model

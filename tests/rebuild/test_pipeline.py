@@ -400,3 +400,29 @@ def test_should_stream(tmp_path, monkeypatch):
     assert not sources.should_stream(tmp_path, None)
     monkeypatch.setattr(sources, "_available_memory", lambda: None)  # unknown: never by default
     assert not sources.should_stream(tmp_path, None)
+
+
+@pytest.mark.parametrize("kind", ["plain", "momentum", "lora"])
+def test_python_replay_rebuilds_the_trained_model(runs, kind):
+    """mezo_ckpt.replay(trajectory, base): a folder or a loaded module, the same
+    pipeline and the same verdict as the CLI."""
+    import mezo_ckpt
+
+    base, traj, trained = runs[kind]
+    model = mezo_ckpt.replay(traj, base)
+    assert model.mezo_ckpt["verified"] == "fingerprint" and model.mezo_ckpt["step"] == 5
+    _assert_trained({k: v.detach() for k, v in canonical_parameters(model).items()}, trained)
+    held = load_base(str(base), dtype=read_trajectory(traj).header.base.dtype).model
+    again = mezo_ckpt.replay(traj, held, step=5)
+    _assert_trained({k: v.detach() for k, v in canonical_parameters(again).items()}, trained)
+
+
+def test_python_replay_refuses_a_wrong_base_and_odd_arguments(runs, tmp_path):
+    import mezo_ckpt
+
+    base, traj, _ = runs["plain"]
+    wrong = _wrong_base(base, tmp_path, "config")
+    with pytest.raises(BaseMismatchError):
+        mezo_ckpt.replay(traj, wrong)
+    with pytest.raises(TypeError, match="base must be"):
+        mezo_ckpt.replay(traj, {"a": 1})

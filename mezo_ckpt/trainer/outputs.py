@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mezo_ckpt.errors import ConfigError, OutputError, OutputExistsError, TrainingDivergedError
+from mezo_ckpt.errors import OutputError, OutputExistsError, TrainingDivergedError
 from mezo_ckpt.trainer.config import TrainConfig
 from mezo_ckpt.trainer.params import Selection
 from mezo_ckpt.trajectory import Evaluation
@@ -116,21 +116,9 @@ def check_late_settings(cfg: TrainConfig, task: Any, tokenizer: Any, splits: dic
         for split in splits.values():
             if split.examples:
                 task.render(tokenizer, split.examples[0])
-    if cfg.report_to == "tensorboard":
-        try:
-            import torch.utils.tensorboard  # noqa: F401
-        except ImportError:
-            raise ConfigError(
-                "--report-to tensorboard needs the tensorboard package: "
-                "pip install 'mezo-ckpt[report]' (or tensorboard)"
-            ) from None
-    elif cfg.report_to == "wandb":
-        try:
-            import wandb  # noqa: F401
-        except ImportError:
-            raise ConfigError(
-                "--report-to wandb needs the wandb package: pip install wandb"
-            ) from None
+    from mezo_ckpt.trainer.report import reporter_module
+
+    reporter_module(cfg.report_to)
 
 
 def save_model(

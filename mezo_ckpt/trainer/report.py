@@ -38,16 +38,27 @@ def _duration(s: float) -> str:
     return f"{h}h{m:02d}m{sec:02d}s" if h else (f"{m}m{sec:02d}s" if m else f"{sec}s")
 
 
+def reporter_module(report_to: str) -> Any:
+    """The package a ``--report-to`` choice writes through (None for "none"), imported
+    now, so a missing one is a ConfigError before any work rather than after it."""
+    import importlib
+
+    names = {"tensorboard": "torch.utils.tensorboard", "wandb": "wandb"}
+    if report_to not in names:
+        return None
+    try:
+        return importlib.import_module(names[report_to])
+    except ImportError:
+        hint = "; set WANDB_MODE=offline to log without an account" if report_to == "wandb" else ""
+        raise ConfigError(
+            f"--report-to {report_to} needs the {report_to} package: pip install "
+            f"'mezo-ckpt[report]' (or {report_to}){hint}"
+        ) from None
+
+
 class _Tensorboard:
     def __init__(self, logdir: Path, config: Mapping[str, Any]) -> None:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise ConfigError(
-                "--report-to tensorboard needs the tensorboard package: "
-                "pip install 'mezo-ckpt[report]' (or tensorboard)"
-            ) from None
-        self.w = SummaryWriter(log_dir=str(logdir))
+        self.w = reporter_module("tensorboard").SummaryWriter(log_dir=str(logdir))
         self.w.add_text(
             "config", "```\n" + json.dumps(dict(config), indent=2, default=str) + "\n```"
         )
@@ -63,13 +74,7 @@ class _Tensorboard:
 
 class _Wandb:
     def __init__(self, name: str, config: Mapping[str, Any]) -> None:
-        try:
-            import wandb
-        except ImportError:
-            raise ConfigError(
-                "--report-to wandb needs the wandb package: pip install 'mezo-ckpt[report]' "
-                "(or wandb); set WANDB_MODE=offline to log without an account"
-            ) from None
+        wandb = reporter_module("wandb")
         self.wandb = wandb
         self.run = wandb.init(project="mezo-ckpt", name=name, config=dict(config))
 

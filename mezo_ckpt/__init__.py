@@ -14,6 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.2.0"
 
+from mezo_ckpt.util import moved as _moved  # noqa: E402 - 0.2 module paths, for one release
+
+_moved.install()
+
 __all__ = ["__version__", "load", "replay", "train"]
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -130,8 +130,11 @@ def set_path(obj: dict, path: str, value: Any, *, delete: bool = False) -> dict:
     return out
 
 
-def header_for_model(model, trainable: Iterable[str] | None = None, **kw: Any) -> dict:
-    """A header whose ``base`` describes ``model`` (a torch module), for replay tests."""
+def header_for_model(
+    model, trainable: Iterable[str] | None = None, folder: Any = None, **kw: Any
+) -> dict:
+    """A header whose ``base`` describes ``model`` (a torch module, saved in ``folder``
+    when given), for replay tests."""
     from mezo_ckpt.core.hashing import canonical_parameters
     from mezo_ckpt.models.base import describe_base
 
@@ -139,7 +142,8 @@ def header_for_model(model, trainable: Iterable[str] | None = None, **kw: Any) -
     names = sorted(trainable if trainable is not None else params)
     if kw.get("decay") and "decay_params" not in kw:
         kw["decay_params"] = [n for n in names if params[n].ndim > 1]
-    return make_header(trainable=names, base=describe_base(model, names), **kw)
+    base = describe_base(model, names, folder=folder).to_json()
+    return make_header(trainable=names, base=base, **kw)
 
 
 # ----------------------------------------------------------------------------- records

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -354,24 +353,23 @@ class FolderStream:
         from mezo_ckpt.trajectory.header import TENSOR_DIGEST_HEX, TensorEntry
 
         wanted = sorted(self.where if names is None else set(names) & set(self.where))
-        with ExitStack() as stack:
-            handles: dict[str, Any] = {}
-            for canon in wanted:
-                file, stored = self.where[canon]
-                if file not in handles:
-                    handles[file] = stack.enter_context(_open_shard(self.folder, file))
-                t = self._read(handles[file], stored, file)
-                d = tensor_digest(canon, t)
-                self._digests[canon] = d
-                self._entries[canon] = TensorEntry(
-                    canon,
-                    self.aliases.get(canon, ()),
-                    tuple(t.shape),
-                    dtype_name(t.dtype),
-                    d.hex()[:TENSOR_DIGEST_HEX],
-                )
-                yield canon, t
-                del t
+        for canon in wanted:
+            file, stored = self.where[canon]
+            # one shard open at a time: a mapping kept open keeps every page read from it
+            # resident, and the peak would grow to the whole base
+            with _open_shard(self.folder, file) as f:
+                t = self._read(f, stored, file)
+            d = tensor_digest(canon, t)
+            self._digests[canon] = d
+            self._entries[canon] = TensorEntry(
+                canon,
+                self.aliases.get(canon, ()),
+                tuple(t.shape),
+                dtype_name(t.dtype),
+                d.hex()[:TENSOR_DIGEST_HEX],
+            )
+            yield canon, t
+            del t
 
     def finish(self) -> BaseCheck:
         """The content check of what was streamed: refuse before anything is renamed."""
@@ -447,15 +445,12 @@ class FolderStream:
         from mezo_ckpt.core.hashing import Fingerprint
 
         fp = Fingerprint(self.edit.trained)
-        with ExitStack() as stack:
-            handles: dict[str, Any] = {}
-            for name in sorted(self.edit.trained):
-                if name not in self.where:
-                    return "0" * 64  # missing: reported by the identity check
-                file, stored = self.where[name]
-                if file not in handles:
-                    handles[file] = stack.enter_context(_open_shard(self.folder, file))
-                fp.add(name, self._read(handles[file], stored, file))
+        for name in sorted(self.edit.trained):
+            if name not in self.where:
+                return "0" * 64  # missing: reported by the identity check
+            file, stored = self.where[name]
+            with _open_shard(self.folder, file) as f:
+                fp.add(name, self._read(f, stored, file))
         return fp.hexdigest() or "0" * 64
 
 

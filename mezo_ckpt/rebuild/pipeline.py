@@ -68,7 +68,10 @@ def rebuild(
     check = source.open(edits, ignore_mismatch=ignore_base_mismatch)
     names = sink.names(edits)
     trained = [set(e.trained) for e in edits]
-    prints = [Fingerprint(e.trained) if e.needs_fingerprint else None for e in edits]
+    prints = [
+        Fingerprint(e.trained) if e.needs_fingerprint or sink.wants_fingerprint else None
+        for e in edits
+    ]
     sizes = source.shapes(sorted(set().union(*trained)))
     total = sum(e.element_steps(sizes.get(n, 0)) for e in edits for n in e.trained)
     clone = len(edits) > 1 or sink.keeps_base

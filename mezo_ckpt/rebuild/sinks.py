@@ -33,9 +33,11 @@ def _meta(edits: Sequence[Edit], verdicts: Sequence[Verdict], check: BaseCheck, 
 
 
 class ModelSink:
-    """The rebuilt model, in memory (``mezo_ckpt.load``, ``mezo_ckpt.trajectory.steps``)."""
+    """The rebuilt model, in memory (``mezo_ckpt.load``, ``mezo_ckpt.replay``)."""
 
     keeps_base = False
+    #: The sink records the rebuilt fingerprint (the pipeline computes it once, for both).
+    wants_fingerprint = False
 
     def names(self, edits: Sequence[Edit]) -> list[str] | None:
         return sorted({n for e in edits for n in e.trained})
@@ -107,34 +109,26 @@ class DeltaSink(HfFolderSink):
     identity it must be applied to (``mezo-ckpt apply-delta`` checks it)."""
 
     keeps_base = True
+    wants_fingerprint = True  # the tuned fingerprint apply-delta checks its result against
 
     def __init__(self, out: Path, *, replace: bool = False, **extra: Any) -> None:
         super().__init__(out, replace=replace, **extra)
         self.delta: dict[str, torch.Tensor] = {}
         self.fixes = 0
-        self.fingerprint: Any = None
 
     def take(self, name: str, base: torch.Tensor, outs: list[torch.Tensor]) -> None:
-        from mezo_ckpt.core.hashing import Fingerprint
         from mezo_ckpt.models.export import delta_tensors
 
-        if self.fingerprint is None:
-            self.fingerprint = Fingerprint(self._trained)
         delta, fixes = delta_tensors({name: base}, {name: outs[0]}, [name])
         self.delta.update(delta)
         self.fixes += fixes
-        self.fingerprint.add(name, outs[0])
-
-    def names(self, edits: Sequence[Edit]) -> list[str] | None:
-        self._trained = sorted(edits[0].trained)
-        return self._trained
 
     def close(self, source, edits, verdicts, check) -> Path:
         from mezo_ckpt.models.export import DELTA_RULE, export_safetensors
         from mezo_ckpt.rebuild.plan import delta_identity_json
 
         meta = _meta(edits, verdicts, check, self.extra)
-        tuned = self.fingerprint.hexdigest() if self.fingerprint is not None else None
+        tuned = verdicts[0].fingerprint
         if tuned is None:
             raise OutputError("the delta would not cover every trained tensor")
         meta.update(

@@ -4,8 +4,11 @@
 ``(model, tokenizer)`` through the verified replay cache (:func:`mezo_ckpt.hub.fetch.load`);
 ``mezo_ckpt.replay(trajectory, base)`` rebuilds it in memory onto a base you name or hold
 (:func:`mezo_ckpt.api.replay_model_from`); ``mezo_ckpt.train(...)`` runs MeZO
-(:func:`mezo_ckpt.trainer.train`). They are imported on first use, so ``import mezo_ckpt``
-stays light.
+(:func:`mezo_ckpt.trainer.train`); ``mezo_ckpt.MeZO(model, lr=...)`` is MeZO as an
+optimizer for your own loop (:class:`mezo_ckpt.trainer.optimizer.MeZO`) and
+``mezo_ckpt.MezoTrainer`` a ``transformers.Trainer`` that trains with it
+(:class:`mezo_ckpt.trainer.hf_trainer.MezoTrainer`). They are imported on first use, so
+``import mezo_ckpt`` stays light.
 """
 
 from __future__ import annotations
@@ -18,16 +21,18 @@ from mezo_ckpt.util import moved as _moved  # noqa: E402 - 0.2 module paths, for
 
 _moved.install()
 
-__all__ = ["__version__", "load", "replay", "train"]
+__all__ = ["MeZO", "MezoTrainer", "__version__", "load", "replay", "train"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from mezo_ckpt.api import replay_model_from as replay
     from mezo_ckpt.hub.fetch import load
     from mezo_ckpt.trainer import train
+    from mezo_ckpt.trainer.hf_trainer import MezoTrainer
+    from mezo_ckpt.trainer.optimizer import MeZO
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), "load", "replay", "train"])
+    return sorted([*globals(), "MeZO", "MezoTrainer", "load", "replay", "train"])
 
 
 def __getattr__(name: str) -> Any:
@@ -43,4 +48,12 @@ def __getattr__(name: str) -> Any:
         from mezo_ckpt.trainer import train
 
         return train
+    if name == "MeZO":
+        from mezo_ckpt.trainer.optimizer import MeZO
+
+        return MeZO
+    if name == "MezoTrainer":
+        from mezo_ckpt.trainer.hf_trainer import MezoTrainer
+
+        return MezoTrainer
     raise AttributeError(f"module 'mezo_ckpt' has no attribute {name!r}")

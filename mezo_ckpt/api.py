@@ -6,6 +6,7 @@ import dataclasses
 import math
 import os
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -196,9 +197,17 @@ def open_source(
     """The base of a rebuild: streamed from its folder (an hf output of a full-parameter
     run, when asked or when the weights would not fit in half the free memory) or loaded.
     A base named by the trajectory is fetched from the Hub, never looked up as a path."""
-    from mezo_ckpt.rebuild import FolderStream, ModelSource
+    from mezo_ckpt.rebuild import FolderStream, ModelSource, StateSource
     from mezo_ckpt.rebuild.sources import should_stream
 
+    state_file = _state_file(base)
+    if state_file is not None:
+        if fmt not in ("safetensors", "delta"):
+            raise OutputError(
+                f"--base {base} is a weights file (a state dict), not a model folder: use "
+                "--format safetensors (or delta); an hf folder needs the model's config"
+            )
+        return StateSource.from_file(state_file)
     streamable = fmt == "hf" and traj.header.peft is None and not ignore_base_mismatch
     if streamable and stream is not False:
         from mezo_ckpt.models.base import locate_base
@@ -217,6 +226,14 @@ def open_source(
     with quiet_progress(progress):
         loaded = load_base_for(traj, base)
     return ModelSource.of(loaded)
+
+
+def _state_file(base: Any) -> Path | None:
+    """The path of ``base`` when it names one safetensors file (a state dict)."""
+    if not isinstance(base, (str, os.PathLike)):
+        return None
+    p = Path(os.path.expanduser(base))
+    return p if p.is_file() and p.suffix == ".safetensors" else None
 
 
 def _stats(x: np.ndarray) -> dict[str, float] | None:
@@ -427,14 +444,18 @@ def replay_model_from(
     Args:
         trajectory: the trajectory file.
         base: None (the base the trajectory names: the embedded default or its Hub repo at
-            the pinned commit), a local folder or Hub repo id, or an already loaded
-            ``torch.nn.Module`` (changed in place: pass a copy to keep the original).
+            the pinned commit), a local folder or Hub repo id, an already loaded
+            ``torch.nn.Module`` (changed in place: pass a copy to keep the original), or
+            the initial weights as a state dict or a ``.safetensors`` file (what a
+            :class:`mezo_ckpt.MeZO` loop over a plain module replays onto; never changed).
         step: None (last), "best", or N.
         allow_unverified: allow a step after the file's last checkpoint.
 
     Returns:
         The rebuilt model (a ``peft.PeftModel`` for a LoRA/prefix run), with
-        ``model.mezo_ckpt`` saying which step and what was verified.
+        ``model.mezo_ckpt`` saying which step and what was verified; for a state dict or
+        a safetensors file, the rebuilt state dict (load it with
+        ``module.load_state_dict``).
 
     Raises:
         BaseMismatchError: the base is not the trajectory's (nothing is changed).
@@ -449,22 +470,30 @@ def replay_model_from(
     plan = rb.Plan.make(traj, step, allow_unverified=allow_unverified, path=path)
     if isinstance(base, torch.nn.Module):
         source: Any = rb.ModelSource(base)
+    elif isinstance(base, Mapping):
+        source = rb.StateSource(base)
+    elif _state_file(base) is not None:
+        source = rb.StateSource.from_file(_state_file(base))
     elif base is None or isinstance(base, (str, os.PathLike)):
         with quiet_progress(progress):
             source = rb.ModelSource.of(load_base_for(traj, None if base is None else str(base)))
     else:
         raise TypeError(
-            f"base must be None, a folder, a Hub repo id or a torch.nn.Module, not "
+            f"base must be None, a folder, a Hub repo id, a safetensors file, a state dict "
+            "or a torch.nn.Module, not "
             f"{type(base).__name__}"
         )
     with torch.no_grad():
         done = rb.rebuild(plan, source, rb.ModelSink(), progress=progress)
     model = done.output
-    model.mezo_ckpt = {
+    info = {
         "trajectory": str(path),
         "step": plan.step,
         "verified": done.verdict.verified,
         "verification": done.verdict.describe(),
         "checked": done.check.checked,
     }
+    if isinstance(model, dict):  # a state dict in, a state dict out
+        return model
+    model.mezo_ckpt = info
     return model

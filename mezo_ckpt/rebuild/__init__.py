@@ -13,7 +13,7 @@ from mezo_ckpt.rebuild.sinks import (
     SafetensorsSink,
     ShardSink,
 )
-from mezo_ckpt.rebuild.sources import FolderStream, ModelSource, TensorsSource
+from mezo_ckpt.rebuild.sources import FolderStream, ModelSource, StateSource, TensorsSource
 
 __all__ = [
     "DeltaEdit",
@@ -28,6 +28,7 @@ __all__ = [
     "Plan",
     "SafetensorsSink",
     "ShardSink",
+    "StateSource",
     "TensorsSource",
     "Verdict",
     "rebuild",

@@ -3,6 +3,8 @@ form of the pipeline: no base is loaded and nothing is written)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 
 from mezo_ckpt.core.hashing import canonical_parameters
@@ -80,3 +82,29 @@ def replay_model(
         progress=progress,
         backend=backend,
     )
+
+
+def catch_up(
+    traj: Trajectory,
+    tensors: dict[str, torch.Tensor],
+    upto: int,
+    *,
+    stops: Sequence[int] = (),
+    at_stop: Callable[[int], None] | None = None,
+) -> None:
+    """Bring tensors in the base state to step ``upto`` of ``traj`` in place (a resumed
+    run), stopping at every recorded fingerprint on the way to check it and at each of
+    ``stops`` to call ``at_stop`` (the trainer makes an evaluation a kill left out).
+
+    Raises:
+        VerificationError: the weights miss a recorded fingerprint (nothing continues on
+            weights the file does not describe).
+    """
+    marks = sorted({s for s in (*stops, *traj.checkpoints, upto) if 0 <= s <= upto})
+    at = 0
+    with torch.no_grad():
+        for s in marks:
+            rebuild(Plan(traj, s, start=at), TensorsSource(tensors), ModelSink())
+            at = s
+            if at_stop is not None:
+                at_stop(s)

@@ -49,7 +49,8 @@ class ModelSink:
         pass
 
     def close(self, source, edits, verdicts, check) -> Any:
-        return source.model
+        rebuilt = getattr(source, "state_dict", None)  # a state-dict base: the dict
+        return source.model if source.model is not None or rebuilt is None else rebuilt()
 
 
 class HfFolderSink(ModelSink):
@@ -100,8 +101,23 @@ class SafetensorsSink(HfFolderSink):
         from mezo_ckpt.models.export import export_safetensors, state_dict_tensors
 
         meta = _meta(edits, verdicts, check, self.extra)
-        export_safetensors(state_dict_tensors(source.model), self.out, {**meta, "kind": "weights"})
+        tensors = (
+            state_dict_tensors(source.model) if source.model is not None else source.state_dict()
+        )
+        export_safetensors(_unshared(tensors), self.out, {**meta, "kind": "weights"})
         return self.out
+
+
+def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Tensors safetensors can write: a tensor under several names is copied for each
+    name after the first (the format refuses shared storage)."""
+    out: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for name, t in tensors.items():
+        key = t.untyped_storage().data_ptr() if t.numel() else id(t)
+        out[name] = t.clone() if key in seen else t
+        seen.add(key)
+    return out
 
 
 class DeltaSink(HfFolderSink):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +139,117 @@ class TensorsSource:
 
     def finish(self) -> None:
         """Nothing to check: the owner checked these tensors."""
+
+
+class StateSource:
+    """A state dict (or a safetensors file of one) as the base: a module that is not a
+    Hugging Face model (``mezo_ckpt.MeZO`` over any ``torch.nn.Module``), or any model's
+    weights without its folder. Every tensor is checked against the header's fingerprint
+    of the whole base before anything is changed; the offered dict is never modified
+    (trained tensors are rebuilt in copies)."""
+
+    streams = False
+
+    def __init__(self, state: Mapping[str, torch.Tensor], *, where: str | None = None) -> None:
+        bad = [k for k, v in state.items() if not isinstance(k, str) or not torch.is_tensor(v)]
+        if bad:
+            raise TypeError(f"a state dict maps names to tensors; not: {bad[:3]}")
+        self.state = dict(state)
+        self.where = where
+        self.model = None
+        self.folder = None
+        self._tensors: dict[str, torch.Tensor] = {}
+        self._keys: dict[str, list[str]] = {}
+
+    @classmethod
+    def from_file(cls, path: Path) -> StateSource:
+        """The tensors of one safetensors file.
+
+        Raises:
+            ModelLoadError: not a readable safetensors file.
+        """
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path))
+        except Exception as e:  # noqa: BLE001 - a garbled or truncated file
+            raise ModelLoadError(f"{path} is not a readable safetensors file: {e}") from None
+        return cls(state, where=str(path))
+
+    def open(self, edits: Sequence[Edit], *, ignore_mismatch: bool = False) -> BaseCheck:
+        from mezo_ckpt.core.hashing import fingerprint_tensors, tensors_root
+        from mezo_ckpt.trajectory.header import TENSOR_DIGEST_HEX
+
+        if len(edits) != 1 or getattr(edits[0].pinned, "peft", None) is not None:
+            raise UnsupportedError(
+                "a LoRA/prefix run needs its base as a model (the adapter is built on it), "
+                "not a state dict"
+            )
+        want = edits[0].pinned.base
+        if want.tensors is None:
+            raise UnsupportedError(
+                "this format 1.0 file pins its base by a loaded model only: pass the model "
+                "(or its folder), not a state dict"
+            )
+        diffs: list[str] = []
+        names = {n: t.name for t in want.tensors for n in (t.name, *t.aliases)}
+        extra = sorted(set(self.state) - set(names))
+        if extra:
+            diffs.append(f"tensors not in the trained base: {', '.join(extra[:5])}")
+        chosen: dict[str, torch.Tensor] = {}
+        for t in want.tensors:
+            present = [n for n in (t.name, *t.aliases) if n in self.state]
+            if not present:
+                diffs.append(f"{t.name} (missing)")
+                continue
+            self._keys[t.name] = present
+            first = self.state[present[0]]
+            if any(not torch.equal(self.state[n], first) for n in present[1:]):
+                diffs.append(f"{t.name}: its tied names hold different values")
+            chosen[t.name] = first.detach()
+        digests = fingerprint_tensors(chosen) if not diffs else {}
+        for t in want.tensors if digests else ():
+            got = chosen[t.name]
+            same = (
+                tuple(got.shape) == tuple(t.shape)
+                and str(got.dtype).removeprefix("torch.") == t.dtype
+                and digests[t.name].hex()[:TENSOR_DIGEST_HEX] == t.sha256
+            )
+            if not same:
+                diffs.append(f"tensor content differs: {t.name}")
+        if not diffs and tensors_root(digests) != want.tensors_sha256:
+            diffs.append("tensor content differs (the whole-base fingerprint)")
+        if diffs:
+            if ignore_mismatch:
+                raise UnsupportedError("a state-dict base is checked whole; it cannot be ignored")
+            where = f"the base {self.where}" if self.where else "the offered state dict"
+            raise BaseMismatchError(
+                f"{where} is not the one this trajectory was trained from; refusing to replay",
+                diffs,
+            )
+        trained = set(edits[0].trained)
+        self._tensors = {
+            n: (t.clone() if n in trained else t).contiguous() for n, t in chosen.items()
+        }
+        checked = [f"all {len(want.tensors)} tensors (trainable and frozen)"]
+        if want.config:
+            checked.append("config.json not checked: a state dict has none")
+        return BaseCheck(checked, [])
+
+    def shapes(self, names: Sequence[str]) -> dict[str, int]:
+        return {n: self._tensors[n].numel() for n in names if n in self._tensors}
+
+    def tensors(self, names: Sequence[str] | None) -> Iterator[tuple[str, torch.Tensor]]:
+        for name in sorted(self._tensors if names is None else set(names) & set(self._tensors)):
+            yield name, self._tensors[name]
+
+    def finish(self) -> None:
+        """Nothing is left to check: every tensor was compared in :meth:`open`."""
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The rebuilt state under the offered names (a tied tensor under each of its
+        names, sharing one tensor)."""
+        return {k: self._tensors[canon] for canon, keys in self._keys.items() for k in keys}
 
 
 def _prepare_all(edits: Sequence[Edit], model: torch.nn.Module) -> torch.nn.Module:

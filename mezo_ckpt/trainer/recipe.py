@@ -53,14 +53,11 @@ from mezo_ckpt.trainer.outputs import (
 from mezo_ckpt.trainer.params import decay_params, select_trainable
 from mezo_ckpt.trainer.report import Reporter
 from mezo_ckpt.trainer.resume import open_resumed, paths_for, redo_missing
-from mezo_ckpt.trainer.step import Reduce
+from mezo_ckpt.trainer.step import DIVERGED_AFTER, Reduce, take_step
 from mezo_ckpt.trajectory import Evaluation, TrajectoryWriter
 from mezo_ckpt.trajectory.header import BaseIdentity
 from mezo_ckpt.util.fsutil import exclusive_lock, os_errors
 from mezo_ckpt.util.runtime import graceful_interrupt, resolve_device, set_threads
-
-#: Consecutive steps with non-finite losses after which a run counts as diverged.
-DIVERGED_AFTER = 3
 
 __all__ = ["DIVERGED_AFTER", "MezoRecipe", "TrainResult"]
 
@@ -331,10 +328,9 @@ class MezoRecipe:
                     idx = self.dist.shard(batch_indices(cfg.seed, step, len(train), cfg.batch_size))
                     enc = self.task.encode(self.tokenizer, [train.examples[i] for i in idx])
                     lr = cfg.lr_at(step)
-                    est = self.stepper.estimate(step, enc, lr)
-                    # The record is durable before the weights move.
-                    self.writer.append_steps(est.record(with_losses=cfg.record_losses))
-                    self.stepper.apply(est)
+                    est = take_step(
+                        self.stepper, self.writer, step, enc, lr, with_losses=cfg.record_losses
+                    )
                     took = time.perf_counter() - t_step
                     self.step_seconds += took
                     self.reporter.step(step, est, lr, took)

@@ -20,13 +20,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from mezo_ckpt.errors import ConfigError, DataError, TrajectoryNotFoundError
 from mezo_ckpt.trainer.config import TrainConfig, coerce, parse_set, unknown_setting
 from mezo_ckpt.trainer.yaml_files import load_yaml
 from mezo_ckpt.trajectory import Trajectory, TrajectoryWriter, read_trajectory
-from mezo_ckpt.util.fsutil import os_errors, staged_file
+from mezo_ckpt.trajectory.journal import rewrite_journal
+from mezo_ckpt.util.fsutil import os_errors
 
 JOURNAL_SUFFIX = ".partial"
 _DEFAULTS = TrainConfig().to_dict()
@@ -287,15 +286,7 @@ def extend(run: Any, traj: Trajectory, steps: int) -> None:
     header = run.header.with_(total_steps=steps, config=cfg_json)
     assert run.writer is not None
     run.writer.close()
-    with staged_file(run.journal) as tmp:
-        w = TrajectoryWriter.create(tmp, header, fsync=run.cfg.fsync)
-        w.append_steps(traj.records)
-        for e in traj.evaluations:
-            w.append_evaluation(e)
-        for s, d in sorted(traj.checkpoints.items()):
-            w.append_checkpoint(s, d)
-        w.close()
-    writer, traj2 = TrajectoryWriter.open_for_resume(run.journal, fsync=run.cfg.fsync)
+    writer, traj2 = rewrite_journal(run.journal, traj, header, fsync=run.cfg.fsync)
     run.writer, run.header, run.traj = writer, traj2.header, traj2
     run.evaluations = list(traj2.evaluations)
 
@@ -312,19 +303,15 @@ def redo_missing(run: Any, upto: int) -> None:
     """Replay the resumed steps onto the base, stopping where an evaluation or a
     checkpoint is missing (a kill between a step and its evaluation) to make it, and
     checking every recorded fingerprint on the way."""
-    from mezo_ckpt.rebuild import ModelSink, Plan, TensorsSource, rebuild
+    from mezo_ckpt.rebuild.inplace import catch_up
 
-    traj = run.traj
     done = {(e.step, e.split) for e in run.evaluations}
     plan = eval_plan(run.cfg, run.splits, upto)
-    stops = sorted({s for s, _ in plan} | set(traj.checkpoints) | {upto})
-    at = 0
-    with torch.no_grad():
-        for s in (s for s in stops if s <= upto):
-            # the steps [at, s) on the weights, the fingerprint at s checked if recorded
-            rebuild(Plan(traj, s, start=at), TensorsSource(run.params), ModelSink())
-            at = s
-            missing = [sp for st, sp in plan if st == s and (st, sp) not in done]
-            if missing:
-                run.message(f"Redoing what the interrupted run left out at step {s}")
-                run.run_eval(s, missing)
+
+    def at_stop(s: int) -> None:
+        missing = [sp for st, sp in plan if st == s and (st, sp) not in done]
+        if missing:
+            run.message(f"Redoing what the interrupted run left out at step {s}")
+            run.run_eval(s, missing)
+
+    catch_up(run.traj, run.params, upto, stops=[s for s, _ in plan], at_stop=at_stop)

@@ -48,6 +48,9 @@ from mezo_ckpt.trainer.tasks import Encoded, LossTerms
 from mezo_ckpt.trajectory import FLAG_SKIPPED, StepRecords
 from mezo_ckpt.trajectory.header import ESTIMATORS
 
+#: Consecutive steps with non-finite losses after which a run counts as diverged.
+DIVERGED_AFTER = 3
+
 #: How a step measures the objective on a batch (under whatever perturbation is active).
 Measure = Callable[[Encoded], LossTerms]
 #: Sums loss terms over data-parallel ranks (identity in one process).
@@ -264,3 +267,14 @@ class MezoStep:
                 self.spec,
                 UpdateBatch.single(est.step, est.coefs, est.decay, est.history),
             )
+
+
+def take_step(stepper: MezoStep, writer, step: int, batch, lr: float, *, with_losses: bool):
+    """One step as every loop runs it (the CLI's recipe, :class:`mezo_ckpt.MeZO`,
+    :class:`mezo_ckpt.MezoTrainer`): the forwards decide the coefficients, the record is
+    made durable, and only then do the weights move (a kill at any moment loses at most
+    the step in flight, and never leaves weights the file does not describe)."""
+    est = stepper.estimate(step, batch, lr)
+    writer.append_steps(est.record(with_losses=with_losses))
+    stepper.apply(est)
+    return est

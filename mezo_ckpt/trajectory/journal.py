@@ -199,3 +199,26 @@ def compact(journal: str | os.PathLike, final: str | os.PathLike) -> Trajectory:
     traj = read_trajectory(journal)
     write_trajectory(final, traj)
     return traj
+
+
+def rewrite_journal(
+    path: str | os.PathLike, traj: Trajectory, header: Header, *, fsync: bool = True
+) -> tuple[TrajectoryWriter, Trajectory]:
+    """Rewrite the journal at ``path`` under a new ``header`` (a run extended, or a loop
+    that learns its number of steps when it ends), carrying the records, evaluations and
+    fingerprints over (each re-bound to the new header), and reopen it for appending.
+    The old journal stays whole until the new one is renamed over it."""
+    from mezo_ckpt.util.fsutil import staged_file
+
+    p = Path(path)
+    with staged_file(p) as tmp:
+        w = TrajectoryWriter.create(tmp, header, fsync=fsync)
+        try:
+            w.append_steps(traj.records)
+            for e in traj.evaluations:
+                w.append_evaluation(e)
+            for s, d in sorted(traj.checkpoints.items()):
+                w.append_checkpoint(s, d)
+        finally:
+            w.close()
+    return TrajectoryWriter.open_for_resume(p, fsync=fsync)

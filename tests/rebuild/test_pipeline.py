@@ -424,5 +424,7 @@ def test_python_replay_refuses_a_wrong_base_and_odd_arguments(runs, tmp_path):
     wrong = _wrong_base(base, tmp_path, "config")
     with pytest.raises(BaseMismatchError):
         mezo_ckpt.replay(traj, wrong)
-    with pytest.raises(TypeError, match="base must be"):
+    with pytest.raises(TypeError, match="state dict maps names to tensors"):
         mezo_ckpt.replay(traj, {"a": 1})
+    with pytest.raises(TypeError, match="base must be"):
+        mezo_ckpt.replay(traj, 42)

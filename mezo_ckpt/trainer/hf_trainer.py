@@ -1,0 +1,260 @@
+"""``MezoTrainer``: a ``transformers.Trainer`` whose steps are MeZO steps and whose
+checkpoints are trajectories.
+
+.. code-block:: python
+
+    trainer = mezo_ckpt.MezoTrainer(
+        model=model,
+        args=TrainingArguments("out", max_steps=500, learning_rate=1e-6, save_steps=100,
+                               gradient_accumulation_steps=2, lr_scheduler_type="linear"),
+        train_dataset=train, eval_dataset=dev,
+        mezo={"eps": 1e-3, "estimator": "spsa"},
+    )
+    trainer.train()            # out/trajectory.zst: `mezo-ckpt replay` and `push` take it
+    trainer.train(resume_from_checkpoint="out/checkpoint-100")   # bit for bit
+
+Everything of ``TrainingArguments`` a zeroth-order step can honour works as usual: the
+learning rate and its scheduler (each step's learning rate is the scheduler's, and the
+coefficient it produced is stored), ``max_steps`` and epochs, ``seed`` (also MeZO's
+seed), ``weight_decay``, logging, evaluation, callbacks and ``report_to``.
+``gradient_accumulation_steps`` = k makes one MeZO step over k micro-batches under one
+direction (the loss of the k micro-batches together, scaled as the Trainer scales it).
+``save_steps`` writes ``checkpoint-N/trajectory.zst`` (kilobytes: no weights, no optimizer
+state) and ``resume_from_checkpoint`` replays it onto the model the Trainer was given (its
+initial state), checking the fingerprint, and continues exactly as the straight run
+would. ``load_best_model_at_end`` has no weights to load: replay ``--step best`` instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer
+
+from mezo_ckpt.errors import ConfigError
+from mezo_ckpt.trainer.optimizer import MeZO
+from mezo_ckpt.trainer.resume import paths_for
+
+#: The trajectory's name in ``output_dir`` and in each ``checkpoint-N`` folder.
+TRAJECTORY_NAME = "trajectory.zst"
+#: The scheduler's state in a checkpoint (the Trainer's own name for it).
+SCHEDULER_FILE = "scheduler.pt"
+#: Evaluation metrics that describe the machine, not the model (not recorded).
+_SPEED = ("_runtime", "_samples_per_second", "_steps_per_second")
+
+
+_ABSENT = object()
+
+
+@contextlib.contextmanager
+def _config_as_given(model: Any, use_cache: Any) -> Iterator[None]:
+    """The model's config with ``use_cache`` as the caller set it, for the block."""
+    config = getattr(model, "config", None)
+    if config is None or use_cache is _ABSENT:
+        yield
+        return
+    now = getattr(config, "use_cache", _ABSENT)
+    config.use_cache = use_cache
+    try:
+        yield
+    finally:
+        if now is not _ABSENT:
+            config.use_cache = now
+
+
+class _NoGradients(torch.optim.Optimizer):
+    """What the Trainer steps after each MeZO step: nothing (the update already ran). It
+    holds the learning rate the Trainer's scheduler sets, which MeZO reads."""
+
+    def __init__(self, lr: float) -> None:
+        super().__init__([torch.zeros(0, requires_grad=True)], {"lr": lr})
+
+    def step(self, closure: Any = None) -> None:
+        return None
+
+
+class MezoTrainer(Trainer):
+    """A ``transformers.Trainer`` that trains with MeZO and writes a trajectory.
+
+    Args:
+        mezo: MeZO settings (``eps``, ``estimator``, ``n_directions``, ``momentum``,
+            ``momentum_window``, ``z``, ``rounding``, ``trainable``, ``frozen``,
+            ``no_decay``, ``record_losses``, ``fsync``; ``weight_decay`` defaults to
+            ``args.weight_decay``). The learning rate, its schedule and the seed come from
+            ``args``.
+        *args, **kwargs: as ``transformers.Trainer``.
+
+    Raises:
+        ConfigError: a setting MeZO cannot honour (``load_best_model_at_end``) or an
+            invalid MeZO setting.
+    """
+
+    def __init__(self, *args: Any, mezo: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        model = kwargs.get("model", args[0] if args else None)
+        config = getattr(model, "config", None)
+        # The Trainer turns the model's use_cache off (args.use_cache); the base is
+        # recorded as the caller gave it, so replay matches the model they load.
+        self._given_use_cache = getattr(config, "use_cache", _ABSENT)
+        super().__init__(*args, **kwargs)
+        self.mezo_settings = dict(mezo or {})
+        for name in ("lr", "seed", "total_steps", "schedule", "warmup_steps", "min_lr_ratio"):
+            if name in self.mezo_settings:
+                raise ConfigError(
+                    f"mezo={{{name!r}: ...}}: the learning rate, its schedule and the seed come "
+                    "from TrainingArguments (learning_rate, lr_scheduler_type, warmup_steps, "
+                    "seed)"
+                )
+        if self.args.load_best_model_at_end:
+            raise ConfigError(
+                "load_best_model_at_end: MeZO checkpoints hold no weights to load; train, then "
+                "replay the best evaluated step (mezo-ckpt replay out/trajectory.zst --step best)"
+            )
+        self.mezo: MeZO | None = None
+        self._micro: list[dict[str, Any]] = []
+        self._resume_file: Path | None = None
+
+    # ------------------------------------------------------------------ the optimizer
+    @property
+    def trajectory_path(self) -> Path:
+        """``output_dir/trajectory.zst``: the run's trajectory."""
+        return Path(self.args.output_dir) / TRAJECTORY_NAME
+
+    def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
+        if self.optimizer is None:
+            self.optimizer = _NoGradients(self.args.learning_rate)
+        return self.optimizer
+
+    def _clip_grad_norm(self, model: Any) -> None:
+        return None  # no gradients
+
+    def _open_mezo(self) -> MeZO:
+        """The MeZO optimizer of this run (a resumed checkpoint's file replayed first)."""
+        out = self.trajectory_path
+        out.parent.mkdir(parents=True, exist_ok=True)
+        settings = {"weight_decay": self.args.weight_decay, **self.mezo_settings}
+        resume = False
+        if self._resume_file is not None:
+            _, journal = paths_for(out)
+            journal.unlink(missing_ok=True)  # steps after the checkpoint: redone
+            if self._resume_file.resolve() != out.resolve():
+                shutil.copyfile(self._resume_file, out)
+            resume = True
+        with _config_as_given(self.model, self._given_use_cache):
+            opt = self._mezo_for(out, resume, settings)
+        if opt.steps_done != self.state.global_step:
+            opt.close()
+            raise ConfigError(
+                f"the checkpoint's trajectory holds {opt.steps_done} steps but the Trainer "
+                f"resumes at step {self.state.global_step}"
+            )
+        return opt
+
+    def _mezo_for(self, out: Path, resume: bool, settings: dict[str, Any]) -> MeZO:
+        return MeZO(
+            self.model,
+            lr=self.args.learning_rate,
+            output=out,
+            seed=self.args.seed,
+            total_steps=self.state.max_steps,
+            resume=resume,
+            overwrite=not resume,
+            tokenizer=self.processing_class if hasattr(self.model, "config") else None,
+            **settings,
+        )
+
+    def training_step(
+        self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None
+    ) -> torch.Tensor:
+        """Collect the micro-batches of one update; on the last, one MeZO step over all."""
+        if self.mezo is None:
+            self.mezo = self._open_mezo()
+        self._micro.append(self._prepare_inputs(inputs))
+        if len(self._micro) < self.current_gradient_accumulation_steps:
+            return torch.zeros((), device=self.args.device)
+        micro, self._micro = self._micro, []
+        scaled = self.model_accepts_loss_kwargs and num_items_in_batch is not None
+
+        def closure() -> torch.Tensor:
+            total = None
+            for batch in micro:
+                with self.compute_loss_context_manager():
+                    loss = self.compute_loss(model, batch, num_items_in_batch=num_items_in_batch)
+                if self.args.n_gpu > 1:
+                    loss = loss.mean()
+                part = loss if scaled else loss / len(micro)
+                total = part if total is None else total + part
+            return total
+
+        lr = self._get_learning_rate()
+        loss = self.mezo.step(closure, lr=lr)
+        return torch.tensor(loss, device=self.args.device)
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """The trajectory so far (fingerprinted) in ``output_dir``: no weights."""
+        target = Path(output_dir or self.args.output_dir)
+        if not self.args.should_save:
+            return
+        target.mkdir(parents=True, exist_ok=True)
+        if self.mezo is not None and not self.mezo.closed:
+            self.mezo.snapshot(target / TRAJECTORY_NAME)
+        elif (
+            self.trajectory_path.exists()
+            and (target / TRAJECTORY_NAME).resolve() != self.trajectory_path.resolve()
+        ):
+            shutil.copyfile(self.trajectory_path, target / TRAJECTORY_NAME)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        if self.args.should_save and self.lr_scheduler is not None:
+            torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, SCHEDULER_FILE))
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        if checkpoint is None:
+            return
+        path = os.path.join(checkpoint, SCHEDULER_FILE)
+        if os.path.isfile(path) and self.lr_scheduler is not None:
+            self.lr_scheduler.load_state_dict(torch.load(path, weights_only=True))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        path = Path(resume_from_checkpoint) / TRAJECTORY_NAME
+        if not path.is_file():
+            raise ConfigError(
+                f"{resume_from_checkpoint} holds no {TRAJECTORY_NAME}: resume from a "
+                "checkpoint a MezoTrainer saved"
+            )
+        self._resume_file = path  # replayed onto the model when the first step opens MeZO
+
+    # ------------------------------------------------------------------ evaluation, end
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        metrics = super().evaluate(*args, **kwargs)
+        if self.mezo is not None and not self.mezo.closed:
+            kept = {
+                k: float(v)
+                for k, v in metrics.items()
+                if isinstance(v, (int, float))
+                and not isinstance(v, bool)
+                and not k.endswith(_SPEED)
+                and k != "epoch"
+            }
+            if kept:
+                prefix = kwargs.get("metric_key_prefix", "eval")
+                self.mezo.record_eval(kept, split=prefix)
+        return metrics
+
+    def train(self, *args: Any, **kwargs: Any):
+        """``Trainer.train``, then the trajectory sealed in ``output_dir`` (also when the
+        loop fails: the steps so far stay replayable and resumable)."""
+        self._micro = []
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            if self.mezo is not None:
+                self.mezo.close()
+                self.mezo = None
+            self._resume_file = None

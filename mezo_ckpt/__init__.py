@@ -7,7 +7,8 @@
 (:func:`mezo_ckpt.trainer.train`); ``mezo_ckpt.MeZO(model, lr=...)`` is MeZO as an
 optimizer for your own loop (:class:`mezo_ckpt.trainer.optimizer.MeZO`) and
 ``mezo_ckpt.MezoTrainer`` a ``transformers.Trainer`` that trains with it
-(:class:`mezo_ckpt.trainer.hf_trainer.MezoTrainer`). They are imported on first use, so
+(:class:`mezo_ckpt.trainer.hf_trainer.MezoTrainer`; ``MezoSFTTrainer`` the same for TRL's
+``SFTTrainer``). They are imported on first use, so
 ``import mezo_ckpt`` stays light.
 """
 
@@ -21,7 +22,7 @@ from mezo_ckpt.util import moved as _moved  # noqa: E402 - 0.2 module paths, for
 
 _moved.install()
 
-__all__ = ["MeZO", "MezoTrainer", "__version__", "load", "replay", "train"]
+__all__ = ["MeZO", "MezoSFTTrainer", "MezoTrainer", "__version__", "load", "replay", "train"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from mezo_ckpt.api import replay_model_from as replay
@@ -32,7 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), "MeZO", "MezoTrainer", "load", "replay", "train"])
+    return sorted([*globals(), "MeZO", "MezoSFTTrainer", "MezoTrainer", "load", "replay", "train"])
 
 
 def __getattr__(name: str) -> Any:
@@ -52,8 +53,8 @@ def __getattr__(name: str) -> Any:
         from mezo_ckpt.trainer.optimizer import MeZO
 
         return MeZO
-    if name == "MezoTrainer":
-        from mezo_ckpt.trainer.hf_trainer import MezoTrainer
+    if name in ("MezoTrainer", "MezoSFTTrainer"):
+        from mezo_ckpt.trainer import hf_trainer
 
-        return MezoTrainer
+        return getattr(hf_trainer, name)  # MezoSFTTrainer needs TRL (mezo-ckpt[trl])
     raise AttributeError(f"module 'mezo_ckpt' has no attribute {name!r}")

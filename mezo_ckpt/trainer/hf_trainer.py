@@ -28,6 +28,7 @@ would. ``load_best_model_at_end`` has no weights to load: replay ``--step best``
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import shutil
 from collections.abc import Iterator, Mapping
@@ -49,23 +50,23 @@ SCHEDULER_FILE = "scheduler.pt"
 _SPEED = ("_runtime", "_samples_per_second", "_steps_per_second")
 
 
-_ABSENT = object()
+#: The model attributes a Trainer may change before the first step (``use_cache``, special
+#: token ids aligned with the tokenizer): the base is recorded as the caller gave it.
+_GIVEN = ("config", "generation_config")
 
 
 @contextlib.contextmanager
-def _config_as_given(model: Any, use_cache: Any) -> Iterator[None]:
-    """The model's config with ``use_cache`` as the caller set it, for the block."""
-    config = getattr(model, "config", None)
-    if config is None or use_cache is _ABSENT:
-        yield
-        return
-    now = getattr(config, "use_cache", _ABSENT)
-    config.use_cache = use_cache
+def _as_given(model: Any, given: dict[str, Any]) -> Iterator[None]:
+    """``model`` with its config and generation config as the caller passed them, for the
+    block (the base identity is computed and checked on that state)."""
+    now = {k: getattr(model, k) for k in given}
     try:
+        for k, v in given.items():
+            setattr(model, k, v)
         yield
     finally:
-        if now is not _ABSENT:
-            config.use_cache = now
+        for k, v in now.items():
+            setattr(model, k, v)
 
 
 class _NoGradients(torch.optim.Optimizer):
@@ -79,8 +80,9 @@ class _NoGradients(torch.optim.Optimizer):
         return None
 
 
-class MezoTrainer(Trainer):
-    """A ``transformers.Trainer`` that trains with MeZO and writes a trajectory.
+class MezoTrainerMixin:
+    """What makes a ``transformers.Trainer`` (or a subclass, such as TRL's ``SFTTrainer``)
+    train with MeZO: put it first in the bases (``class T(MezoTrainerMixin, Trainer)``).
 
     Args:
         mezo: MeZO settings (``eps``, ``estimator``, ``n_directions``, ``momentum``,
@@ -97,10 +99,11 @@ class MezoTrainer(Trainer):
 
     def __init__(self, *args: Any, mezo: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         model = kwargs.get("model", args[0] if args else None)
-        config = getattr(model, "config", None)
-        # The Trainer turns the model's use_cache off (args.use_cache); the base is
-        # recorded as the caller gave it, so replay matches the model they load.
-        self._given_use_cache = getattr(config, "use_cache", _ABSENT)
+        # The Trainer turns use_cache off and aligns special tokens with the tokenizer:
+        # the base is recorded as the caller gave it, so replay matches what they load.
+        self._given = {
+            k: copy.deepcopy(getattr(model, k)) for k in _GIVEN if getattr(model, k, None)
+        }
         super().__init__(*args, **kwargs)
         self.mezo_settings = dict(mezo or {})
         for name in ("lr", "seed", "total_steps", "schedule", "warmup_steps", "min_lr_ratio"):
@@ -145,7 +148,7 @@ class MezoTrainer(Trainer):
             if self._resume_file.resolve() != out.resolve():
                 shutil.copyfile(self._resume_file, out)
             resume = True
-        with _config_as_given(self.model, self._given_use_cache):
+        with _as_given(self.model, self._given):
             opt = self._mezo_for(out, resume, settings)
         if opt.steps_done != self.state.global_step:
             opt.close()
@@ -184,7 +187,7 @@ class MezoTrainer(Trainer):
             total = None
             for batch in micro:
                 with self.compute_loss_context_manager():
-                    loss = self.compute_loss(model, batch, num_items_in_batch=num_items_in_batch)
+                    loss = self.mezo_loss(model, batch, num_items_in_batch)
                 if self.args.n_gpu > 1:
                     loss = loss.mean()
                 part = loss if scaled else loss / len(micro)
@@ -194,6 +197,10 @@ class MezoTrainer(Trainer):
         lr = self._get_learning_rate()
         loss = self.mezo.step(closure, lr=lr)
         return torch.tensor(loss, device=self.args.device)
+
+    def mezo_loss(self, model: Any, batch: dict[str, Any], num_items_in_batch: Any) -> Any:
+        """The loss of one micro-batch under the current perturbation (the Trainer's)."""
+        return self.compute_loss(model, batch, num_items_in_batch=num_items_in_batch)
 
     # ------------------------------------------------------------------ checkpoints
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
@@ -258,3 +265,44 @@ class MezoTrainer(Trainer):
                 self.mezo.close()
                 self.mezo = None
             self._resume_file = None
+
+
+class MezoTrainer(MezoTrainerMixin, Trainer):
+    """A ``transformers.Trainer`` that trains with MeZO and writes a trajectory (see
+    :class:`MezoTrainerMixin` for the ``mezo`` settings and what changes)."""
+
+
+def _sft_trainer() -> type:
+    """``MezoSFTTrainer``: TRL's ``SFTTrainer`` (datasets of text or conversations, chat
+    templates, completion-only loss) with MeZO steps."""
+    try:
+        from trl import SFTTrainer
+    except ImportError as e:
+        raise ImportError(f"MezoSFTTrainer needs TRL: pip install 'mezo-ckpt[trl]' ({e})") from None
+
+    class MezoSFTTrainer(MezoTrainerMixin, SFTTrainer):
+        """TRL's ``SFTTrainer`` with MeZO steps and trajectory checkpoints."""
+
+        def mezo_loss(self, model: Any, batch: dict[str, Any], num_items_in_batch: Any) -> Any:
+            # SFTTrainer's own loss projects through the LM head in fused tiles that read
+            # the head's weight directly, around the head module's forward, so the head
+            # would not be perturbed: MeZO measures the model's loss instead (the same
+            # token cross-entropy over the labels the SFT collator masked).
+            inputs = {k: v for k, v in batch.items() if k in _MODEL_INPUTS}
+            return Trainer.compute_loss(self, model, inputs, num_items_in_batch=num_items_in_batch)
+
+    MezoSFTTrainer.__module__ = __name__
+    MezoSFTTrainer.__qualname__ = "MezoSFTTrainer"
+    return MezoSFTTrainer
+
+
+#: The SFT collator's keys a model's forward takes (the others describe the batch).
+_MODEL_INPUTS = ("input_ids", "attention_mask", "labels", "position_ids", "token_type_ids")
+
+
+def __getattr__(name: str) -> Any:
+    if name == "MezoSFTTrainer":
+        cls = _sft_trainer()
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -118,3 +118,61 @@ def toy_sentiment(n: int, seed: int = 0) -> list[dict]:
         pos = sum(w in ("good", "fine", "nice") for w in words)
         out.append({"text": " ".join(words), "label": "pos" if pos >= 3 else "neg"})
     return out
+
+
+#: Tiny configs of the architectures people fine-tune with MeZO (model_type -> extra
+#: settings over MATRIX_COMMON); tests/trainer/test_architectures.py trains each.
+MATRIX_COMMON = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=64,
+    pad_token_id=0,
+)
+MATRIX = {
+    "llama": {},
+    "mistral": {},
+    "qwen2": {},
+    "qwen3": {"head_dim": 8},
+    "gemma2": {"head_dim": 8},
+    "gemma3_text": {"head_dim": 8},
+    "phi3": {},
+    "olmo": {},
+    "olmo2": {},
+    "gpt_neox": {},
+    "opt": {"ffn_dim": 64, "word_embed_proj_dim": 32},
+    "gpt2": {},
+    "falcon": {"new_decoder_architecture": True, "num_kv_heads": 2},
+    "bloom": {},
+    "stablelm": {},
+    "mixtral": {"num_local_experts": 4, "num_experts_per_tok": 2},
+    "qwen2_moe": {
+        "num_experts": 4,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 32,
+        "shared_expert_intermediate_size": 32,
+    },
+}
+
+
+def tiny_arch(model_type: str, *, dtype: torch.dtype = torch.float32, seed: int = 1234):
+    """A tiny model of ``model_type`` (a key of MATRIX) with the portable init."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.for_model(model_type, **MATRIX_COMMON, **MATRIX[model_type])
+    model = AutoModelForCausalLM.from_config(config)
+    config.architectures = [type(model).__name__]
+    with torch.no_grad():
+        for name, p in canonical_parameters(model).items():
+            z = z_reference(param_key(seed, "init/" + name), 0, 0, 0, p.numel(), "normal16")
+            if p.ndim == 1 and ("norm" in name or "ln" in name):
+                p.copy_((1.0 + 0.0625 * z).view_as(p))
+            else:
+                p.copy_((0.0625 * z).view_as(p))
+    model = model.to(dtype)
+    model.eval()
+    model.requires_grad_(False)
+    return model

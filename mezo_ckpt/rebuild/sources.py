@@ -154,6 +154,9 @@ class StateSource:
         bad = [k for k, v in state.items() if not isinstance(k, str) or not torch.is_tensor(v)]
         if bad:
             raise TypeError(f"a state dict maps names to tensors; not: {bad[:3]}")
+        meta = [k for k, v in state.items() if v.is_meta]
+        if meta:
+            raise TypeError(f"a state dict of meta tensors holds no values: {meta[:3]}")
         self.state = dict(state)
         self.where = where
         self.model = None

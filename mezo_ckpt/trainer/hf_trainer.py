@@ -40,7 +40,6 @@ from transformers import Trainer
 
 from mezo_ckpt.errors import ConfigError
 from mezo_ckpt.trainer.optimizer import MeZO
-from mezo_ckpt.trainer.resume import paths_for
 
 #: The trajectory's name in ``output_dir`` and in each ``checkpoint-N`` folder.
 TRAJECTORY_NAME = "trajectory.zst"
@@ -141,32 +140,29 @@ class MezoTrainerMixin:
         out = self.trajectory_path
         out.parent.mkdir(parents=True, exist_ok=True)
         settings = {"weight_decay": self.args.weight_decay, **self.mezo_settings}
-        resume = False
-        if self._resume_file is not None:
-            _, journal = paths_for(out)
-            journal.unlink(missing_ok=True)  # steps after the checkpoint: redone
-            if self._resume_file.resolve() != out.resolve():
-                shutil.copyfile(self._resume_file, out)
-            resume = True
-        with _as_given(self.model, self._given):
-            opt = self._mezo_for(out, resume, settings)
-        if opt.steps_done != self.state.global_step:
-            opt.close()
-            raise ConfigError(
-                f"the checkpoint's trajectory holds {opt.steps_done} steps but the Trainer "
-                f"resumes at step {self.state.global_step}"
-            )
-        return opt
+        if self._resume_file is not None:  # refused before anything is read into the model
+            from mezo_ckpt.trajectory import read_trajectory
 
-    def _mezo_for(self, out: Path, resume: bool, settings: dict[str, Any]) -> MeZO:
+            held = read_trajectory(self._resume_file).num_steps
+            if held != self.state.global_step:
+                raise ConfigError(
+                    f"{self._resume_file} holds {held} steps but the Trainer's state resumes "
+                    f"at step {self.state.global_step}: not a checkpoint of one run"
+                )
+        with _as_given(self.model, self._given):
+            return self._mezo_for(out, settings)
+
+    def _mezo_for(self, out: Path, settings: dict[str, Any]) -> MeZO:
+        # resuming: the checkpoint's trajectory is checked and replayed before anything is
+        # written, and output_dir/trajectory.zst is only replaced when the run is sealed
         return MeZO(
             self.model,
             lr=self.args.learning_rate,
             output=out,
             seed=self.args.seed,
             total_steps=self.state.max_steps,
-            resume=resume,
-            overwrite=not resume,
+            resume_from=self._resume_file,
+            overwrite=True,  # a new train() in output_dir starts over, as a Trainer does
             tokenizer=self.processing_class if hasattr(self.model, "config") else None,
             **settings,
         )

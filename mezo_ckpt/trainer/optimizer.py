@@ -60,7 +60,7 @@ from mezo_ckpt.trainer.tasks import LossTerms
 from mezo_ckpt.trajectory import Evaluation, TrajectoryWriter, compact
 from mezo_ckpt.trajectory.header import MAX_STEPS, Header
 from mezo_ckpt.trajectory.journal import rewrite_journal
-from mezo_ckpt.util.fsutil import check_output, exclusive_lock, os_errors
+from mezo_ckpt.util.fsutil import check_output, exclusive_lock, os_errors, staged_file
 
 #: The MeZO settings a loop can pass (the names and meanings of ``mezo-ckpt train``).
 SETTINGS = (
@@ -93,10 +93,11 @@ def _unknown(name: str) -> ConfigError:
 
 
 def as_loss(value: Any) -> float:
-    """The closure's loss as a float: a number or a one-element tensor.
+    """The closure's loss as a float: a number or a one-element real tensor.
 
     Raises:
-        DataError: anything else (a batch of losses, a string, None).
+        DataError: anything else (a batch of losses, a string, None, a meta or complex
+            tensor, a number beyond float range).
     """
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
@@ -104,13 +105,27 @@ def as_loss(value: Any) -> float:
                 f"the closure returned a tensor of shape {tuple(value.shape)}: return one "
                 "scalar loss (e.g. loss.mean())"
             )
+        if value.is_meta or value.is_complex():
+            raise DataError(
+                f"the closure returned a {'meta' if value.is_meta else 'complex'} tensor: "
+                "return a real loss with a value"
+            )
         return float(value.detach().reshape(()).item())
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) and not _is_np_number(value):
         raise DataError(
             f"the closure must return the loss (a scalar tensor or a float), not "
             f"{type(value).__name__}"
         )
-    return float(value)
+    try:
+        return float(value)
+    except (OverflowError, TypeError, ValueError):
+        raise DataError(f"the closure returned {str(value)[:40]}, beyond a float's range") from None
+
+
+def _is_np_number(value: Any) -> bool:
+    import numpy as np
+
+    return isinstance(value, (np.floating, np.integer)) and not isinstance(value, np.bool_)
 
 
 class MeZO:
@@ -126,6 +141,9 @@ class MeZO:
             open-ended, the file records the steps taken when it is closed.
         resume: continue the run in ``output`` (True), or continue it if it exists and
             start it otherwise ("auto"); ``model`` must be the initial model again.
+        resume_from: continue from this trajectory instead (a checkpoint's copy of the
+            run: what ``output``'s journal holds beyond it is dropped); ``output`` is only
+            written when the run is sealed.
         overwrite: replace an existing ``output`` (and journal) instead of refusing.
         tokenizer: a Hugging Face model's tokenizer, pinned in the header with the base.
         **settings: ``estimator``, ``n_directions``, ``momentum``, ``momentum_window``,
@@ -152,6 +170,7 @@ class MeZO:
         resume: bool | str = False,
         overwrite: bool = False,
         tokenizer: Any = None,
+        resume_from: str | Path | None = None,
         **settings: Any,
     ) -> None:
         if not isinstance(model, torch.nn.Module):
@@ -181,6 +200,7 @@ class MeZO:
         self.evaluations: list[Evaluation] = []
         self.checkpoints: dict[int, str] = {}
         self._bad = 0
+        self._busy = False  # inside step(): the closure may not call back in
         self._fresh = False
         self._closed = False
         self._stack = contextlib.ExitStack()
@@ -189,10 +209,12 @@ class MeZO:
             if resume == "auto":
                 resume = self.out.exists() or self.journal.exists()
             model.eval()
-            self.selection = select_trainable(model, self.cfg.trainable, self.cfg.frozen)
+            self.selection = _selection(model, self.cfg)
             self.params = dict(canonical_parameters(model))
-            if resume:
-                self._resume(tokenizer)
+            if resume_from is not None:
+                self._resume(Path(resume_from))
+            elif resume:
+                self._resume(None)
             else:
                 self._start(tokenizer, overwrite)
             perturber = Perturber(
@@ -219,6 +241,8 @@ class MeZO:
 
     def _start(self, tokenizer: Any, overwrite: bool) -> None:
         for p, what in ((self.out, "a trajectory"), (self.journal, "the journal of a run")):
+            if p.is_dir():
+                raise OutputError(f"output {p} is a folder: name the trajectory file to write")
             if p.exists() and not overwrite:
                 raise OutputExistsError(
                     f"{p} exists ({what}): continue it with MeZO(..., resume=True), or pass "
@@ -241,48 +265,45 @@ class MeZO:
         self.writer = TrajectoryWriter.create(self.journal, self.header, fsync=self.cfg.fsync)
         self._fresh = True
 
-    def _resume(self, tokenizer: Any) -> None:
+    def _resume(self, source: Path | None) -> None:
+        """Continue the run of ``output`` (its journal, else its sealed file) or of
+        ``source``: every check and the catch-up run on the file as read, before the
+        journal is written; ``output`` itself is never touched here."""
         from mezo_ckpt.rebuild.inplace import catch_up
+        from mezo_ckpt.trajectory.codec import parse_trajectory, read_trajectory_bytes
 
-        out, journal, src = locate(self.out)
-        copied = False
-        if src == out:  # a sealed file: journal again
-            with os_errors(journal, "write"):
-                journal.write_bytes(out.read_bytes())
-            copied = True
-        writer, traj = TrajectoryWriter.open_for_resume(journal, fsync=self.cfg.fsync)
+        src = source if source is not None else locate(self.out)[2]
+        data = read_trajectory_bytes(src)  # read once: what is checked is what is copied
+        traj = parse_trajectory(data, allow_truncated_tail=src == self.journal)
+        h = traj.header
+        self._check_resumable(h, src)
+        if self.total_steps is not None and self.total_steps < traj.num_steps:
+            raise ConfigError(
+                f"cannot resume {src}: total_steps={self.total_steps} but the run already "
+                f"recorded {traj.num_steps} steps"
+            )
         try:
-            h = traj.header
-            self._check_resumable(h, src)
-            if self.total_steps is not None and self.total_steps < traj.num_steps:
-                raise ConfigError(
-                    f"cannot resume {src}: total_steps={self.total_steps} but the run already "
-                    f"recorded {traj.num_steps} steps"
-                )
-            try:
-                verify_base(h, self.model)
-            except BaseMismatchError as e:
-                raise BaseMismatchError(
-                    f"cannot resume {src}: MeZO(resume=True) takes the model in its initial "
-                    "state (as the run started) and replays the recorded steps onto it; this "
-                    "model is not that state",
-                    e.differences,
-                ) from None
-            if list(h.trainable) != list(self.selection.trainable):
-                raise ConfigError(f"cannot resume {src}: the trainable set differs from the run's")
-            catch_up(traj, self.params, traj.num_steps)  # checks each recorded fingerprint
-            want = self.total_steps or MAX_STEPS
-            if h.total_steps != want:
-                writer.close()
-                writer, traj = rewrite_journal(
-                    journal, traj, h.with_(total_steps=want), fsync=self.cfg.fsync
-                )
-        except BaseException:
+            verify_base(h, self.model)
+        except BaseMismatchError as e:
+            raise BaseMismatchError(
+                f"cannot resume {src}: MeZO(resume=True) takes the model in its initial "
+                "state (as the run started) and replays the recorded steps onto it; this "
+                "model is not that state",
+                e.differences,
+            ) from None
+        if list(h.trainable) != list(self.selection.trainable):
+            raise ConfigError(f"cannot resume {src}: the trainable set differs from the run's")
+        catch_up(traj, self.params, traj.num_steps)  # checks each recorded fingerprint
+        if src != self.journal:  # a sealed file or a checkpoint: journal it again
+            with staged_file(self.journal) as tmp, os_errors(self.journal, "write"):
+                tmp.write_bytes(data)
+        writer, traj = TrajectoryWriter.open_for_resume(self.journal, fsync=self.cfg.fsync)
+        want = self.total_steps or MAX_STEPS
+        if traj.header.total_steps != want:
             writer.close()
-            if copied:
-                with contextlib.suppress(OSError):
-                    journal.unlink()
-            raise
+            writer, traj = rewrite_journal(
+                self.journal, traj, traj.header.with_(total_steps=want), fsync=self.cfg.fsync
+            )
         self.writer, self.header, self._resumed = writer, traj.header, traj
         self.evaluations = list(traj.evaluations)
         self.checkpoints = dict(traj.checkpoints)
@@ -333,6 +354,13 @@ class MeZO:
         if self._closed:
             raise OutputError(f"this MeZO optimizer is closed ({self.out} is sealed)")
 
+    def _not_inside(self, what: str) -> None:
+        if self._busy:
+            raise ConfigError(
+                f"MeZO.{what}() was called from inside the step's closure: the closure only "
+                "runs forwards and returns the loss; step and record after it returns"
+            )
+
     def step(self, closure: Callable[[], Any], *, lr: float | None = None) -> float:
         """One MeZO step: ``closure`` (forwards only, returning the loss) is called
         :attr:`forwards_per_step` times under the step's perturbations; the record is
@@ -352,6 +380,7 @@ class MeZO:
         if closure is None or not callable(closure):
             raise TypeError("MeZO.step needs a closure that runs the forwards and returns the loss")
         self._check_open()
+        self._not_inside("step")
         at = self.steps_done
         if at >= self.header.total_steps:
             raise ConfigError(
@@ -362,6 +391,7 @@ class MeZO:
         if not (math.isfinite(rate) and rate >= 0):
             raise ConfigError(f"MeZO.step(lr={lr!r}): the learning rate must be finite and >= 0")
         self.model.eval()
+        self._busy = True
         try:
             est = take_step(
                 self.stepper, self.writer, at, closure, rate, with_losses=self.cfg.record_losses
@@ -371,6 +401,8 @@ class MeZO:
                 f"{e}. The journal {self.journal} keeps the {at} steps recorded before; free "
                 "some space and continue with MeZO(..., resume=True)"
             ) from e
+        finally:
+            self._busy = False
         self.last = est
         self._bad = self._bad + 1 if est.skipped else 0
         if self._bad >= DIVERGED_AFTER:
@@ -387,6 +419,7 @@ class MeZO:
         """Record the fingerprint of the trained tensors now (once per step): a replay to
         this step then verifies itself. Returns the sha256."""
         self._check_open()
+        self._not_inside("checkpoint")
         at = self.steps_done
         if at not in self.checkpoints:
             digest = tensors_sha256(self.params, self.header.trainable)
@@ -406,6 +439,7 @@ class MeZO:
             ValueError: ``step`` is given and is not :attr:`steps_done`.
         """
         self._check_open()
+        self._not_inside("record_eval")
         at = self.steps_done
         if step is not None and step != at:
             raise ValueError(
@@ -425,6 +459,12 @@ class MeZO:
             if not isinstance(k, str) or not math.isfinite(f):
                 raise DataError(f"record_eval: metric {k!r}={v!r} is not a finite number")
             clean[k] = f
+        try:
+            from mezo_ckpt.trajectory.codec import eval_frame
+
+            eval_frame(Evaluation(at, split, clean))  # what a reader would refuse, refused
+        except ValueError as err:
+            raise DataError(f"record_eval: {err}") from None
         self.checkpoint()
         e = self.writer.append_evaluation(Evaluation(at, split, clean))
         self.evaluations.append(e)
@@ -493,6 +533,23 @@ class MeZO:
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"step {self.steps_done}"
         return f"MeZO(lr={self.cfg.lr}, eps={self.cfg.eps}, output={str(self.out)!r}, {state})"
+
+
+def _selection(model: torch.nn.Module, cfg: TrainConfig):
+    """The trainable set: the ``trainable``/``frozen`` globs, minus the parameters the
+    model marks ``requires_grad=False`` when it marks some (a model frozen whole, as for
+    inference, trains by the globs alone)."""
+    from mezo_ckpt.trainer.params import parameter_names
+
+    flags = {name: p.requires_grad for name, p in model.named_parameters(remove_duplicate=False)}
+    frozen = list(cfg.frozen)
+    if any(flags.values()) and not all(flags.values()):
+        frozen += [
+            canon
+            for canon, names in parameter_names(model).items()
+            if not any(flags[n] for n in names)
+        ]
+    return select_trainable(model, cfg.trainable, frozen)
 
 
 def _informational(header: Header):

@@ -34,12 +34,8 @@ import torch
 
 from mezo_ckpt.errors import ConfigError, DataError
 from mezo_ckpt.trainer.data import Example, Split
+from mezo_ckpt.trainer.heads import LmCore, last_logits, lm_core
 
-#: Model types whose logits are exactly ``lm_head(last hidden state)`` (no softcapping or
-#: scaling), so candidate-only scoring gives the same ranking and loss.
-HEAD_ROWS_MODEL_TYPES = frozenset(
-    {"llama", "mistral", "qwen2", "qwen3", "gpt2", "opt", "gpt_neox", "phi3", "olmo", "olmo2"}
-)
 RowsFn = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
 
 
@@ -358,27 +354,16 @@ def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tens
 # ----------------------------------------------------------------------------- scoring
 
 
-def head_model(model):
-    """The causal LM whose decoder and output layer candidate-only scoring can use
-    directly (a LoRA model's inner model), or None (prefix tuning, other models)."""
-    peft_cfg = getattr(model, "peft_config", None)
-    if isinstance(peft_cfg, dict) and hasattr(model, "get_base_model"):
-        if any(getattr(c, "is_prompt_learning", False) for c in peft_cfg.values()):
-            return None  # the prefix enters through the peft model's forward
-        model = model.get_base_model()
-    return model if head_rows_supported(model) else None
+def head_model(model) -> LmCore | None:
+    """The decoder and output layer candidate-only scoring reads rows of, or None (see
+    :mod:`mezo_ckpt.trainer.heads`: decided by what the model is, checked once)."""
+    core = lm_core(model)
+    return core if core is not None and core.rows_exact else None
 
 
 def head_rows_supported(model) -> bool:
-    """Whether candidate-only scoring is exact for this model (see the module docstring)."""
-    config = getattr(model, "config", None)
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    return (
-        getattr(config, "model_type", None) in HEAD_ROWS_MODEL_TYPES
-        and type(head) is torch.nn.Linear
-        and hasattr(model, "base_model")
-        and model.base_model is not model
-    )
+    """Whether candidate-only scoring reproduces this model's logits exactly."""
+    return head_model(model) is not None
 
 
 def score_candidates(model, enc: Encoded, rows: RowsFn | None = None) -> torch.Tensor:
@@ -401,46 +386,26 @@ def score_candidates(model, enc: Encoded, rows: RowsFn | None = None) -> torch.T
         core = head_model(model) if rows is not None else None
         if core is not None:
             assert rows is not None
-            head = core.get_output_embeddings()
-            out = core.base_model(
-                input_ids=p_ids,
-                attention_mask=p_mask,
-                position_ids=_positions(p_mask),
-                use_cache=False,
-            )
-            h = out.last_hidden_state[:, -1]  # [E, H]
+            head = core.head
+            h = core.hidden(p_ids, p_mask, 1)[:, -1]  # [E, H]
             uniq, inv = torch.unique(enc.cand_ids, return_inverse=True)
             w = rows(head, uniq)  # [U, H]
             logits = h.to(w.dtype) @ w.t()
             if head.bias is not None:
                 logits = logits + head.bias[uniq.to(dev)]
+            logits = core.finish(logits)
             return logits.float()[ex_of_row.to(dev), inv.to(dev)].cpu()
-        logits = _forward(model, p_ids, p_mask, keep=1)[:, -1].float()
+        logits = last_logits(model, p_ids, p_mask, 1)[:, -1].float()
         logp = torch.log_softmax(logits, dim=-1)
         return logp[ex_of_row.to(dev), enc.cand_ids.to(dev)].cpu()
     lmax = int(enc.cand_len.max())
-    logits = _forward(model, ids.to(dev), mask.to(dev), keep=lmax + 1).float()
+    logits = last_logits(model, ids.to(dev), mask.to(dev), lmax + 1).float()
     # logits[:, j] predicts the token at position S - lmax - 1 + j + 1
     logp = torch.log_softmax(logits[:, :-1], dim=-1)  # predicts the last lmax tokens
     tok_lp = logp.gather(-1, ids[:, -lmax:].to(dev).unsqueeze(-1)).squeeze(-1)  # [R, lmax]
     clen = enc.cand_len.to(dev)
     valid = torch.arange(lmax, device=dev).unsqueeze(0) >= (lmax - clen).unsqueeze(1)
     return ((tok_lp * valid).sum(-1) / clen).cpu()
-
-
-def _positions(mask: torch.Tensor) -> torch.Tensor:
-    return (mask.cumsum(-1) - 1).clamp(min=0)
-
-
-def _forward(model, ids: torch.Tensor, mask: torch.Tensor, keep: int) -> torch.Tensor:
-    out = model(
-        input_ids=ids,
-        attention_mask=mask,
-        position_ids=_positions(mask),
-        logits_to_keep=keep,
-        use_cache=False,
-    )
-    return out.logits
 
 
 @dataclass

@@ -35,6 +35,7 @@ from mezo_ckpt.errors import (
     CorruptFrameError,
     HeaderError,
     RecordError,
+    TrajectoryFormatError,
     TrajectoryNotFoundError,
     TruncatedError,
     UnsupportedError,
@@ -322,6 +323,21 @@ def _frame_length(data: memoryview, pos: int) -> int:
     return q - pos
 
 
+def _complete_frame_after(dctx: zstandard.ZstdDecompressor, data: memoryview, start: int) -> bool:
+    """Whether a whole, checksummed frame starts anywhere at or after ``start`` (what a
+    torn last frame cannot be followed by)."""
+    raw = data.obj if isinstance(data.obj, bytes) else bytes(data)
+    at = raw.find(ZSTD_MAGIC, start)
+    while at != -1:
+        try:
+            _read_frame(dctx, data, at, MAX_STEP_FRAME_BYTES)
+            return True
+        except TrajectoryFormatError:
+            pass
+        at = raw.find(ZSTD_MAGIC, at + 1)
+    return False
+
+
 def _read_frame(
     dctx: zstandard.ZstdDecompressor, data: memoryview, pos: int, cap: int
 ) -> tuple[bytes, int]:
@@ -439,6 +455,11 @@ def parse_trajectory(data: bytes, *, allow_truncated_tail: bool = False) -> Traj
         except TruncatedError:
             if not allow_truncated_tail:
                 raise
+            if _complete_frame_after(dctx, mv, pos + 1):
+                raise CorruptFrameError(
+                    f"the frame at byte {pos} is damaged and complete frames follow it: the "
+                    "file is corrupt, not cut (a killed writer leaves only its last frame cut)"
+                ) from None
             truncated = True
             break
         tag = content[:4]
@@ -649,7 +670,22 @@ def step_frame(first_step: int, rec: StepRecords, *, decay: bool) -> bytes:
 
 
 def eval_frame(e: Evaluation) -> bytes:
-    return encode_frame(TAG_EVAL + dump_json(e.as_json()))
+    """The EVAL frame of ``e``; what a reader would refuse is refused here.
+
+    Raises:
+        ValueError: the record is over the reader's 64 KiB or does not parse back.
+    """
+    content = TAG_EVAL + dump_json(e.as_json())
+    if len(content) > MAX_SMALL_FRAME_BYTES:
+        raise ValueError(
+            f"an evaluation record of {len(content):,} bytes is over the format's limit of "
+            f"{MAX_SMALL_FRAME_BYTES:,} (fewer metrics, shorter names)"
+        )
+    try:
+        _parse_eval(strict_json(content[4:], "evaluation record", RecordError))
+    except TrajectoryFormatError as err:
+        raise ValueError(f"a reader would refuse this evaluation record: {err}") from None
+    return encode_frame(content)
 
 
 def ckpt_frame(step: int, digest: str, chain: str | None = None) -> bytes:

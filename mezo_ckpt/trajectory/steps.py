@@ -124,6 +124,12 @@ def best_step(traj: Trajectory, *, split: str | None = None, metric: str | None 
 def resolve_step(traj: Trajectory, step: int | str | None) -> int:
     """None -> last recorded step; "best" -> best evaluated step; N -> N (0 = the base)."""
     if step is None or step == "last":
+        if traj.num_steps == 0 and traj.total_steps > 0:
+            raise StepOutOfRangeError(
+                f"this file records no step (0 of {traj.total_steps}): it was cut, or its run "
+                "never took a step, so its last step is the base itself; ask for step 0 to "
+                "rebuild the base anyway"
+            )
         return traj.num_steps
     if step == "best":
         return best_step(traj)

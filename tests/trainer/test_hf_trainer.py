@@ -40,8 +40,8 @@ def args(out, **kw):
     return TrainingArguments(str(out), **base)
 
 
-def run(out, *, resume=None, mezo=None, **kw):
-    model = tiny_model("gpt2")
+def run(out, *, resume=None, mezo=None, model=None, **kw):
+    model = model if model is not None else tiny_model("gpt2")
     trainer = MezoTrainer(
         model=model,
         args=args(out, **kw),
@@ -162,3 +162,25 @@ def test_trl_sft_trainer_with_mezo_steps_replays_and_resumes(tmp_path):
     assert rebuilt.mezo_ckpt["verified"] == "fingerprint" and same(rebuilt, model)
     again = sft(resume=str(tmp_path / "checkpoint-2"))
     assert same(again, model) and read_trajectory(out).record_bytes == traj.record_bytes
+
+
+def test_a_refused_resume_leaves_the_run_as_it_was(tmp_path):
+    """A wrong model, changed settings or a damaged checkpoint are refused before
+    output_dir/trajectory.zst (or a live journal) is touched."""
+    from mezo_ckpt.errors import BaseMismatchError, TrajectoryFormatError
+
+    run(tmp_path / "a")
+    out = tmp_path / "a" / "trajectory.zst"
+    before = out.read_bytes()
+    ckpt = tmp_path / "a" / "checkpoint-3"
+    with pytest.raises(BaseMismatchError):
+        run(tmp_path / "a", resume=str(ckpt), model=tiny_model("gpt2", seed=99))
+    with pytest.raises(ConfigError, match="eps cannot change"):
+        run(tmp_path / "a", resume=str(ckpt), mezo={"eps": 1e-2})
+    data = bytearray((ckpt / "trajectory.zst").read_bytes())
+    data[-20] ^= 0x40
+    (ckpt / "trajectory.zst").write_bytes(bytes(data))
+    with pytest.raises(TrajectoryFormatError):
+        run(tmp_path / "a", resume=str(ckpt))
+    assert out.read_bytes() == before
+    assert not (tmp_path / "a" / "trajectory.zst.partial").exists()

@@ -413,3 +413,142 @@ def test_a_masked_lm_in_a_users_loop_replays(tmp_path):
     assert rebuilt.mezo_ckpt["verified"] == "fingerprint"
     assert_equal_states(rebuilt.state_dict(), model.state_dict())
     assert not torch.equal(model.lm_head.dense.weight, tiny_roberta().lm_head.dense.weight)
+
+
+# ----------------------------------------------------------------------------- attacks
+
+
+def killed_journal(tmp_path, steps=5):
+    """A run's journal as a kill leaves it (no seal), and the initial model's maker."""
+    model = make_net()
+    x, y = data()
+    opt = MeZO(model, lr=1e-2, output=tmp_path / "k.zst")
+    for s in range(steps):
+        opt.step(lambda s=s: F.cross_entropy(model(x[8 * (s % 4) :][:8]), y[8 * (s % 4) :][:8]))
+    opt.writer.close()
+    opt._stack.close()  # the lock goes with the process
+    return tmp_path / "k.zst.partial"
+
+
+def test_a_damaged_frame_followed_by_good_ones_is_corruption_not_a_cut(tmp_path):
+    """A flipped bit must not make resume treat the rest of a journal as a torn tail and
+    cut it (silently losing the steps after it)."""
+    from mezo_ckpt.errors import TrajectoryFormatError
+    from mezo_ckpt.trajectory.codec import parse_trajectory
+
+    journal = killed_journal(tmp_path)
+    good = journal.read_bytes()
+    full = parse_trajectory(good, allow_truncated_tail=True).num_steps
+    header_end = len(good) - 5 * 40  # roughly where the step frames start
+    for pos in range(max(12, header_end), len(good) - 40, 3):
+        bad = bytearray(good)
+        bad[pos] ^= 0x10
+        try:
+            traj = parse_trajectory(bytes(bad), allow_truncated_tail=True)
+        except TrajectoryFormatError:
+            continue
+        assert traj.num_steps == full, f"flip at {pos} silently dropped steps"
+    bad = bytearray(good)
+    bad[len(good) - 3 * 30] ^= 0x10
+    journal.write_bytes(bytes(bad))
+    with pytest.raises(mezo_ckpt.errors.TrajectoryFormatError):
+        MeZO(make_net(), lr=1e-2, output=tmp_path / "k.zst", resume=True)
+    assert journal.read_bytes() == bytes(bad)  # not cut
+
+
+def test_an_evaluation_the_reader_would_refuse_is_refused_when_recorded(tmp_path):
+    model = make_net()
+    with MeZO(model, lr=1e-2, output=tmp_path / "r.zst") as opt:
+        opt.step(lambda: 1.0)
+        with pytest.raises(DataError, match="limit of 65,536"):
+            opt.record_eval({f"m{i}": 0.5 for i in range(20_000)})
+        with pytest.raises(DataError):
+            opt.record_eval({"accuracy": 0.5}, split="x" * 100_000)
+        opt.record_eval({"accuracy": 0.5})
+    traj = read_trajectory(tmp_path / "r.zst")  # still readable, resumable
+    assert [e.metrics for e in traj.evaluations] == [{"accuracy": 0.5}]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        "1.0",
+        torch.ones(2),
+        torch.ones(1, dtype=torch.complex64),
+        torch.empty(1, device="meta"),
+        10**400,
+        True,
+    ],  # fmt: skip
+)
+def test_odd_closure_results_are_typed_errors(tmp_path, value):
+    model = make_net()
+    with MeZO(model, lr=1e-2, output=tmp_path / "r.zst") as opt:
+        with pytest.raises(DataError):
+            opt.step(lambda: value)
+        assert opt.steps_done == 0
+        opt.step(lambda: np.float32(1.5))  # numpy scalars are numbers
+        assert opt.steps_done == 1
+
+
+def test_the_closure_cannot_call_back_into_the_optimizer(tmp_path):
+    model = make_net()
+    with MeZO(model, lr=1e-2, output=tmp_path / "r.zst") as opt:
+        for call in (lambda: opt.step(lambda: 1.0), lambda: opt.record_eval({"a": 1.0})):
+            with pytest.raises(ConfigError, match="inside the step's closure"):
+                opt.step(lambda call=call: call() or 1.0)
+        opt.step(lambda: 1.0)  # and it goes on
+    assert read_trajectory(tmp_path / "r.zst").evaluations == []
+
+
+def test_a_file_cut_after_its_header_is_not_replayed_as_the_result(tmp_path):
+    from mezo_ckpt.errors import StepOutOfRangeError
+
+    model = make_net()
+    init = copy.deepcopy(model.state_dict())
+    loop(model, tmp_path / "r.zst", total_steps=6)
+    from mezo_ckpt.trajectory.codec import PREAMBLE_SIZE, _frame_length
+
+    data = (tmp_path / "r.zst").read_bytes()
+    cut = tmp_path / "cut.zst"
+    cut.write_bytes(data[: PREAMBLE_SIZE + _frame_length(memoryview(data), PREAMBLE_SIZE)])
+    assert read_trajectory(cut).num_steps == 0
+    with pytest.raises(StepOutOfRangeError, match="records no step"):
+        mezo_ckpt.replay(cut, init)
+    assert_equal_states(mezo_ckpt.replay(cut, init, step=0), init)  # asked for: the base
+
+
+def test_failed_resumes_leave_nothing_behind(tmp_path):
+    out = tmp_path / "r.zst"
+    out.write_bytes(b"not a trajectory")
+    with pytest.raises(mezo_ckpt.errors.TrajectoryFormatError):
+        MeZO(make_net(), lr=1e-2, output=out, resume=True)
+    with pytest.raises(mezo_ckpt.errors.TrajectoryFormatError):
+        MeZO(make_net(), lr=1e-2, output=out, resume="auto")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.zst"]
+    (tmp_path / "folder.zst").mkdir()
+    with pytest.raises(OutputError, match="is a folder"):
+        MeZO(make_net(), lr=1e-2, output=tmp_path / "folder.zst")
+
+
+def test_meta_state_dicts_are_refused(tmp_path):
+    model = make_net()
+    loop(model, tmp_path / "r.zst", steps=1)
+    meta = {k: torch.empty_like(v, device="meta") for k, v in model.state_dict().items()}
+    with pytest.raises(TypeError, match="meta"):
+        mezo_ckpt.replay(tmp_path / "r.zst", meta)
+
+
+def test_parameters_marked_frozen_stay_frozen(tmp_path):
+    model = make_net()
+    model.conv.requires_grad_(False)
+    before = copy.deepcopy(model.state_dict())
+    loop(model, tmp_path / "r.zst", steps=3)
+    trainable = read_trajectory(tmp_path / "r.zst").header.trainable
+    assert trainable == ("bn.bias", "bn.weight", "fc.bias", "fc.weight")
+    after = model.state_dict()
+    assert torch.equal(after["conv.weight"], before["conv.weight"])
+    assert not torch.equal(after["fc.weight"], before["fc.weight"])
+    whole = make_net().requires_grad_(False)  # frozen whole, as for inference: the globs rule
+    loop(whole, tmp_path / "w.zst", steps=1)
+    assert len(read_trajectory(tmp_path / "w.zst").header.trainable) == 6

@@ -1,0 +1,175 @@
+"""The logits a scoring pass needs, at inference memory, for any causal LM.
+
+Scoring reads a few positions (the last one, or the candidate's tokens) and often only a
+few rows of the output layer (the label words). A model that is a decoder followed by an
+output layer (``model.base_model`` and ``model.get_output_embeddings()``) is computed
+here in those pieces: the decoder's hidden states of the positions needed (contiguous),
+then the head on them, or only the candidates' rows of its weight; then the elementwise
+transform some architectures apply to their logits (Gemma 2/3 soft-capping, Cohere's
+scale, Granite's divisor, Falcon-H1's multiplier). Whether a model has that shape is
+decided by what the model is, not by its name: the pieces must exist and must reproduce
+the model's own logits on a probe batch (checked once per model); anything else goes
+through the model's forward with ``logits_to_keep`` (when its forward takes it).
+
+Calling the head on contiguous hidden states also avoids a copy of the whole output layer
+per sequence that torch's CPU ``linear`` makes for a strided bf16/fp16 input (a
+``logits_to_keep`` slice of the hidden states): 781 MiB for 64 rows of a 100k-token
+vocabulary, which made bf16 evaluations peak far above fp32 ones.
+"""
+
+from __future__ import annotations
+
+import inspect
+import weakref
+from dataclasses import dataclass
+
+import torch
+
+#: Config attributes that rescale logits after the output layer: (name, how).
+_SCALES = (
+    ("logit_scale", "mul"),  # Cohere
+    ("logits_scaling", "div"),  # Granite, MiniCPM3-style
+    ("lm_head_multiplier", "mul"),  # Falcon-H1
+)
+
+
+@dataclass(frozen=True)
+class LmCore:
+    """A causal LM as decoder + output layer + elementwise logit transform."""
+
+    decoder: torch.nn.Module
+    head: torch.nn.Module
+    softcap: float | None = None
+    scale: float | None = None  # multiply logits by this
+
+    def finish(self, logits: torch.Tensor) -> torch.Tensor:
+        """The model's transform of raw head outputs (elementwise, so exact on any subset
+        of rows)."""
+        if self.scale is not None:
+            logits = logits * self.scale
+        if self.softcap is not None:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+    def hidden(self, ids: torch.Tensor, mask: torch.Tensor, keep: int) -> torch.Tensor:
+        """The decoder's last hidden states at the last ``keep`` positions, contiguous."""
+        out = self.decoder(
+            input_ids=ids, attention_mask=mask, position_ids=positions(mask), use_cache=False
+        )
+        return out.last_hidden_state[:, -keep:].contiguous()
+
+    def logits(self, ids: torch.Tensor, mask: torch.Tensor, keep: int) -> torch.Tensor:
+        """The model's logits at the last ``keep`` positions."""
+        return self.finish(self.head(self.hidden(ids, mask, keep)))
+
+    @property
+    def rows_exact(self) -> bool:
+        """Whether reading rows of the head's weight is the head (a plain linear layer)."""
+        return type(self.head) is torch.nn.Linear
+
+
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def _transform(config) -> tuple[float | None, float | None]:
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    cap = getattr(text, "final_logit_softcapping", None)
+    scale = None
+    for name, how in _SCALES:
+        v = getattr(text, name, None)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v not in (0, 1):
+            scale = (scale or 1.0) * (float(v) if how == "mul" else 1.0 / float(v))
+    if not (isinstance(cap, (int, float)) and not isinstance(cap, bool) and cap > 0):
+        cap = None
+    return cap, scale
+
+
+def _candidate(model) -> LmCore | None:
+    """The pieces, if the model has them (not yet checked against its forward)."""
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(model, "get_output_embeddings"):
+        return None
+    head = model.get_output_embeddings()
+    decoder = getattr(model, "base_model", None)
+    if not isinstance(head, torch.nn.Module) or not isinstance(decoder, torch.nn.Module):
+        return None
+    if decoder is model:
+        return None
+    cap, scale = _transform(config)
+    return LmCore(decoder, head, cap, float(scale) if scale is not None else None)
+
+
+def _agrees(model, core: LmCore) -> bool:
+    """Whether the pieces reproduce the model's own logits on a small probe batch."""
+    vocab = getattr(core.head, "out_features", None) or getattr(model.config, "vocab_size", 2)
+    devices = [p.device for p in model.parameters() if p.device.type != "meta"]
+    dev = devices[0] if devices else torch.device("cpu")  # offloaded: hooks move inputs
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, max(2, min(int(vocab), 1000)), (2, 6), generator=g).to(dev)
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0  # left padding, as scoring batches have
+    try:
+        with torch.inference_mode():
+            want = (
+                model(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    position_ids=positions(mask),
+                    use_cache=False,
+                )
+                .logits[:, -2:]
+                .float()
+            )
+            got = core.logits(ids, mask, 2).float()
+    except Exception:  # noqa: BLE001 - any mismatch in shape or signature: not this shape
+        return False
+    if got.shape != want.shape or not bool(torch.isfinite(want).all()):
+        return False
+    tol = 1e-3 if want.dtype == torch.float32 and got.dtype == torch.float32 else 1e-2
+    limit = tol * max(1.0, float(want.abs().max()))
+    return float((got - want).abs().max()) <= limit
+
+
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_NONE = object()
+
+
+def lm_core(model) -> LmCore | None:
+    """The model as decoder + head + transform when that reproduces its logits (checked
+    once per model object), else None. A LoRA model's pieces are its inner model's (with
+    the adapter layers in them); a prefix-tuned model has none (its virtual tokens enter
+    through the peft model's forward)."""
+    peft_cfg = getattr(model, "peft_config", None)
+    if isinstance(peft_cfg, dict) and hasattr(model, "get_base_model"):
+        if any(getattr(c, "is_prompt_learning", False) for c in peft_cfg.values()):
+            return None
+        model = model.get_base_model()
+    hit = _CACHE.get(model)
+    if hit is not None:
+        return None if hit is _NONE else hit
+    core = _candidate(model)
+    if core is not None and not _agrees(model, core):
+        core = None
+    _CACHE[model] = _NONE if core is None else core
+    return core
+
+
+def takes_logits_to_keep(model) -> bool:
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def last_logits(model, ids: torch.Tensor, mask: torch.Tensor, keep: int) -> torch.Tensor:
+    """Logits at the last ``keep`` positions ([B, keep, V]) without logits for the
+    others, through the decoder and head when the model has them."""
+    core = lm_core(model)
+    if core is not None:
+        return core.logits(ids, mask, keep)
+    kw = {"logits_to_keep": keep} if takes_logits_to_keep(model) else {}
+    out = model(
+        input_ids=ids, attention_mask=mask, position_ids=positions(mask), use_cache=False, **kw
+    )
+    return out.logits[:, -keep:]

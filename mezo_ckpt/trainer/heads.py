@@ -19,8 +19,10 @@ vocabulary, which made bf16 evaluations peak far above fp32 ones.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -155,6 +157,29 @@ def lm_core(model) -> LmCore | None:
     return core
 
 
+@contextlib.contextmanager
+def contiguous_head(model) -> Iterator[None]:
+    """Within the block the model's output layer gets contiguous inputs, whatever calls it
+    (``generate`` and ``logits_to_keep`` slice the hidden states; see the module's
+    docstring for what a strided bf16 input costs)."""
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    if not isinstance(head, torch.nn.Module):
+        yield
+        return
+    handle = head.register_forward_pre_hook(_contiguous_input)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _contiguous_input(module: torch.nn.Module, args: tuple) -> tuple | None:
+    if args and isinstance(args[0], torch.Tensor) and not args[0].is_contiguous():
+        return (args[0].contiguous(), *args[1:])
+    return None
+
+
 def takes_logits_to_keep(model) -> bool:
     try:
         return "logits_to_keep" in inspect.signature(model.forward).parameters
@@ -169,7 +194,8 @@ def last_logits(model, ids: torch.Tensor, mask: torch.Tensor, keep: int) -> torc
     if core is not None:
         return core.logits(ids, mask, keep)
     kw = {"logits_to_keep": keep} if takes_logits_to_keep(model) else {}
-    out = model(
-        input_ids=ids, attention_mask=mask, position_ids=positions(mask), use_cache=False, **kw
-    )
+    with contiguous_head(model):
+        out = model(
+            input_ids=ids, attention_mask=mask, position_ids=positions(mask), use_cache=False, **kw
+        )
     return out.logits[:, -keep:]

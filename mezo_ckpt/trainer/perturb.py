@@ -209,10 +209,26 @@ class Perturber:
             out[..., r0:r1] = F.linear(x, wc, None if bias is None else bias[r0:r1])
         return out
 
-    def _embedding_rows(self, mod: torch.nn.Embedding, name: str, ids: torch.Tensor):
-        """Look up perturbed rows only: z for row r covers elements [r*D, (r+1)*D)."""
+    def _embedding_rows(self, mod: torch.nn.Embedding, name: str, inner: Callable, ids):
+        """Look up perturbed rows only: z for row r covers elements [r*D, (r+1)*D). The
+        module's own forward runs on a weight of just those rows (re-indexed), so an
+        embedding subclass that scales or transforms its rows (Gemma's scaled embedding)
+        computes what it computes on the whole perturbed table."""
         uniq, inverse = torch.unique(ids, return_inverse=True)
-        return F.embedding(inverse, self.rows(mod.weight, name, uniq))
+        rows = self.rows(mod.weight, name, uniq)
+        if type(mod) is torch.nn.Embedding:
+            return F.embedding(inverse, rows)
+        saved, padding = mod._parameters["weight"], mod.padding_idx
+        try:
+            mod._parameters["weight"] = rows
+            mod.padding_idx = None  # a forward-only lookup: padding_idx only shapes gradients
+            self._depth += 1
+            try:
+                return _detach_from(inner(inverse), [rows])
+            finally:
+                self._depth -= 1
+        finally:
+            mod._parameters["weight"], mod.padding_idx = saved, padding
 
     def _wrap(self, mod: torch.nn.Module, own: dict[str, str], inner: Callable) -> Callable:
         perturber = self
@@ -223,8 +239,8 @@ class Perturber:
             first = mod._parameters[next(iter(own))]
             big = first is not None and first.numel() > CHUNK_ELEMENTS
             simple = not kwargs and len(args) == 1
-            if big and simple and type(mod) is torch.nn.Embedding:
-                return perturber._embedding_rows(mod, own["weight"], args[0])
+            if big and simple and isinstance(mod, torch.nn.Embedding) and "weight" in own:
+                return perturber._embedding_rows(mod, own["weight"], inner, args[0])
             if big and simple and type(mod) is torch.nn.Linear and "weight" in own:
                 return perturber._linear_chunked(mod, own, args[0])
             return perturber._generic(mod, own, inner, args, kwargs)

@@ -34,7 +34,7 @@ import torch
 
 from mezo_ckpt.errors import ConfigError, DataError
 from mezo_ckpt.trainer.data import Example, Split
-from mezo_ckpt.trainer.heads import LmCore, last_logits, lm_core
+from mezo_ckpt.trainer.heads import LmCore, contiguous_head, last_logits, lm_core
 
 RowsFn = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
 
@@ -489,7 +489,7 @@ def generate(model, tokenizer, enc: Encoded, *, max_new_tokens: int, stop: Seque
     from transformers import StoppingCriteriaList
 
     width = enc.prompt_ids.shape[1]
-    with torch.inference_mode():
+    with torch.inference_mode(), contiguous_head(model):
         out = model.generate(
             input_ids=enc.prompt_ids.to(dev),
             attention_mask=enc.prompt_mask.to(dev),

@@ -57,3 +57,26 @@ def test_architecture_trains_and_replays_bit_for_bit(model_type, data, tmp_path)
     result = run(folder, data, tmp_path / "lr0.zst", dtype="bfloat16", rounding="stochastic",
                  lr=0.0)  # fmt: skip
     assert_same(state(result.model), state(base))
+
+
+#: Attention projections LoRA adapts in each architecture (peft's module names).
+LORA_TARGETS = {
+    "phi3": ["qkv_proj"],
+    "gpt_neox": ["query_key_value"],
+    "falcon": ["query_key_value"],
+    "bloom": ["query_key_value"],
+    "gpt2": ["c_attn"],
+}
+
+
+@pytest.mark.parametrize("model_type", sorted(MATRIX))
+def test_architecture_trains_a_lora_adapter_and_replays_it(model_type, data, tmp_path):
+    folder, base = folder_of(tmp_path, model_type, torch.float32)
+    targets = LORA_TARGETS.get(model_type, ["q_proj", "v_proj"])
+    result = run(folder, data, tmp_path / "lora.zst", peft="lora", lora_targets=targets,
+                 lr=3e-2)  # fmt: skip
+    trained = state(result.model)
+    rebuilt = mezo_ckpt.replay(tmp_path / "lora.zst", folder)
+    assert rebuilt.mezo_ckpt["verified"] == "fingerprint"
+    assert_same(state(rebuilt), trained)
+    assert any("lora" in k for k in trained)

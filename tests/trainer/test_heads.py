@@ -101,3 +101,20 @@ def test_a_model_without_the_pieces_falls_back_to_its_forward():
         got = heads.last_logits(model, ids, torch.ones_like(ids), 2)
         want = model.inner(input_ids=ids).logits[:, -2:]
     torch.testing.assert_close(got, want)
+
+
+def test_generation_feeds_the_head_contiguous_inputs():
+    """generate() slices the last position's hidden state; the head gets it contiguous
+    (and the hook is gone afterwards)."""
+    from mezo_ckpt.trainer.tasks import generate
+
+    model = tiny_model("llama", dtype=torch.bfloat16)
+    head = model.get_output_embeddings()
+    seen = []
+    hook = head.register_forward_hook(lambda mod, args, out: seen.append(args[0].is_contiguous()))
+    task = PromptTask(template="{q} ->", target_field="a")
+    enc = task.encode(tiny_tokenizer(), [{"q": "ab", "a": "c"}, {"q": "xyz w", "a": "d"}])
+    generate(model, tiny_tokenizer(), enc, max_new_tokens=3, stop=[])
+    hook.remove()
+    assert seen and all(seen)
+    assert not head._forward_pre_hooks

@@ -129,6 +129,33 @@ def test_chunked_linear_and_embedding_rows(monkeypatch):
     assert torch.equal(got, again)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_an_embedding_subclass_reads_only_its_rows_through_its_own_forward(monkeypatch, dtype):
+    """Gemma's scaled embedding (an nn.Embedding subclass with its own forward): the
+    perturbed rows alone go through that forward (scale and padding_idx included), equal
+    to the module run on the whole perturbed table; the big table is never copied."""
+    from tinymodels import tiny_arch
+
+    monkeypatch.setattr(P, "CHUNK_ELEMENTS", 256)
+    model = tiny_arch("gemma3_text", dtype=dtype)
+    emb = model.get_input_embeddings()
+    assert type(emb) is not torch.nn.Embedding and emb.padding_idx == 0
+    names = sorted(canonical_parameters(model))
+    pert = Perturber(model, names, SEED, "normal16", EPS)
+    table = emb.weight
+    copies = []
+    real = P.perturbed_copy
+    monkeypatch.setattr(P, "perturbed_copy", lambda w, *a, **k: copies.append(w.numel()) or
+                        real(w, *a, **k))  # fmt: skip
+    ids = torch.tensor([[0, 5, 5, 9, 40], [3, 0, 7, 7, 1]])
+    with torch.inference_mode(), pert.perturbed(2, 0, -1):
+        got = emb(ids)
+    assert emb.weight.numel() not in copies
+    want = explicit(model, names, 2, 0, -1).get_input_embeddings()(ids)
+    assert torch.equal(got, want)
+    assert emb.weight is table and emb.padding_idx == 0  # restored
+
+
 def test_perturbed_blocks_do_not_nest_and_need_a_sign():
     model = tiny_model("gpt2")
     pert = Perturber(model, sorted(canonical_parameters(model)), SEED, "normal16", EPS)

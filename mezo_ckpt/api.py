@@ -411,11 +411,13 @@ def diff_trajectories(
             raise BaseMismatchError(
                 "the two trajectories were not trained from the same base", differs
             )
-    with quiet_progress(progress):
-        loaded = load_base_for(ta, base)
-    done = rb.rebuild(
-        [pa, pb], rb.ModelSource.of(loaded), rb.DiffSink(), progress=progress, desc="diff"
-    )
+    state_file = _state_file(base)
+    if state_file is not None:  # the initial weights of a plain module's run
+        source: Any = rb.StateSource.from_file(state_file)
+    else:
+        with quiet_progress(progress):
+            source = rb.ModelSource.of(load_base_for(ta, base))
+    done = rb.rebuild([pa, pb], source, rb.DiffSink(), progress=progress, desc="diff")
     return {
         "a": {"trajectory": str(a), "step": pa.step, "verified": done.verdicts[0].verified},
         "b": {

@@ -46,7 +46,8 @@ Examples:
     "base_spec",
     metavar="PATH|REPO",
     default=None,
-    help="Base model, for trajectories trained from a local folder.",
+    help="Base model, for trajectories trained from a local folder (or the initial "
+    "weights as one .safetensors file, for a mezo_ckpt.MeZO run over a plain module).",
 )
 @click.option(
     "--top", type=int, default=10, show_default=True, help="Tensors listed, by relative change."

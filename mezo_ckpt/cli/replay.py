@@ -32,6 +32,7 @@ Examples:
   mezo-ckpt replay trajectory.zst --format delta -o delta.safetensors
   mezo-ckpt apply-delta delta.safetensors -o tuned/   # base + delta, bit for bit
   mezo-ckpt replay run.zst --base ./my-local-base/    # base trained from a local folder
+  mezo-ckpt replay run.zst --base init.safetensors --format safetensors -o out.safetensors
 """
 )
 @click.argument("trajectory", type=click.Path(dir_okay=False, path_type=Path))
@@ -39,8 +40,10 @@ Examples:
     "--base",
     "base_spec",
     metavar="PATH|REPO",
-    help="Base model: a local folder or a Hub repo id. Default: the base recorded in "
-    "the trajectory (embedded default or Hub repo at its pinned commit).",
+    help="Base model: a local folder or a Hub repo id, or the initial weights as one "
+    ".safetensors file (a mezo_ckpt.MeZO run over a plain module; with --format "
+    "safetensors). Default: the base recorded in the trajectory (embedded default or Hub "
+    "repo at its pinned commit).",
 )
 @click.option("--step", "step", metavar="N|best|last", default=None, help=STEP_HELP)
 @click.option(

@@ -183,12 +183,14 @@ class StateSource:
         from mezo_ckpt.core.hashing import fingerprint_tensors, tensors_root
         from mezo_ckpt.trajectory.header import TENSOR_DIGEST_HEX
 
-        if len(edits) != 1 or getattr(edits[0].pinned, "peft", None) is not None:
+        if any(getattr(e.pinned, "peft", None) is not None for e in edits):
             raise UnsupportedError(
                 "a LoRA/prefix run needs its base as a model (the adapter is built on it), "
                 "not a state dict"
             )
         want = edits[0].pinned.base
+        if any(e.pinned.base != want for e in edits[1:]):
+            raise BaseMismatchError("these runs were not trained from the same base", [])
         if want.tensors is None:
             raise UnsupportedError(
                 "this format 1.0 file pins its base by a loaded model only: pass the model "
@@ -230,7 +232,7 @@ class StateSource:
                 f"{where} is not the one this trajectory was trained from; refusing to replay",
                 diffs,
             )
-        trained = set(edits[0].trained)
+        trained = set().union(*(e.trained for e in edits))
         self._tensors = {
             n: (t.clone() if n in trained else t).contiguous() for n, t in chosen.items()
         }

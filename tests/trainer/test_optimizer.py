@@ -552,3 +552,20 @@ def test_parameters_marked_frozen_stay_frozen(tmp_path):
     whole = make_net().requires_grad_(False)  # frozen whole, as for inference: the globs rule
     loop(whole, tmp_path / "w.zst", steps=1)
     assert len(read_trajectory(tmp_path / "w.zst").header.trainable) == 6
+
+
+def test_cli_diff_of_a_plain_module_run_against_its_safetensors_base(tmp_path):
+    model = make_net()
+    init = copy.deepcopy(model.state_dict())
+    save_file(init, tmp_path / "init.safetensors")
+    loop(model, tmp_path / "run.zst")
+    cmd = [sys.executable, "-m", "mezo_ckpt", "diff", str(tmp_path / "run.zst"), "--base",
+           str(tmp_path / "init.safetensors"), "--json"]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    import json
+
+    got = json.loads(r.stdout)
+    want = (model.fc.weight - init["fc.weight"]).norm().item()
+    norms = got["tensors"]
+    assert abs(norms["fc.weight"]["norm"] - want) <= 1e-5 * max(1.0, want)

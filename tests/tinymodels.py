@@ -64,7 +64,12 @@ def tiny_model(
     config.architectures = [
         {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "opt": "OPTForCausalLM"}[arch]
     ]
-    model = AutoModelForCausalLM.from_config(config)
+    return portable_init(AutoModelForCausalLM.from_config(config), dtype=dtype, seed=seed)
+
+
+def portable_init(model, *, dtype: torch.dtype = torch.float32, seed: int = 1234):
+    """Every parameter from the portable stream (norm weights around 1), cast to
+    ``dtype``, in eval mode and frozen: the same bits on every machine."""
     with torch.no_grad():
         for name, p in canonical_parameters(model).items():
             z = z_reference(param_key(seed, "init/" + name), 0, 0, 0, p.numel(), "normal16")
@@ -165,14 +170,4 @@ def tiny_arch(model_type: str, *, dtype: torch.dtype = torch.float32, seed: int 
     config = AutoConfig.for_model(model_type, **MATRIX_COMMON, **MATRIX[model_type])
     model = AutoModelForCausalLM.from_config(config)
     config.architectures = [type(model).__name__]
-    with torch.no_grad():
-        for name, p in canonical_parameters(model).items():
-            z = z_reference(param_key(seed, "init/" + name), 0, 0, 0, p.numel(), "normal16")
-            if p.ndim == 1 and ("norm" in name or "ln" in name):
-                p.copy_((1.0 + 0.0625 * z).view_as(p))
-            else:
-                p.copy_((0.0625 * z).view_as(p))
-    model = model.to(dtype)
-    model.eval()
-    model.requires_grad_(False)
-    return model
+    return portable_init(model, dtype=dtype, seed=seed)

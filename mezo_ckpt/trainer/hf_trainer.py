@@ -135,6 +135,9 @@ class MezoTrainerMixin:
     def _clip_grad_norm(self, model: Any) -> None:
         return None  # no gradients
 
+    def _get_grad_norm(self, model: Any, grad_norm: Any = None) -> None:
+        return None  # no gradients: no "grad_norm: 0" in every log line
+
     def _open_mezo(self) -> MeZO:
         """The MeZO optimizer of this run (a resumed checkpoint's file replayed first)."""
         out = self.trajectory_path

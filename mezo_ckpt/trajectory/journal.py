@@ -98,6 +98,8 @@ class TrajectoryWriter:
         p = Path(path)
         header = Header.coerce(header)
         check_version_features(_minor(header), header)  # nothing a reader would refuse
+        with os_errors(p.parent, "create the folder"):
+            p.parent.mkdir(parents=True, exist_ok=True)  # `-o runs/new/run.zst`
         header_bytes = dump_json(header.to_json())
         frame = header_frame(header_bytes)
         f = _open_locked(p)  # locked before anything is cut: a live run's journal survives

@@ -133,3 +133,61 @@ def test_streamed_replay_and_diff_refuse_every_wrong_base(case, base, run, tmp_p
         ok = CASES[case].errors + (EITHER if cmd == "replay-stream" else ())
         assert any(f"Error ({e})" in r.output for e in ok), label
         assert snapshot(tmp_path) == before and not out.exists(), label
+
+
+# ----------------------------------------------------------------------------- recipes, objectives
+
+HOSTILE = TESTS / "hostile"
+CASES_TEXT: dict[str, dict[str, str]] = json.loads((HOSTILE / "INDEX.json").read_text())
+
+
+def test_the_corpus_index_names_every_file():
+    files = {str(p.relative_to(HOSTILE)) for p in HOSTILE.rglob("*.*") if p.name != "INDEX.json"}
+    assert files == set(CASES_TEXT)
+
+
+@pytest.mark.parametrize("name", sorted(n for n in CASES_TEXT if n.startswith("recipes/")))
+def test_every_hostile_recipe_is_a_typed_error(name, tmp_path):
+    from mezo_ckpt.trainer.config import resolve_config
+
+    case = CASES_TEXT[name]
+    recipe = tmp_path / Path(name).name
+    shutil.copyfile(HOSTILE / name, recipe)
+    with pytest.raises(getattr(errors, case["error"]), match=case["match"]):
+        resolve_config(str(recipe))
+    r = CliRunner().invoke(main, ["train", "-c", str(recipe), "--print-config"])
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert f"Error ({case['error']})" in r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == [recipe.name]
+
+
+@pytest.mark.parametrize("name", sorted(n for n in CASES_TEXT if n.startswith("objectives/")))
+def test_every_hostile_objective_fails_the_run_loudly(name, base, tmp_path, monkeypatch):
+    """Named on the command line, each objective module ends the run with its typed error
+    (at import, or at the first step's scoring), exit 2, and no journal left behind."""
+    import sys
+
+    from helpers_train import write_jsonl
+    from tinymodels import toy_sentiment
+
+    case = CASES_TEXT[name]
+    module = Path(name).stem
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copyfile(HOSTILE / name, work / Path(name).name)
+    data = write_jsonl(tmp_path / "train.jsonl", toy_sentiment(16))
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    out = tmp_path / "out" / "r.zst"
+    r = CliRunner().invoke(main, [
+        "train", "--model", str(base), "--train-file", data, "--template", "{text} =",
+        "--verbalizer", "pos= p,neg= n", "--steps", "2", "--batch-size", "4",
+        "--eval-every", "0", "--no-eval-test", "-q", "-o", str(out),
+        "--objective", f"python:{module}:score",
+    ])  # fmt: skip
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output + repr(r.exception)
+    assert f"Error ({case['error']})" in r.output, r.output
+    assert (
+        not out.exists() and not list(out.parent.glob("*.partial")) if out.parent.exists() else True
+    )

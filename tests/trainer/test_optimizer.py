@@ -569,3 +569,9 @@ def test_cli_diff_of_a_plain_module_run_against_its_safetensors_base(tmp_path):
     want = (model.fc.weight - init["fc.weight"]).norm().item()
     norms = got["tensors"]
     assert abs(norms["fc.weight"]["norm"] - want) <= 1e-5 * max(1.0, want)
+
+
+def test_an_output_in_a_new_folder_is_created(tmp_path):
+    out = tmp_path / "runs" / "exp1" / "r.zst"
+    loop(make_net(), out, steps=1)
+    assert read_trajectory(out).num_steps == 1

@@ -1,0 +1,5 @@
+"""A hostile objective module (tests/scenarios/test_hostile.py)."""
+
+
+def score(ex, out):
+    return [1.0]

@@ -195,6 +195,45 @@ def build() -> dict[str, tuple[bytes, str | None]]:
         RECORD,
     )
 
+    # ------------------------------------------------------------------ 1.1 features
+    # An adapter run (docs/FORMAT.md §5.7): peft exactly when requires names peft-v1, and a
+    # LoRA config peft could build from (checked when the header is read).
+    lora = {"r": 8, "lora_alpha": 16.0, "target_modules": ["q_proj", "v_proj"],
+            "lora_dropout": 0.0, "bias": "none"}  # fmt: skip
+    adapter = {"type": "lora", "config": lora, "init": "normal16-fanin-v1", "init_sha256": HEX_A}
+    pv = set_path(set_path(v11, "peft", adapter), "requires", ["peft-v1"])
+    pbody = pack_records([[C1], [C2]])
+
+    def peft_file(h: dict) -> bytes:
+        return assemble(h, step_content(0, pbody, 2), chained_ckpt(2, h, pbody), pre=preamble_v11())
+
+    add("valid_v11_lora_adapter", peft_file(pv), None)
+    for name, key, value in (
+        ("r_text", "r", "8"),
+        ("r_negative", "r", -2),
+        ("r_1e9", "r", 10**9),
+        ("targets_a_string", "target_modules", "q_proj"),
+        ("targets_empty", "target_modules", []),
+        ("alpha_text", "lora_alpha", "sixteen"),
+        ("dropout", "lora_dropout", 0.1),
+    ):
+        add(f"v11_peft_{name}", peft_file(set_path(pv, f"peft.config.{key}", value)), HEADER)
+    add("v11_peft_r_missing", peft_file(set_path(pv, "peft.config.r", None, delete=True)),
+        HEADER)  # fmt: skip
+    add("v11_peft_without_feature", peft_file(set_path(pv, "requires", [])), HEADER)
+    add("v11_peft_unknown_type", peft_file(set_path(pv, "peft.type", "ia3")), UNSUP)
+    add("v11_peft_unknown_init", peft_file(set_path(pv, "peft.init", "kaiming")), UNSUP)
+    # Momentum history (§6.2): records.history exactly when requires names history-v1.
+    hv = set_path(set_path(v11, "records.history", 2), "requires", ["history-v1"])
+    add("v11_history_without_feature",
+        assemble(set_path(hv, "requires", []), pre=preamble_v11()), HEADER)  # fmt: skip
+    add("v11_history_window_65",
+        assemble(set_path(hv, "records.history", 65), pre=preamble_v11()), HEADER)  # fmt: skip
+    add("v11_history_records_without_history",  # the header's window, records sized without
+        assemble(hv, step_content(0, body, 3), pre=preamble_v11()), RECORD)  # fmt: skip
+    add("v11_feature_unknown", assemble(set_path(v11, "requires", ["teleport-v9"]),
+                                        pre=preamble_v11()), UNSUP)  # fmt: skip
+
     # ------------------------------------------------------------------ not a trajectory
     add("empty", b"", BAD_MAGIC)
     png = (

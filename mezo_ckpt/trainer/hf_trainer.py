@@ -112,6 +112,12 @@ class MezoTrainerMixin:
                     "from TrainingArguments (learning_rate, lr_scheduler_type, warmup_steps, "
                     "seed)"
                 )
+        if self.args.world_size > 1:
+            raise ConfigError(
+                f"MezoTrainer runs in one process (this launch has {self.args.world_size}): "
+                "every rank would write the same trajectory. For data parallelism use "
+                "`torchrun ... mezo-ckpt train --dist-mode data`"
+            )
         if self.args.load_best_model_at_end:
             raise ConfigError(
                 "load_best_model_at_end: MeZO checkpoints hold no weights to load; train, then "

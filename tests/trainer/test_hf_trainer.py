@@ -184,3 +184,10 @@ def test_a_refused_resume_leaves_the_run_as_it_was(tmp_path):
         run(tmp_path / "a", resume=str(ckpt))
     assert out.read_bytes() == before
     assert not (tmp_path / "a" / "trajectory.zst.partial").exists()
+
+
+def test_a_multi_process_launch_is_refused(tmp_path, monkeypatch):
+    a = args(tmp_path)
+    monkeypatch.setattr(type(a), "world_size", property(lambda self: 2))
+    with pytest.raises(ConfigError, match="one process"):
+        MezoTrainer(model=tiny_model("gpt2"), args=a, train_dataset=dataset())

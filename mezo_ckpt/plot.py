@@ -30,6 +30,12 @@ def _pyplot():
     return plt
 
 
+def _text(value: str) -> str:
+    """``value`` as plain text in a figure: cleaned, and ``$`` escaped (matplotlib reads
+    the text between two ``$`` as mathematics, and fails on what it cannot parse)."""
+    return clean(value).replace("$", r"\$")
+
+
 def render_png(traj: Trajectory, title: str | None = None) -> bytes:
     """PNG bytes: per-split evaluation metrics against steps, and the mean step loss."""
     plt = _pyplot()
@@ -43,7 +49,7 @@ def render_png(traj: Trajectory, title: str | None = None) -> bytes:
                 splits.setdefault((e.split, m), []).append((e.step, e.metrics[m]))
     for (split, m), pts in sorted(splits.items()):
         pts.sort()
-        label = clean(split) if len(metrics) == 1 else f"{clean(split)} {m}"
+        label = _text(split) if len(metrics) == 1 else f"{_text(split)} {_text(m)}"
         ax1.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
     ax1.set_xlabel("step")
     ax1.set_ylabel(" / ".join(metrics))
@@ -68,7 +74,7 @@ def render_png(traj: Trajectory, title: str | None = None) -> bytes:
     ax2.set_ylabel("mean of L+ and L-")
     ax2.set_title("training loss")
     if title:
-        fig.suptitle(clean(title)[:120])
+        fig.suptitle(_text(title)[:120])
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

@@ -555,7 +555,8 @@ def replay(table, theta_bits, start, k0, k1, steps, coefs, decay, kind, dt, mode
         mode: ROUND_NEAREST or ROUND_STOCHASTIC.
     """
     if hist is None:
-        hist = np.zeros((coefs.shape[0], 0, coefs.shape[1]), np.float32)
+        t, n = coefs.shape if coefs.ndim == 2 else (len(steps), 0)  # a wrong shape: below
+        hist = np.zeros((t, 0, n), np.float32)
     _check_schedule(steps, coefs, decay, hist)
     dt = _check_storage(theta_bits, dt)
     n = theta_bits.shape[0]

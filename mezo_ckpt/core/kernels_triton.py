@@ -567,6 +567,8 @@ def round_to_half(
         return out
     mode = ROUND_NEAREST if rbits is None else ROUND_STOCHASTIC
     r = flat if rbits is None else _flat(rbits.to(torch.int64), "rbits")
+    if r.numel() != n:
+        raise ValueError(f"rbits holds {r.numel()} values for {n} elements")
     b = 1024
     _launch(
         _round_kernel,

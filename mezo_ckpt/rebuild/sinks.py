@@ -242,7 +242,7 @@ def _nbytes(dtype: torch.dtype, shape: Sequence[int]) -> int:
 
 # ----------------------------------------------------------------------------- diff
 
-_LAYER = re.compile(r"^(.*?\.(?:layers|h|layer|blocks|decoder\.layers)\.\d+)\.")
+_LAYER = re.compile(r"^((?:.*?\.)?(?:layers|h|layer|blocks)\.\d+)\.")
 
 
 def layer_of(name: str) -> str:

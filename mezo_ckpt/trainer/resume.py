@@ -174,9 +174,12 @@ def resume_config(
                 f"steps (it was {traj.header.total_steps}), so extending it would change the "
                 "learning rate of the steps already recorded; start a new run instead"
             )
-        if steps < traj.header.total_steps and traj.num_steps < traj.header.total_steps:
-            notes.append(f"the run will now stop at step {steps}")
-        notes.append(f"extending the run from {traj.header.total_steps} to {steps} steps")
+        if steps < traj.header.total_steps:
+            notes.append(
+                f"the run will now stop at step {steps} (it was to run {traj.header.total_steps})"
+            )
+        else:
+            notes.append(f"extending the run from {traj.header.total_steps} to {steps} steps")
     merged["steps"] = steps
     try:
         cfg = TrainConfig.from_dict(merged, where=f"{src} (stored settings)", in_memory=in_memory)

@@ -34,8 +34,11 @@ def strict_yaml(text: str, where: str, what: str = "not valid YAML") -> tuple[An
                 key = self.construct_object(key_node, deep=True)
                 try:
                     dup = key in seen
-                except TypeError:  # an unhashable key: PyYAML reports it itself
-                    dup = False
+                except TypeError:  # a list or mapping as a key ("? [1, 2]")
+                    raise ConfigError(
+                        f"{where}:{key_node.start_mark.line + 1}: a key must be a name, not "
+                        f"a {type(key).__name__}"
+                    ) from None
                 if dup:
                     raise ConfigError(
                         f"{where}:{key_node.start_mark.line + 1}: the key {str(key)[:80]!r} "

@@ -10,6 +10,7 @@ as the text it is and never as markup, links, HTML or a code fence.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -42,8 +43,22 @@ def md_code(value: Any) -> str:
     return clean(value).replace("`", "'")
 
 
+def _literal(value: Any) -> str:
+    """JSON's spelling where it is Python's too; ``True``/``False``/``None`` and
+    non-finite floats where JSON's is not (``true``, ``null``, ``NaN`` would not run)."""
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"float({str(value)!r})"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_literal(k)}: {_literal(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_literal(v) for v in value) + "]"
+    return json.dumps(value)
+
+
 def py_literal(value: Any) -> str:
     """A Python literal of ``value`` safe inside a fenced code block (no backticks)."""
     # repr escapes every non-printable character (controls, bidi overrides) itself.
-    text = repr(value) if isinstance(value, str) else json.dumps(value)
+    text = repr(value) if isinstance(value, str) else _literal(value)
     return text.replace("`", "\\x60")

@@ -18,8 +18,9 @@ STEP_HELP = (
 )
 
 
-def parse_step(value: str | None) -> int | str | None:
-    """--step value: an integer, 'best', 'last', or None."""
+def parse_step(value: str | None, flag: str = "--step") -> int | str | None:
+    """A step option's value (``flag`` names it in errors): an integer, 'best', 'last',
+    or None."""
     if value is None:
         return None
     v = value.strip().lower()
@@ -28,9 +29,9 @@ def parse_step(value: str | None) -> int | str | None:
     try:
         n = int(v.replace("_", "").replace(",", ""))
     except ValueError:
-        raise click.BadParameter("use an integer, 'best' or 'last'", param_hint="--step") from None
+        raise click.BadParameter("use an integer, 'best' or 'last'", param_hint=flag) from None
     if n < 0:
-        raise click.BadParameter("steps count from 0 (the base)", param_hint="--step")
+        raise click.BadParameter("steps count from 0 (the base)", param_hint=flag)
     return n
 
 

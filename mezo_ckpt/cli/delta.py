@@ -75,8 +75,8 @@ def diff(
     r = diff_trajectories(
         a,
         b,
-        step_a=parse_step(step_a),
-        step_b=parse_step(step_b),
+        step_a=parse_step(step_a, "--from"),
+        step_b=parse_step(step_b, "--to"),
         base=base_spec,
         progress=not (quiet or as_json),
     )

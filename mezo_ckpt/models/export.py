@@ -297,7 +297,9 @@ def load_delta(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
             with safe_open(str(p), "pt") as f:
                 meta = f.metadata() or {}
                 tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-        except (OSError, ValueError) as e:
+        except Exception as e:  # noqa: BLE001 - OSError, ValueError, SafetensorError
+            if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) and e.errno:
+                raise  # a system error: os_errors says what it means
             raise OutputError(f"{p} is not a readable safetensors delta: {e}") from None
     try:
         prov = json.loads(meta.get(META_KEY, "{}"))

@@ -1,6 +1,6 @@
 """mezo_ckpt/hub/fetch.py: what a publication record must be before anything it names is
 read, how a local publication folder is found, and where rebuilt weights are cached.
-(Whole pulls and loads against a local fake Hub are in tests/hub/test_hub.py.)"""
+(Whole pulls and loads against a local fake Hub are in tests/hub/test_hub_scenarios.py.)"""
 
 from __future__ import annotations
 

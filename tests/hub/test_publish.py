@@ -1,6 +1,6 @@
 """mezo_ckpt/hub/publish.py: the name a trajectory keeps on the Hub, and the base pinning
 rules checked before any network access (whole pushes to a local fake Hub are in
-tests/hub/test_hub.py)."""
+tests/hub/test_hub_scenarios.py)."""
 
 from __future__ import annotations
 

@@ -474,8 +474,8 @@ def replay_model_from(
         source: Any = rb.ModelSource(base)
     elif isinstance(base, Mapping):
         source = rb.StateSource(base)
-    elif _state_file(base) is not None:
-        source = rb.StateSource.from_file(_state_file(base))
+    elif (state_file := _state_file(base)) is not None:
+        source = rb.StateSource.from_file(state_file)
     elif base is None or isinstance(base, (str, os.PathLike)):
         with quiet_progress(progress):
             source = rb.ModelSource.of(load_base_for(traj, None if base is None else str(base)))

@@ -180,8 +180,11 @@ class StateSource:
         return cls(state, where=str(path))
 
     def open(self, edits: Sequence[Edit], *, ignore_mismatch: bool = False) -> BaseCheck:
-        from mezo_ckpt.core.hashing import fingerprint_tensors, tensors_root
-        from mezo_ckpt.trajectory.header import TENSOR_DIGEST_HEX
+        import dataclasses
+
+        from mezo_ckpt.core.hashing import dtype_name, fingerprint_tensors, tensors_root
+        from mezo_ckpt.models.base import diff_identities
+        from mezo_ckpt.trajectory.header import TENSOR_DIGEST_HEX, TensorEntry
 
         if any(getattr(e.pinned, "peft", None) is not None for e in edits):
             raise UnsupportedError(
@@ -196,34 +199,30 @@ class StateSource:
                 "this format 1.0 file pins its base by a loaded model only: pass the model "
                 "(or its folder), not a state dict"
             )
-        diffs: list[str] = []
-        names = {n: t.name for t in want.tensors for n in (t.name, *t.aliases)}
-        extra = sorted(set(self.state) - set(names))
-        if extra:
-            diffs.append(f"tensors not in the trained base: {', '.join(extra[:5])}")
-        chosen: dict[str, torch.Tensor] = {}
+        tied: list[str] = []
+        chosen: dict[str, torch.Tensor] = {}  # canonical name -> the offered tensor
         for t in want.tensors:
             present = [n for n in (t.name, *t.aliases) if n in self.state]
             if not present:
-                diffs.append(f"{t.name} (missing)")
-                continue
+                continue  # reported as missing by the comparison
             self._keys[t.name] = present
             first = self.state[present[0]]
             if any(not torch.equal(self.state[n], first) for n in present[1:]):
-                diffs.append(f"{t.name}: its tied names hold different values")
+                tied.append(f"{t.name}: its tied names hold different values")
             chosen[t.name] = first.detach()
-        digests = fingerprint_tensors(chosen) if not diffs else {}
-        for t in want.tensors if digests else ():
-            got = chosen[t.name]
-            same = (
-                tuple(got.shape) == tuple(t.shape)
-                and str(got.dtype).removeprefix("torch.") == t.dtype
-                and digests[t.name].hex()[:TENSOR_DIGEST_HEX] == t.sha256
-            )
-            if not same:
-                diffs.append(f"tensor content differs: {t.name}")
-        if not diffs and tensors_root(digests) != want.tensors_sha256:
-            diffs.append("tensor content differs (the whole-base fingerprint)")
+        known = {n for t in want.tensors for n in (t.name, *t.aliases)}
+        offered = {**chosen, **{k: v.detach() for k, v in self.state.items() if k not in known}}
+        digests = fingerprint_tensors(offered)
+        entries = tuple(
+            TensorEntry(
+                n, (), tuple(x.shape), dtype_name(x.dtype), digests[n].hex()[:TENSOR_DIGEST_HEX]
+            )  # fmt: skip
+            for n, x in sorted(offered.items())
+        )
+        # the offered identity: the header's, with the tensors the state dict holds (a
+        # state dict has no architecture, config or tokenizer to compare)
+        got = dataclasses.replace(want, tensors=entries, tensors_sha256=tensors_root(digests))
+        diffs = diff_identities(want, got)[0] + tied
         if diffs:
             if ignore_mismatch:
                 raise UnsupportedError("a state-dict base is checked whole; it cannot be ignored")

@@ -90,7 +90,12 @@ class DeltaError(MezoCkptError, ValueError):
 
 
 class ConfigError(MezoCkptError, ValueError):
-    """A training configuration value is invalid."""
+    """A training configuration value is invalid.
+
+    ``setting`` names the refused setting when one value is to blame (else None).
+    """
+
+    setting: str | None = None
 
 
 class DataError(MezoCkptError, ValueError):

@@ -352,44 +352,42 @@ class TrainConfig:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     @classmethod
-    def from_dict(
-        cls, data: Mapping[str, Any], *, where: str = "config", in_memory: bool = False
-    ) -> TrainConfig:
-        """Coerce, check and build from a mapping (``where`` names its source).
-
-        ``in_memory``: the examples come from the caller (``train(data=...)``), so a custom
-        task needs no data file.
-        """
-        return resolve_config(layers=[(dict(data), lambda key: where)], in_memory=in_memory)
+    def from_dict(cls, data: Mapping[str, Any], *, where: str = "config") -> TrainConfig:
+        """Coerce, check and build from a mapping (``where`` names its source)."""
+        return resolve_config(layers=[(dict(data), lambda key: where)])
 
     def replace(self, **changes: Any) -> TrainConfig:
-        cfg = dataclasses.replace(self, **changes)
-        cfg.validate()
-        return cfg
+        """A checked copy with ``changes`` (the original is left as it is)."""
+        return dataclasses.replace(self, **changes)
 
     def __post_init__(self) -> None:
         # values set in code get the same notations as flags and YAML ("1e-5", "bf16", "a,b"):
-        # a config holds typed values from construction on, and validate() only checks
+        # a config holds typed values from construction on, and is checked once, here; a
+        # config that exists is a valid one (resolve_with_sources names where a bad value
+        # came from)
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, coerce(f.name, getattr(self, f.name), "config"))
+        self.validate()
 
-    def validate(
-        self, sources: Mapping[str, str] | None = None, *, in_memory: bool = False
-    ) -> None:
+    def validate(self, sources: Mapping[str, str] | None = None) -> None:
         """Raise ConfigError on any invalid value (naming the setting and its source); it
-        changes nothing.
+        changes nothing. Construction runs it: call it again only on a config whose
+        fields were changed in place.
 
         Args:
             sources: where each value came from (for the messages).
-            in_memory: the examples come from the caller (``train(data=...)``), so a
-                custom task needs no data file.
+
+        Whether a custom task has its data (a file, a dataset, or examples in memory) is
+        checked where the data is loaded.
         """
         src = dict(sources or {})
 
         def bad(name: str, why: str) -> ConfigError:
             where = src.get(name)
             head = f"{where}: " if where else ""
-            return ConfigError(f"{head}{name}={getattr(self, name)!r}: {why}")
+            err = ConfigError(f"{head}{name}={getattr(self, name)!r}: {why}")
+            err.setting = name
+            return err
 
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise bad("device", "use auto, cpu, cuda or cuda:N")
@@ -399,8 +397,6 @@ class TrainConfig:
                 "--peft with --device-map is not supported: adapters are small, train them "
                 "on a model that fits (or offload without adapters)",
             )
-        if self.task == "custom" and not (self.train_file or self.dataset or in_memory):
-            raise bad("task", "task 'custom' needs --train-file or --dataset")
         if self.task == "custom" and not self.template:
             raise bad("template", "task 'custom' needs a prompt template (--template)")
         generation = self.target_field is not None
@@ -668,7 +664,6 @@ def resolve_with_sources(
     *,
     layers: Sequence[tuple[dict[str, Any], Any]] = (),
     base: TrainConfig | None = None,
-    in_memory: bool = False,
 ) -> tuple[TrainConfig, dict[str, str]]:
     """defaults (or ``base``) < YAML < flags < ``--set``, coerced and validated: the config
     and, beside it, where each explicitly set value came from.
@@ -694,8 +689,15 @@ def resolve_with_sources(
             values[key] = coerce(key, value, src)
             sources[key] = src
     start = base.to_dict() if base is not None else {}
-    cfg = TrainConfig(**{**start, **values})
-    cfg.validate(sources, in_memory=in_memory)
+    try:
+        cfg = TrainConfig(**{**start, **values})
+    except ConfigError as e:  # say where the refused value was set
+        where = sources.get(getattr(e, "setting", ""))
+        if where is None:
+            raise
+        err = ConfigError(f"{where}: {e}")
+        err.setting = e.setting
+        raise err from None
     return cfg, sources
 
 
@@ -706,9 +708,6 @@ def resolve_config(
     *,
     layers: Sequence[tuple[dict[str, Any], Any]] = (),
     base: TrainConfig | None = None,
-    in_memory: bool = False,
 ) -> TrainConfig:
     """The config of :func:`resolve_with_sources` (the sources only name values in errors)."""
-    return resolve_with_sources(
-        yaml_path, flags, sets, layers=layers, base=base, in_memory=in_memory
-    )[0]
+    return resolve_with_sources(yaml_path, flags, sets, layers=layers, base=base)[0]

@@ -103,7 +103,10 @@ def load_splits(
             )
         splits["train"] = splits["train"].head(cfg.train_examples)
     else:
-        raise ConfigError("no training data: set --train-file or --dataset")
+        raise ConfigError(
+            f"task {cfg.task!r} has no training data: set --train-file or --dataset "
+            "(or pass data= to mezo_ckpt.train)"
+        )
     splits = {k: map_columns(v, cfg.columns) for k, v in splits.items()}
     if "dev" in splits and cfg.eval_examples:
         splits["dev"] = splits["dev"].subset(cfg.eval_examples)

@@ -187,7 +187,6 @@ class MeZO:
         self.cfg = TrainConfig(
             lr=lr, eps=eps, seed=seed, steps=total_steps or 1, output=str(output), **settings
         )
-        self.cfg.validate()
         if total_steps is None and self.cfg.schedule != "constant":
             raise ConfigError(
                 f"MeZO(): the {self.cfg.schedule} schedule needs total_steps (the length of "

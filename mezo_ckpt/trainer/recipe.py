@@ -158,8 +158,7 @@ class MezoRecipe:
     def setup(self) -> None:
         """Everything a run needs, in order: settings and ranks, the lock and outputs, the
         data, the model, the trainable set and header, the journal, the step, reporting."""
-        cfg = self.cfg
-        cfg.validate(in_memory=self._data_arg is not None)
+        cfg = self.cfg  # checked when it was built
         set_threads(cfg.threads)
         self.dist = Dist(cfg.dist_mode, cfg.dist_timeout)
         self.main = self.dist.is_main

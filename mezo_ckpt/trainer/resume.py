@@ -80,16 +80,12 @@ def resume_config(
     flags: Mapping[str, Any] | None = None,
     sets: Sequence[str] = (),
     yaml_path: str | Path | None = None,
-    *,
-    in_memory: bool = False,
 ) -> tuple[TrainConfig, Trajectory, list[str]]:
     """The config to resume ``target`` with, the trajectory read, and notes to show.
 
     Args:
         flags: settings given on the command line (None: not given).
         sets: ``--set key=value`` items; ``yaml_path``: a recipe (same rules as flags).
-        in_memory: the caller passes the examples again (``train(resume=..., data=...)``);
-            their fingerprints must match the run's.
 
     Raises:
         ConfigError: a path, repo or objective the run used is not named again; a setting
@@ -182,7 +178,7 @@ def resume_config(
             notes.append(f"extending the run from {traj.header.total_steps} to {steps} steps")
     merged["steps"] = steps
     try:
-        cfg = TrainConfig.from_dict(merged, where=f"{src} (stored settings)", in_memory=in_memory)
+        cfg = TrainConfig.from_dict(merged, where=f"{src} (stored settings)")
     except ConfigError as e:
         raise ConfigError(f"cannot resume {src}: {e}") from None
     return cfg, traj, notes

@@ -57,12 +57,12 @@ def train(
         # named by the caller); keywords are what changes, e.g. train(resume=p, steps=200).
         given = {**(cfg.to_dict() if cfg is not None else {}), **settings}
         given.pop("output", None)
-        cfg, _, notes = resume_config(resume, given, in_memory=in_memory)
+        cfg, _, notes = resume_config(resume, given)
         for n in notes:
             log(f"Note: {n}")
     elif cfg is None:
-        cfg = TrainConfig.from_dict(settings, where="train()", in_memory=in_memory)
-    elif settings or in_memory:  # the recipe checks the result
+        cfg = TrainConfig.from_dict(settings, where="train()")
+    elif settings or in_memory:  # a checked copy
         cfg = dataclasses.replace(cfg, **settings, **({"task": "custom"} if in_memory else {}))
     with MezoRecipe(
         cfg,

@@ -125,6 +125,19 @@ def test_a_bad_value_is_one_config_error_line_and_exit_2(args, message):
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.output
 
 
+def test_a_custom_task_without_data_is_refused_and_leaves_nothing(tmp_path, monkeypatch):
+    """The settings are complete (data may come in memory through the API); the data
+    loader refuses (before the model loads) and leaves nothing behind."""
+    monkeypatch.chdir(tmp_path)
+    r = train("--task", "custom", "--template", "{text} =", "--verbalizer", "p=a,n=b", "-q")
+    assert r.exit_code == 2, r.output
+    assert r.stderr == (
+        "Error (ConfigError): task 'custom' has no training data: set --train-file or "
+        "--dataset (or pass data= to mezo_ckpt.train)\n"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_resume_and_overwrite_together_are_refused(tmp_path):
     r = train("--resume", tmp_path / "run.zst", "--overwrite")
     assert r.exit_code == 2

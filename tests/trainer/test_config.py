@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -465,7 +466,7 @@ def test_set_empty_list_clears_it():
 INVALID = [
     ({"device": "gpu"}, "device"),
     ({"device": "CUDA"}, "device"),
-    ({"task": "custom"}, "task"),
+    ({"task": "custom"}, "template"),
     ({"task": "custom", "train_file": "t.jsonl"}, "template"),
     ({"task": "custom", "train_file": "t.jsonl", "template": "{x}"}, "verbalizer"),
     ({"objective": "python:mod"}, "objective"),
@@ -561,13 +562,13 @@ def test_validate_accepts_boundaries(flags):
     resolve_config(flags=flags)
 
 
-def test_custom_task_without_files_is_fine_in_memory():
+def test_custom_task_settings_need_no_files():
+    """Examples may come in memory (train(data=...)): the loader, not the settings, says
+    when a custom task has no data (tests/trainer/test_inputs.py)."""
     flags = {k: v for k, v in CUSTOM.items() if k != "train_file"}
-    with pytest.raises(ConfigError, match="task"):
-        resolve_config(flags=flags)
-    cfg = resolve_config(flags=flags, in_memory=True)
+    cfg = resolve_config(flags=flags)
     assert cfg.task == "custom" and cfg.verbalizer == {"pos": "+", "neg": "-"}
-    assert TrainConfig.from_dict(flags, in_memory=True).template == "{text} ="
+    assert TrainConfig.from_dict(flags).template == "{text} ="
 
 
 @pytest.mark.parametrize("name", ["train_examples", "test_examples"])
@@ -753,7 +754,23 @@ def test_a_config_carries_only_its_settings():
     before = typed.to_dict()
     typed.validate()
     assert typed.to_dict() == before
-    custom = dict(task="custom", template="{text} =", verbalizer={"p": " p"})
-    with pytest.raises(ConfigError, match="needs --train-file"):
-        TrainConfig(**custom).validate()
-    TrainConfig(**custom).validate(in_memory=True)  # examples handed over in memory
+    # whether a custom task has its data is the data loader's question (a file, a dataset,
+    # or examples handed over in memory): the settings alone are complete
+    TrainConfig(task="custom", template="{text} =", verbalizer={"p": " p"}).validate()
+
+
+def test_a_config_is_checked_once_when_built(monkeypatch):
+    """Construction checks (every way of building one: the constructor, replace,
+    dataclasses.replace, resolve); nothing downstream checks again."""
+    with pytest.raises(ConfigError, match="steps"):
+        TrainConfig(steps=0)
+    with pytest.raises(ConfigError, match="steps"):
+        dataclasses.replace(TrainConfig(), steps=0)
+    calls = []
+    real = TrainConfig.validate
+    monkeypatch.setattr(TrainConfig, "validate", lambda self, *a: calls.append(1) or real(self, *a))
+    resolve_config(flags={"lr": "1e-5"}, sets=["steps=3"])
+    assert len(calls) == 1
+    with pytest.raises(ConfigError) as e:
+        resolve_config(flags={"batch_size": "0"})
+    assert str(e.value).startswith("--batch-size: batch_size=0") and e.value.setting == "batch_size"

@@ -127,9 +127,11 @@ def _f(default: Any, help: str, section: str, **kw: Any) -> Any:
 MODEL, DATA, MEZO, EVAL, OUT = "Base model", "Task and data", "MeZO", "Evaluation", "Output and run"
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    """Every knob of a MeZO run (see ``mezo-ckpt train --help``)."""
+    """Every knob of a MeZO run (see ``mezo-ckpt train --help``): a value, checked when it
+    is built (a bad setting raises ConfigError), changed only by making a new one
+    (:meth:`replace`)."""
 
     # base model
     model: str | None = _f(
@@ -371,8 +373,8 @@ class TrainConfig:
 
     def validate(self, sources: Mapping[str, str] | None = None) -> None:
         """Raise ConfigError on any invalid value (naming the setting and its source); it
-        changes nothing. Construction runs it: call it again only on a config whose
-        fields were changed in place.
+        changes nothing. Construction runs it; call it to have the messages name
+        ``sources``.
 
         Args:
             sources: where each value came from (for the messages).

@@ -766,6 +766,8 @@ def test_a_config_is_checked_once_when_built(monkeypatch):
         TrainConfig(steps=0)
     with pytest.raises(ConfigError, match="steps"):
         dataclasses.replace(TrainConfig(), steps=0)
+    with pytest.raises(dataclasses.FrozenInstanceError):  # so it cannot go bad later
+        TrainConfig().steps = 0
     calls = []
     real = TrainConfig.validate
     monkeypatch.setattr(TrainConfig, "validate", lambda self, *a: calls.append(1) or real(self, *a))

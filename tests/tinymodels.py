@@ -97,6 +97,44 @@ def tiny_tokenizer():
     )
 
 
+#: Masked LMs (MeZO's medium models): model_type -> its ...ForMaskedLM class name.
+MASKED = {"roberta": "RobertaForMaskedLM", "bert": "BertForMaskedLM"}
+#: The masked tokenizer's special tokens, after the VOCAB characters.
+BOS, EOS, MASK = VOCAB, VOCAB + 1, VOCAB + 2
+
+
+def masked_tokenizer():
+    """tiny_tokenizer's characters plus <s>, </s> and <mask>; every prompt is wrapped in
+    <s> ... </s>, as RoBERTa's tokenizer wraps it."""
+    from tokenizers import Tokenizer, models, processors
+    from transformers import PreTrainedTokenizerFast
+
+    chars = [chr(c) for c in range(32, 127)]
+    vocab = {"<pad>": 0, **{ch: i + 1 for i, ch in enumerate(chars)}}
+    vocab.update({"<s>": BOS, "</s>": EOS, "<mask>": MASK})
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<pad>"))
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", BOS), ("</s>", EOS)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", unk_token="<pad>", bos_token="<s>",
+        eos_token="</s>", cls_token="<s>", sep_token="</s>", mask_token="<mask>",
+    )  # fmt: skip
+
+
+def tiny_masked(model_type: str = "roberta", *, dtype: torch.dtype = torch.float32, seed=1234):
+    """A tiny masked LM of ``model_type`` (a key of MASKED) with the portable init."""
+    from transformers import AutoConfig, AutoModelForMaskedLM
+
+    config = AutoConfig.for_model(
+        model_type, vocab_size=VOCAB + 3, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=4, intermediate_size=64, max_position_embeddings=72,
+        type_vocab_size=1, pad_token_id=0,
+    )  # fmt: skip
+    config.architectures = [MASKED[model_type]]
+    return portable_init(AutoModelForMaskedLM.from_config(config), dtype=dtype, seed=seed)
+
+
 def save_tiny(
     folder,
     arch: str = "llama",

@@ -28,6 +28,7 @@ from mezo_ckpt.core.hashing import canonical_parameters, tensors_sha256
 from mezo_ckpt.core.stream import param_key, z_reference
 from mezo_ckpt.core.update import to_fp32
 from mezo_ckpt.errors import BaseMismatchError, ConfigError
+from mezo_ckpt.models.base import is_masked_lm
 from mezo_ckpt.trajectory.header import ADAPTER_INIT_RULE, AdapterInfo, Header
 
 INIT_PREFIX = "peft-init/"
@@ -58,9 +59,12 @@ def adapter_config(kind: str, **kw: Any) -> dict[str, Any]:
     raise ConfigError(f"unknown adapter type {kind!r}; use lora or prefix")
 
 
-def peft_config(kind: str, config: Mapping[str, Any]):
-    """The peft config object for a recorded adapter config."""
+def peft_config(kind: str, config: Mapping[str, Any], *, masked: bool = False):
+    """The peft config object for a recorded adapter config. ``masked``: the base is a
+    masked LM, which peft wraps as a feature extractor (its causal-LM wrapper asks for
+    generation methods an encoder lacks); the adapter's tensors are named alike."""
     peft = _peft()
+    task = "FEATURE_EXTRACTION" if masked else "CAUSAL_LM"
     if kind == "lora":
         return peft.LoraConfig(
             r=config["r"],
@@ -68,11 +72,9 @@ def peft_config(kind: str, config: Mapping[str, Any]):
             target_modules=list(config["target_modules"]),
             lora_dropout=0.0,
             bias="none",
-            task_type="CAUSAL_LM",
+            task_type=task,
         )
-    return peft.PrefixTuningConfig(
-        num_virtual_tokens=config["num_virtual_tokens"], task_type="CAUSAL_LM"
-    )
+    return peft.PrefixTuningConfig(num_virtual_tokens=config["num_virtual_tokens"], task_type=task)
 
 
 def adapter_names(model: torch.nn.Module) -> list[str]:
@@ -115,7 +117,8 @@ def attach(model: torch.nn.Module, kind: str, config: Mapping[str, Any], seed: i
         # GPT-2's Conv1D layers: peft sets fan_in_fan_out itself, and says so each time
         warnings.filterwarnings("ignore", message=".*fan_in_fan_out is set to False.*")
         try:
-            wrapped = peft.get_peft_model(model, peft_config(kind, config))
+            conf = peft_config(kind, config, masked=is_masked_lm(model))
+            wrapped = peft.get_peft_model(model, conf)
         except ValueError as e:  # e.g. target modules that name no module of this model
             raise ConfigError(f"peft cannot attach this {kind} adapter to the model: {e}") from None
     wrapped.eval()

@@ -409,9 +409,51 @@ def hash_folder_files(folder: Path) -> dict[str, str]:
 
 # ----------------------------------------------------------------------------- loading
 
+#: The two kinds of language model a run trains: a decoder that continues the prompt, or
+#: an encoder that fills a mask slot in it (RoBERTa, BERT: MeZO's medium models).
+CAUSAL, MASKED = "causal", "masked"
+
+
+def lm_kind(config: Any) -> str:
+    """``"masked"`` for a masked LM's config (its ``architectures`` name a
+    ``...ForMaskedLM`` class, or its model type has only a masked-LM head in transformers),
+    else ``"causal"``. ``config``: a ``config.json`` mapping or a transformers config."""
+    get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
+    archs = get("architectures") or []
+    if not isinstance(archs, list):
+        archs = []
+    names = [a for a in archs if isinstance(a, str)]
+    if any(a.endswith("ForMaskedLM") for a in names):
+        return MASKED
+    if names:
+        return CAUSAL
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    kind = get("model_type")
+    if kind in MODEL_FOR_MASKED_LM_MAPPING_NAMES and kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return MASKED
+    return CAUSAL
+
+
+def is_masked_lm(model: Any) -> bool:
+    """Whether ``model`` (or the model a peft wrapper holds) is a masked LM."""
+    inner = model.get_base_model() if hasattr(model, "peft_config") else model
+    return type(inner).__name__.endswith("ForMaskedLM")
+
+
+def auto_model_class(kind: str):
+    """The transformers Auto class that builds a model of this kind."""
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    return AutoModelForMaskedLM if kind == MASKED else AutoModelForCausalLM
+
 
 def load_folder(folder: str | Path, dtype: torch.dtype | str, device: str = "cpu", **kw: Any):
-    """Load a causal LM folder (safetensors only, never pickles) in eval mode, frozen.
+    """Load a causal or masked LM folder (safetensors only, never pickles) in eval mode,
+    frozen; the kind is read from its config (:func:`lm_kind`).
 
     Raises:
         ModelLoadError: anything that keeps the folder from loading as the model its
@@ -419,8 +461,6 @@ def load_folder(folder: str | Path, dtype: torch.dtype | str, device: str = "cpu
             files, shapes that disagree with the config, tensors missing from the files
             (transformers would initialise them randomly).
     """
-    from transformers import AutoModelForCausalLM
-
     folder = Path(folder)
     cfg = folder / CONFIG_FILE
     try:
@@ -434,8 +474,9 @@ def load_folder(folder: str | Path, dtype: torch.dtype | str, device: str = "cpu
     if not isinstance(obj, dict):
         raise ModelLoadError(f"{cfg} holds {type(obj).__name__}, not a JSON object")
     placed = kw.get("device_map") is not None
+    kind = lm_kind(obj)
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(
+        model, info = auto_model_class(kind).from_pretrained(
             str(folder),
             dtype=parse_dtype(dtype),
             use_safetensors=True,
@@ -446,7 +487,7 @@ def load_folder(folder: str | Path, dtype: torch.dtype | str, device: str = "cpu
     except Exception as e:  # transformers and safetensors raise many types here
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelLoadError(
-            f"could not load a causal LM from {folder}: {first[:400]} ({type(e).__name__})"
+            f"could not load a {kind} LM from {folder}: {first[:400]} ({type(e).__name__})"
         ) from e
     problems = []
     if info.get("missing_keys"):

@@ -18,7 +18,7 @@ import torch
 
 from mezo_ckpt.core.hashing import canonical_parameters
 from mezo_ckpt.errors import BaseMismatchError, ModelLoadError, UnsupportedError
-from mezo_ckpt.models.base import BaseCheck, LoadedBase, verify_base
+from mezo_ckpt.models.base import BaseCheck, LoadedBase, auto_model_class, lm_kind, verify_base
 from mezo_ckpt.rebuild.plan import Edit
 
 #: Refusal wording shared by every source.
@@ -365,12 +365,12 @@ def _open_shard(folder: Path, file: str):
 
 def meta_model(folder: Path):
     """The model class from config.json on the meta device (no memory, no weights)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
     try:
         config = AutoConfig.from_pretrained(str(folder))
         with torch.device("meta"):
-            return AutoModelForCausalLM.from_config(config)
+            return auto_model_class(lm_kind(config)).from_config(config)
     except Exception as e:  # noqa: BLE001 - transformers raises many types
         raise ModelLoadError(f"cannot build the model of {folder}: {e}") from e
 

@@ -45,10 +45,12 @@ from mezo_ckpt.trajectory.header import (
 #: The embedded default task (movie-review sentiment shipped in mezo_ckpt/data).
 DEFAULT_TASK = "sentiment"
 BUILTIN_TASKS: dict[str, dict[str, Any]] = {
-    # MeZO's prompt for SST-2. SmolLM2 starts near chance with it (it says " great" for
-    # almost everything), which MeZO corrects within ~75 steps; see README for figures.
+    # MeZO's prompt for SST-2 (a masked LM's has the mask where the word goes). SmolLM2
+    # starts near chance with it (it says " great" for almost everything), which MeZO
+    # corrects within ~75 steps; see README for figures.
     "sentiment": {
         "template": "{text} It was",
+        "masked_template": "{text} It was{mask}.",  # a masked LM's (MeZO's SST-2 prompt)
         "verbalizer": {"positive": " great", "negative": " terrible"},
         "label_field": "label",
     },
@@ -290,7 +292,12 @@ class TrainConfig:
     peft: str = _f("none", "Parameter-efficient MeZO: lora or prefix.", MEZO, choices=PEFT_MODES)
     lora_r: int = _f(8, "LoRA rank.", MEZO)
     lora_alpha: float = _f(16.0, "LoRA alpha.", MEZO)
-    lora_targets: list[str] = _f(["q_proj", "v_proj"], "LoRA target modules.", MEZO)
+    lora_targets: list[str] = _f(
+        ["q_proj", "v_proj"],
+        "LoRA target modules (a model without q_proj/v_proj, e.g. RoBERTa or BERT, gets "
+        "peft's targets for its type: query,value).",
+        MEZO,
+    )
     lora_dropout: float = _f(0.0, "LoRA dropout (0: deterministic forwards).", MEZO)
     prefix_tokens: int = _f(5, "Prefix tuning: virtual tokens.", MEZO)
     # evaluation

@@ -1,4 +1,4 @@
-"""The logits a scoring pass needs, at inference memory, for any causal LM.
+"""The logits a scoring pass needs, at inference memory, for any causal or masked LM.
 
 Scoring reads a few positions (the last one, or the candidate's tokens) and often only a
 few rows of the output layer (the label words). A model that is a decoder followed by an
@@ -10,6 +10,12 @@ scale, Granite's divisor, Falcon-H1's multiplier). Whether a model has that shap
 decided by what the model is, not by its name: the pieces must exist and must reproduce
 the model's own logits on a probe batch (checked once per model); anything else goes
 through the model's forward with ``logits_to_keep`` (when its forward takes it).
+
+A masked LM (RoBERTa, BERT) is scored at its mask position: its prediction head (a
+position-wise transform, then the output layer) runs on that position only, and when the
+label words are all that is asked, the transform's output is multiplied by those words'
+rows of the output layer (checked against the model's own logits once per model, like
+the causal pieces).
 
 Calling the head on contiguous hidden states also avoids a copy of the whole output layer
 per sequence that torch's CPU ``linear`` makes for a strided bf16/fp16 input (a
@@ -199,3 +205,135 @@ def last_logits(model, ids: torch.Tensor, mask: torch.Tensor, keep: int) -> torc
             input_ids=ids, attention_mask=mask, position_ids=positions(mask), use_cache=False, **kw
         )
     return out.logits[:, -keep:]
+
+
+# ----------------------------------------------------------------------------- masked LMs
+
+
+@dataclass(frozen=True)
+class MaskedHead:
+    """A masked LM's prediction head: ``owner`` is the module the model calls on the
+    encoder's hidden states (RoBERTa's ``lm_head``, BERT's ``cls``), ``out`` its output
+    layer (rows = vocabulary, usually tied to the input embedding)."""
+
+    owner: torch.nn.Module
+    out: torch.nn.Linear
+
+
+class _Features(Exception):
+    """Carries the output layer's input out of a forward that need not go further."""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        super().__init__("features")
+        self.x = x
+
+
+def _unwrap(model):
+    return model.get_base_model() if hasattr(model, "peft_config") else model
+
+
+def _masked_candidate(model) -> MaskedHead | None:
+    inner = _unwrap(model)
+    get = getattr(inner, "get_output_embeddings", None)
+    out = get() if callable(get) else None
+    if type(out) is not torch.nn.Linear:
+        return None
+    encoder = getattr(inner, "base_model", None)
+    for _, child in inner.named_children():
+        if child is not encoder and any(m is out for m in child.modules()):
+            return MaskedHead(child, out)
+    return None
+
+
+@contextlib.contextmanager
+def _at(owner: torch.nn.Module, pos: torch.Tensor) -> Iterator[None]:
+    """Within the block the head sees one position per row (``pos``): [B, S, H] ->
+    [B, 1, H]. The head is position-wise, so this is the head at those positions only."""
+
+    def pick(module, args):
+        x = args[0]
+        rows = torch.arange(x.shape[0], device=x.device)
+        return (x[rows, pos.to(x.device)].unsqueeze(1).contiguous(), *args[1:])
+
+    handle = owner.register_forward_pre_hook(pick)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _stop(module, args):
+    raise _Features(args[0])
+
+
+def mask_features(
+    model, head: MaskedHead, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor
+) -> torch.Tensor:
+    """[B, H]: what the head's output layer receives at each row's mask position (the
+    head's transform applied, the vocabulary never multiplied)."""
+    handle = head.out.register_forward_pre_hook(_stop)
+    try:
+        with _at(head.owner, pos):
+            model(input_ids=ids, attention_mask=mask)
+    except _Features as f:
+        return f.x[:, 0]
+    finally:
+        handle.remove()
+    raise RuntimeError("the masked LM's forward never reached its output layer")
+
+
+def mask_logits(model, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """[B, V]: the model's logits at each row's mask position, the head run there only
+    when the model's head is checked (:func:`masked_head`), else read from all logits."""
+    head = masked_head(model)
+    if head is None:
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        return logits[torch.arange(ids.shape[0], device=logits.device), pos.to(logits.device)]
+    with _at(head.owner, pos):
+        return model(input_ids=ids, attention_mask=mask).logits[:, 0]
+
+
+def _masked_agrees(model, head: MaskedHead) -> bool:
+    """Whether the head at the mask positions and the rows of its output layer reproduce
+    the model's own logits on a small probe batch (right-padded, as masked rows are)."""
+    vocab = head.out.out_features
+    dev = head.out.weight.device
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, max(2, min(int(vocab), 1000)), (2, 6), generator=g).to(dev)
+    mask = torch.ones_like(ids)
+    mask[1, 4:] = 0
+    pos = torch.tensor([5, 2], device=dev)
+    try:
+        with torch.inference_mode():
+            full = model(input_ids=ids, attention_mask=mask).logits
+            want = full[torch.arange(2, device=dev), pos].float()
+            x = mask_features(model, head, ids, mask, pos)
+            got = torch.nn.functional.linear(x, head.out.weight, head.out.bias).float()
+            with _at(head.owner, pos):
+                picked = model(input_ids=ids, attention_mask=mask).logits[:, 0].float()
+    except Exception:  # noqa: BLE001 - any mismatch in shape or signature: not this shape
+        return False
+    if got.shape != want.shape or picked.shape != want.shape:
+        return False
+    if not bool(torch.isfinite(want).all()):
+        return False
+    tol = 1e-3 if full.dtype == torch.float32 else 1e-2
+    limit = tol * max(1.0, float(want.abs().max()))
+    return max(float((got - want).abs().max()), float((picked - want).abs().max())) <= limit
+
+
+_MASKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def masked_head(model) -> MaskedHead | None:
+    """The masked LM's head as owner + output layer when reading the head at the mask
+    positions, and only the label words' rows of its output layer, reproduces the
+    model's logits (checked once per model object); else None (all logits are read)."""
+    hit = _MASKED.get(model)
+    if hit is not None:
+        return None if hit is _NONE else hit
+    head = _masked_candidate(model)
+    if head is not None and not _masked_agrees(model, head):
+        head = None
+    _MASKED[model] = _NONE if head is None else head
+    return head

@@ -19,7 +19,7 @@ from mezo_ckpt.trainer.data import (
     load_file,
     map_columns,
 )
-from mezo_ckpt.trainer.tasks import PromptTask
+from mezo_ckpt.trainer.tasks import PromptTask, template_fields
 
 #: Salt of the per-step batch sampler (ASCII "mezo").
 BATCH_SALT = 0x6D657A6F
@@ -31,10 +31,19 @@ def batch_indices(seed: int, step: int, n: int, size: int) -> np.ndarray:
     return rng.choice(n, size=min(size, n), replace=False)
 
 
-def build_task(cfg: TrainConfig) -> PromptTask:
+def build_task(cfg: TrainConfig, *, masked: bool | None = None) -> PromptTask:
+    """The prompted task of ``cfg``; ``masked``: for a masked LM (a built-in task then
+    uses its prompt with a ``{mask}`` slot). None, before the model is known: a
+    classification template with a ``{mask}`` slot is taken for a masked LM's
+    (:func:`task_for_model` settles it)."""
     builtin = cfg.builtin()
+    if masked is None:
+        text = cfg.template or builtin.get("template", "")
+        plain = not (cfg.target_field or cfg.options_field)
+        masked = plain and "mask" in template_fields(text)
+    default = builtin.get("masked_template" if masked else "template", "")
     return PromptTask(
-        template=cfg.template or builtin.get("template", ""),
+        template=cfg.template or default,
         verbalizer=dict(cfg.verbalizer or builtin.get("verbalizer") or {}),
         label_field=cfg.label_field,
         options_field=cfg.options_field,
@@ -45,7 +54,44 @@ def build_task(cfg: TrainConfig) -> PromptTask:
         chat_template=cfg.chat_template,
         max_new_tokens=cfg.max_new_tokens,
         stop=tuple(cfg.stop),
+        masked=masked,
     )
+
+
+def masked_positions(model: Any) -> int | None:
+    """How many tokens a masked LM's position table holds (RoBERTa's starts after its
+    padding index), or None when the model does not say."""
+    n = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if not isinstance(n, int) or isinstance(n, bool):
+        return None
+    inner = model.get_base_model() if hasattr(model, "peft_config") else model
+    pad = getattr(getattr(inner.base_model, "embeddings", None), "padding_idx", None)
+    return n - pad - 1 if isinstance(pad, int) else n
+
+
+def task_for_model(
+    cfg: TrainConfig, task: PromptTask, splits: dict[str, Split], masked: bool, model: Any = None
+) -> PromptTask:
+    """The run's task once the model is known: a masked LM's when the model is one (its
+    examples checked again: ``{mask}`` is a slot, not a field), else ``task``.
+
+    Raises:
+        ConfigError: a masked LM's prompts could be longer (--max-length) than its
+            position table (an encoder has no sliding window: it would crash mid-run).
+    """
+    if masked and model is not None:
+        limit = masked_positions(model)
+        if limit is not None and cfg.max_length > limit:
+            raise ConfigError(
+                f"--max-length {cfg.max_length} is more than the {limit} positions this "
+                f"masked LM has: use --max-length {limit} or less"
+            )
+    if masked == task.masked:
+        return task
+    task = build_task(cfg, masked=masked)
+    for split in splits.values():
+        task.validate(split)
+    return task
 
 
 def load_splits(

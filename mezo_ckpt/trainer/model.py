@@ -83,12 +83,33 @@ def attach_adapter(
     identity = identity_of(loaded, loaded.model, tokenizer, [])
     if cfg.peft == "lora":
         conf = adapter_config(
-            "lora", r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=cfg.lora_targets
+            "lora",
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            target_modules=lora_targets(loaded.model, cfg.lora_targets),
         )
     else:
         conf = adapter_config("prefix", num_virtual_tokens=cfg.prefix_tokens)
     model = attach(loaded.model, cfg.peft, conf, cfg.seed)
     return model, identity, info_for(model, cfg.peft, conf)
+
+
+def lora_targets(model: Any, asked: list[str]) -> list[str]:
+    """The LoRA target modules: ``asked``; but the default (q_proj, v_proj) on a model
+    that has no such module (RoBERTa and BERT call them query and value) becomes peft's
+    targets for the model's type. The header records the modules used."""
+    default = TrainConfig().lora_targets
+    if list(asked) != default:
+        return list(asked)
+    leaves = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    if leaves & set(default):
+        return list(asked)
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+    known = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(
+        getattr(getattr(model, "config", None), "model_type", None)
+    )
+    return list(known) if known else list(asked)
 
 
 def run_config(

@@ -170,6 +170,18 @@ class Objective:
             return head.weight.detach()[ids.to(head.weight.device)]
         return p.rows(head.weight, p.name_of(head, "weight"), ids)
 
+    def bias_rows(self, head: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+        """Entries ``ids`` of the output layer's bias as the current forward sees them."""
+        bias = head.bias.view(-1, 1)
+        p = self.perturber
+        if p is None:
+            return bias.detach()[ids.to(bias.device)].view(-1)
+        return p.rows(bias, p.name_of(head, "bias"), ids).view(-1)
+
+    def scores(self, enc: Encoded) -> torch.Tensor:
+        """Candidate scores of a batch under the current perturbation."""
+        return score_candidates(self.model, enc, self.rows, self.bias_rows)
+
     def _generate(self, enc: Encoded) -> list[str]:
         return generate(
             self.model,
@@ -189,11 +201,11 @@ class Objective:
             outputs = (
                 self._generate(enc)
                 if enc.kind == "generation"
-                else predictions(score_candidates(self.model, enc, self.rows), enc)
+                else predictions(self.scores(enc), enc)
             )
             scores = self.user.scores(enc.examples, outputs)
             return LossTerms(-float(sum(scores)), n, float(sum(scores)))
-        return loss_terms(score_candidates(self.model, enc, self.rows), enc, self.objective)
+        return loss_terms(self.scores(enc), enc, self.objective)
 
     def evaluate(
         self, split: Split, batch_size: int, progress: Callable[[int], None] | None = None
@@ -209,13 +221,13 @@ class Objective:
         if dist is not None and dist.active:
             mine = range(dist.rank, len(split.examples), dist.world)
         # Batch similar lengths together: much less padding, same per-example scores.
-        order = sorted(mine, key=lambda i: len(self.task.template.format(**split.examples[i])))
+        order = sorted(mine, key=lambda i: len(self.task.text(split.examples[i])))
         ordered = [split.examples[i] for i in order]
         with torch.inference_mode():
             for lo in range(0, len(ordered), batch_size):
                 enc = self.task.encode(self.tokenizer, ordered[lo : lo + batch_size])
                 truncated += enc.truncated
-                total = total + loss_terms(score_candidates(self.model, enc, self.rows), enc, "ce")
+                total = total + loss_terms(self.scores(enc), enc, "ce")
                 if enc.kind == "generation":
                     for t, r in zip(self._generate(enc), enc.references):
                         em += exact_match(t, r)

@@ -27,10 +27,17 @@ from typing import Any
 from mezo_ckpt.core.hashing import canonical_parameters
 from mezo_ckpt.errors import ConfigError, OutputError
 from mezo_ckpt.models.adapters import adapter_names
+from mezo_ckpt.models.base import is_masked_lm
 from mezo_ckpt.models.offload import OffloadedWeights
 from mezo_ckpt.trainer.config import TrainConfig
 from mezo_ckpt.trainer.dist import Dist
-from mezo_ckpt.trainer.inputs import batch_indices, count_truncated, cut_note, load_run_data
+from mezo_ckpt.trainer.inputs import (
+    batch_indices,
+    count_truncated,
+    cut_note,
+    load_run_data,
+    task_for_model,
+)
 from mezo_ckpt.trainer.model import (
     attach_adapter,
     build_header,
@@ -195,6 +202,8 @@ class MezoRecipe:
             tokenizer=self._tokenizer_arg,
         )
         self.model = self.loaded.model
+        masked = is_masked_lm(self.model)
+        self.task = task_for_model(cfg, self.task, self.splits, masked, self.model)
         self.offload = OffloadedWeights(self.model, [], None)  # read access, for hashing
         for warning in self.task.check_tokens(self.tokenizer):
             self.notes.append(warning)

@@ -4,6 +4,10 @@
   label word of a verbalizer by its (length-normalised) log-likelihood at the answer
   position; the loss is cross-entropy over those scores (MeZO's loss).
 * Multiple choice: the same with per-example options.
+* Masked LMs (RoBERTa, BERT; MeZO's medium models): the template holds a ``{mask}`` slot
+  where the tokenizer's mask token goes; each label word (one token) is scored by its
+  logit at the mask position, the loss is cross-entropy over those logits, accuracy the
+  argmax over them (prompt-based fine-tuning, as LM-BFF and MeZO do it).
 * Generation: a template plus a target field; the loss is the teacher-forced,
   length-normalised cross-entropy of the target tokens (MeZO's loss for SQuAD/DROP), and
   evaluation decodes greedily and reports exact match and token F1 with SQuAD's
@@ -34,7 +38,15 @@ import torch
 
 from mezo_ckpt.errors import ConfigError, DataError
 from mezo_ckpt.trainer.data import Example, Split
-from mezo_ckpt.trainer.heads import LmCore, contiguous_head, last_logits, lm_core
+from mezo_ckpt.trainer.heads import (
+    LmCore,
+    contiguous_head,
+    last_logits,
+    lm_core,
+    mask_features,
+    mask_logits,
+    masked_head,
+)
 
 RowsFn = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
 
@@ -63,6 +75,8 @@ class Encoded:
         labels: per example, the candidate names (label or option index).
         examples: the examples themselves (for user objectives).
         truncated: prompts cut from the left to fit ``max_length``.
+        mask_pos: [E] the mask position of each (right-padded) row of a masked-LM batch
+            (one row per example; ``cand_ids`` are the label words per example).
     """
 
     input_ids: torch.Tensor
@@ -79,6 +93,7 @@ class Encoded:
     labels: list[list[Any]] = field(default_factory=list)
     examples: list[Example] = field(default_factory=list)
     truncated: int = 0
+    mask_pos: torch.Tensor | None = None
 
     @property
     def n_examples(self) -> int:
@@ -100,6 +115,8 @@ class PromptTask:
         target_field: field holding the answer (a string or a list of strings) of a
             generation task.
         chat_template: wrap the rendered prompt in the tokenizer's chat template.
+        masked: the model is a masked LM: the template's ``{mask}`` slot is where the
+            label word is predicted.
     """
 
     template: str
@@ -113,11 +130,25 @@ class PromptTask:
     chat_template: bool = False
     max_new_tokens: int = 16
     stop: tuple[str, ...] = ("\n",)
+    masked: bool = False
 
     def __post_init__(self) -> None:
         if not self.template:
             raise ConfigError("the prompt template is empty")
-        template_fields(self.template)
+        fields = template_fields(self.template)
+        if self.masked:
+            if self.kind != "classification":
+                raise ConfigError(
+                    "a masked LM scores label words at its mask: use a classification task "
+                    "(--verbalizer), not multiple choice or generation"
+                )
+            if fields.count("mask") != 1:
+                raise ConfigError(
+                    f"template {self.template!r}: a masked LM's prompt needs one {{mask}} slot "
+                    "where the label word goes, e.g. --template '{text} It was{mask}.'"
+                )
+            if self.chat_template:
+                raise ConfigError("--chat-template is for instruct causal LMs, not masked LMs")
         if self.kind == "classification" and len(self.verbalizer) < 2:
             raise ConfigError("classification needs a verbalizer with at least two labels")
         if "{option}" not in self.option_template and self.kind == "multiple_choice":
@@ -136,6 +167,8 @@ class PromptTask:
         out: dict[str, Any] = {"kind": self.kind, "template": self.template}
         out["chat_template"] = self.chat_template
         out["max_length"] = self.max_length
+        if self.masked:
+            out["masked_lm"] = True
         if self.kind == "classification":
             out.update(verbalizer=dict(self.verbalizer), label_field=self.label_field)
         elif self.kind == "multiple_choice":
@@ -156,7 +189,7 @@ class PromptTask:
     # ------------------------------------------------------------------ validation
     def validate(self, split: Split) -> None:
         """Check that every example has what the task needs (naming file and line)."""
-        need = set(template_fields(self.template))
+        need = set(template_fields(self.template)) - ({"mask"} if self.masked else set())
         if self.kind == "generation":
             need.add(str(self.target_field))
         else:
@@ -166,10 +199,16 @@ class PromptTask:
         for i, ex in enumerate(split.examples):
             missing = sorted(need - set(ex))
             if missing:
+                hint = (
+                    " ({mask} is the label slot of a masked LM; this model is a causal LM, "
+                    "which continues the prompt)"
+                    if "mask" in missing
+                    else ""
+                )
                 raise DataError(
                     f"{split.where(i)}: lacks field(s) {missing}; it has {sorted(ex)}. Set "
                     "the field names (--template, --label-field, --options-field, "
-                    "--target-field) or map columns with --columns NAME=COLUMN"
+                    f"--target-field) or map columns with --columns NAME=COLUMN{hint}"
                 )
             try:
                 if self.kind == "classification":
@@ -244,6 +283,8 @@ class PromptTask:
         """
         if self.kind != "classification":
             return []
+        if self.masked and getattr(tokenizer, "mask_token_id", None) is None:
+            raise ConfigError("this masked LM's tokenizer has no mask token")
         ids: dict[str, tuple[int, ...]] = {}
         warn = []
         for label, word in self.verbalizer.items():
@@ -253,6 +294,13 @@ class PromptTask:
                     f"verbalizer word {word!r} for label {label!r} is empty after tokenization"
                 )
             ids[label] = tuple(t)
+            if len(t) > 1 and self.masked:
+                pieces = [tokenizer.decode([x]) for x in t]
+                raise ConfigError(
+                    f"label word {word!r} ({label}) is {len(t)} tokens {pieces}: a masked LM "
+                    "predicts one token at its mask; pick a one-token word (RoBERTa's words "
+                    "take a leading space: ' great')"
+                )
             if len(t) > 1:
                 pieces = [tokenizer.decode([x]) for x in t]
                 warn.append(
@@ -265,9 +313,15 @@ class PromptTask:
         return warn
 
     # ------------------------------------------------------------------ encoding
+    def text(self, ex: Example, mask: str = "") -> str:
+        """The prompt of one example as text (``mask`` fills a masked LM's slot)."""
+        if self.masked:
+            return self.template.format_map({**ex, "mask": mask})
+        return self.template.format(**ex)
+
     def render(self, tokenizer, ex: Example) -> list[int]:
         """Token ids of the prompt of one example (chat-wrapped if asked)."""
-        text = self.template.format(**ex)
+        text = self.text(ex)
         if self.chat_template:
             if not getattr(tokenizer, "chat_template", None):
                 raise ConfigError("--chat-template: this tokenizer has no chat template")
@@ -278,7 +332,10 @@ class PromptTask:
         return tokenizer(text, add_special_tokens=True)["input_ids"]
 
     def encode(self, tokenizer, examples: Sequence[Example]) -> Encoded:
-        """Tokenize prompts and candidates (or targets) into a left-padded batch."""
+        """Tokenize prompts and candidates (or targets) into a left-padded batch (a
+        masked LM's: one right-padded row per example, see :meth:`encode_masked`)."""
+        if self.masked:
+            return self.encode_masked(tokenizer, examples)
         rows: list[list[int]] = []
         cand_len: list[int] = []
         cand_ids: list[int] = []
@@ -340,6 +397,75 @@ class PromptTask:
             enc.prompt_ids, enc.prompt_mask = _left_pad(prompts, pad)
         return enc
 
+    def encode_masked(self, tokenizer, examples: Sequence[Example]) -> Encoded:
+        """A masked LM's batch: each prompt with the mask token in its slot and the
+        tokenizer's special tokens, one right-padded row per example (BERT's positions
+        count from the left), its mask position, and the label words' ids."""
+        mask_id = getattr(tokenizer, "mask_token_id", None)
+        if mask_id is None:
+            raise ConfigError("this masked LM's tokenizer has no mask token")
+        labels = list(self.verbalizer)
+        words = [
+            tokenizer(self.verbalizer[k], add_special_tokens=False)["input_ids"] for k in labels
+        ]
+        if any(len(w) != 1 for w in words):
+            self.check_tokens(tokenizer)  # says which word is not one token
+        word_ids = [w[0] for w in words]
+        rows: list[list[int]] = []
+        pos: list[int] = []
+        gold: list[int] = []
+        truncated = 0
+        for ex in examples:
+            text = self.text(ex, tokenizer.mask_token)
+            ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+            at = [i for i, t in enumerate(ids) if t == mask_id]
+            if len(at) != 1:
+                raise DataError(
+                    f"a prompt holds {len(at)} mask tokens, not one (does the example's text "
+                    f"contain {tokenizer.mask_token!r}?): {text[:120]!r}"
+                )
+            ids, cut = _keep_mask(ids, at[0], max(3, self.max_length))
+            truncated += cut
+            rows.append(ids)
+            pos.append(ids.index(mask_id))
+            gold.append(labels.index(str(ex[self.label_field])))
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            input_ids[i, : len(r)] = torch.tensor(r)
+            attention[i, : len(r)] = 1
+        n = len(examples)
+        return Encoded(
+            input_ids,
+            attention,
+            torch.ones(n * len(labels), dtype=torch.long),
+            [len(labels)] * n,
+            torch.tensor(gold),
+            True,
+            cand_ids=torch.tensor(word_ids * n),
+            labels=[labels] * n,
+            examples=list(examples),
+            truncated=truncated,
+            mask_pos=torch.tensor(pos),
+        )
+
+
+def _keep_mask(ids: list[int], at: int, limit: int) -> tuple[list[int], bool]:
+    """``ids`` cut to ``limit`` tokens around its mask at ``at``: the first and last
+    tokens (the tokenizer's <s> and </s>) and the mask stay; text goes from before the
+    mask first (as causal prompts are cut from the left), then from after it."""
+    over = len(ids) - limit
+    if over <= 0:
+        return ids, False
+    before = min(over, max(0, at - 1))
+    after = over - before
+    cut = ids[:1] + ids[1 + before :]
+    if after:
+        cut = cut[: len(cut) - 1 - after] + cut[-1:]
+    return cut, True
+
 
 def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(r) for r in rows)
@@ -366,16 +492,21 @@ def head_rows_supported(model) -> bool:
     return head_model(model) is not None
 
 
-def score_candidates(model, enc: Encoded, rows: RowsFn | None = None) -> torch.Tensor:
+def score_candidates(
+    model, enc: Encoded, rows: RowsFn | None = None, bias_rows: RowsFn | None = None
+) -> torch.Tensor:
     """A score per row (float [R]); higher is better, comparable within an example.
 
     Single-token candidates: with ``rows`` (a function giving the output layer's rows for
-    token ids, perturbed or not) and a supported model, the candidates' logits;
-    otherwise their log-probabilities from the last position. Several tokens: the
-    length-normalised log-likelihood of each candidate by teacher forcing.
+    token ids, perturbed or not; ``bias_rows`` the same for its bias) and a supported
+    model, the candidates' logits; otherwise their log-probabilities from the last
+    position. Several tokens: the length-normalised log-likelihood of each candidate by
+    teacher forcing. A masked LM's batch: the label words' logits at the mask.
     """
     ids, mask = enc.input_ids, enc.attention_mask
     dev = next(model.parameters()).device
+    if enc.mask_pos is not None:
+        return _masked_scores(model, enc, rows, bias_rows)
     if enc.single_token:
         # One row per candidate; keep the first row of each example, read all candidates.
         starts = torch.tensor([0] + enc.n_cands[:-1]).cumsum(0)
@@ -392,7 +523,7 @@ def score_candidates(model, enc: Encoded, rows: RowsFn | None = None) -> torch.T
             w = rows(head, uniq)  # [U, H]
             logits = h.to(w.dtype) @ w.t()
             if head.bias is not None:
-                logits = logits + head.bias[uniq.to(dev)]
+                logits = logits + _bias(head, uniq, bias_rows)
             logits = core.finish(logits)
             return logits.float()[ex_of_row.to(dev), inv.to(dev)].cpu()
         logits = last_logits(model, p_ids, p_mask, 1)[:, -1].float()
@@ -406,6 +537,36 @@ def score_candidates(model, enc: Encoded, rows: RowsFn | None = None) -> torch.T
     clen = enc.cand_len.to(dev)
     valid = torch.arange(lmax, device=dev).unsqueeze(0) >= (lmax - clen).unsqueeze(1)
     return ((tok_lp * valid).sum(-1) / clen).cpu()
+
+
+def _bias(head: torch.nn.Module, uniq: torch.Tensor, bias_rows: RowsFn | None) -> torch.Tensor:
+    if bias_rows is not None:
+        return bias_rows(head, uniq)
+    return head.bias.detach()[uniq.to(head.bias.device)]
+
+
+def _masked_scores(
+    model, enc: Encoded, rows: RowsFn | None, bias_rows: RowsFn | None
+) -> torch.Tensor:
+    """The label words' logits at each example's mask: with ``rows`` and a checked head,
+    the head's transform at the mask times the words' rows of its output layer (the
+    vocabulary is never multiplied); else read from the logits at the mask."""
+    assert enc.mask_pos is not None and enc.cand_ids is not None
+    dev = next(model.parameters()).device
+    ids, att, pos = enc.input_ids.to(dev), enc.attention_mask.to(dev), enc.mask_pos.to(dev)
+    ex_of_row = torch.repeat_interleave(torch.arange(enc.n_examples), torch.tensor(enc.n_cands))
+    uniq, inv = torch.unique(enc.cand_ids, return_inverse=True)
+    head = masked_head(model) if rows is not None else None
+    if head is not None:
+        assert rows is not None
+        x = mask_features(model, head, ids, att, pos)  # [E, H]
+        w = rows(head.out, uniq)  # [U, H]
+        logits = x.to(w.dtype) @ w.t()
+        if head.out.bias is not None:
+            logits = logits + _bias(head.out, uniq, bias_rows)
+    else:
+        logits = mask_logits(model, ids, att, pos)[:, uniq.to(dev)]
+    return logits.float()[ex_of_row.to(dev), inv.to(dev)].cpu()
 
 
 @dataclass

@@ -72,6 +72,7 @@ SIZE_LIMITS = {
     "lora_r": MAX_ADAPTER_SIZE,
     "prefix_tokens": MAX_ADAPTER_SIZE,
     "threads": 4096,
+    "k_shot": 1 << 24,
 }
 #: Settings people often type under another name (used for "did you mean").
 ALIASES = {
@@ -250,6 +251,19 @@ class TrainConfig:
     stop: list[str] = _f(["\n"], "Generation: strings that end an answer.", DATA)
     train_examples: int | None = _f(
         None, "Use only the first N training examples (unset or 0: all).", DATA
+    )
+    k_shot: int | None = _f(
+        None,
+        "Few-shot protocol (LM-BFF, MeZO): train on K examples per class drawn from the "
+        "train split, evaluate on another K per class drawn from it as the dev split; the "
+        "given dev split becomes the test split when there is no test split. Tasks "
+        "without classes draw K examples. Unset: all.",
+        DATA,
+    )
+    data_seed: int | None = _f(
+        None,
+        "Seed of the --k-shot draw (MeZO uses 13, 21, 42, 87, 100). Unset: --seed.",
+        DATA,
     )
     objective: str = _f(
         "ce",
@@ -464,6 +478,12 @@ class TrainConfig:
                 raise bad(name, "must be >= 0")
         if self.min_lr_ratio > 1:
             raise bad("min_lr_ratio", "is a fraction of lr: use a value in [0, 1]")
+        if self.k_shot is not None and self.k_shot < 1:
+            raise bad("k_shot", "must be a positive integer (unset: all examples)")
+        if self.k_shot and self.train_examples:
+            raise bad("train_examples", "--k-shot draws the training examples: drop one of them")
+        if self.data_seed is not None and not 0 <= self.data_seed < 2**63:
+            raise bad("data_seed", "must be in [0, 2**63)")
         for name in ("train_examples", "test_examples"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise bad(name, "must be >= 0 (0 or unset: all)")

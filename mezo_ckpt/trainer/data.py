@@ -31,6 +31,7 @@ class Split:
     name: str
     examples: list[Example]
     origins: list[str] = field(default_factory=list)  # "file:line" per example
+    drawn: KShot | None = None  # the few-shot draw this split came from (train)
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -62,6 +63,64 @@ def fingerprint(examples: Sequence[Example]) -> str:
     for ex in examples:
         h.update(json.dumps(ex, sort_keys=True, ensure_ascii=False, default=str).encode() + b"\n")
     return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class KShot:
+    """A few-shot draw: which rows of the train split became the train and dev splits."""
+
+    k: int
+    seed: int
+    train_rows: list[int]
+    dev_rows: list[int]
+
+    def info(self) -> dict[str, Any]:
+        """What the header records (0-based row numbers in the train split)."""
+        return {"k": self.k, "seed": self.seed, "train_rows": self.train_rows,
+                "dev_rows": self.dev_rows}  # fmt: skip
+
+
+def _draw_key(seed: int, ex: Example, i: int) -> tuple[bytes, int]:
+    text = json.dumps(ex, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(f"{seed}\n{text}".encode()).digest(), i
+
+
+def k_shot(train: Split, k: int, seed: int, label_field: str | None) -> tuple[Split, Split, KShot]:
+    """(train, dev, the draw): ``k`` examples per class (``label_field``'s values; None: the
+    whole split is one class) for training and ``k`` more per class for the dev split,
+    disjoint, each kept in file order.
+
+    The draw orders each class by sha256(seed, the example's canonical JSON) and takes the
+    first ``k`` and the next ``k``: the same examples on every machine, Python and numpy
+    version, whatever order the file lists them in.
+
+    Raises:
+        DataError: a class has fewer than ``2 * k`` examples (naming it).
+    """
+    groups: dict[str, list[int]] = {}
+    for i, ex in enumerate(train.examples):
+        label = str(ex.get(label_field)) if label_field is not None else ""
+        groups.setdefault(label, []).append(i)
+    chosen, held = [], []
+    for label in sorted(groups):
+        rows = sorted(groups[label], key=lambda i: _draw_key(seed, train.examples[i], i))
+        if len(rows) < 2 * k:
+            what = f"class {label!r}" if label_field is not None else "the train split"
+            raise DataError(
+                f"--k-shot {k}: {what} has {len(rows)} training examples; the draw needs "
+                f"{2 * k} ({k} to train on, {k} for the dev split)"
+            )
+        chosen += rows[:k]
+        held += rows[k : 2 * k]
+    chosen.sort()
+    held.sort()
+
+    def pick(name: str, rows: list[int]) -> Split:
+        return Split(name, [train.examples[i] for i in rows], [train.where(i) for i in rows])
+
+    draw = KShot(k, seed, chosen, held)
+    out = pick("train", chosen)
+    return Split(out.name, out.examples, out.origins, draw), pick("dev", held), draw
 
 
 def _rows_jsonl(p: Path) -> tuple[list[Example], list[str]]:

@@ -15,6 +15,7 @@ from mezo_ckpt.trainer.config import TrainConfig
 from mezo_ckpt.trainer.data import (
     Split,
     fingerprint,
+    k_shot,
     load_dataset_split,
     load_file,
     map_columns,
@@ -154,11 +155,28 @@ def load_splits(
             "(or pass data= to mezo_ckpt.train)"
         )
     splits = {k: map_columns(v, cfg.columns) for k, v in splits.items()}
+    if cfg.k_shot:
+        splits = few_shot_splits(cfg, splits)
     if "dev" in splits and cfg.eval_examples:
         splits["dev"] = splits["dev"].subset(cfg.eval_examples)
     if "test" in splits and cfg.test_examples:
         splits["test"] = splits["test"].subset(cfg.test_examples)
     return splits
+
+
+def few_shot_splits(cfg: TrainConfig, splits: dict[str, Split]) -> dict[str, Split]:
+    """The --k-shot splits (LM-BFF's protocol, which MeZO follows): train and dev drawn
+    from the train split (K per class each, :func:`~mezo_ckpt.trainer.data.k_shot`); the
+    given test split, or else the given dev split, is the test split."""
+    assert cfg.k_shot
+    classes = not (cfg.target_field or cfg.options_field)
+    seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
+    train, dev, _ = k_shot(splits["train"], cfg.k_shot, seed, cfg.label_field if classes else None)
+    out = {"train": train, "dev": dev}
+    test = splits.get("test") or splits.get("dev")
+    if test is not None:
+        out["test"] = Split("test", test.examples, test.origins)
+    return out
 
 
 def load_tokenizer(folder: Path | None, model_spec: str | None):
@@ -186,6 +204,7 @@ def data_info(
         "train_examples": len(splits["train"]),
         **{f"{k}_sha256": fingerprint(v.examples) for k, v in splits.items() if k != "train"},
         "task_kind": task.kind,
+        **({"k_shot": splits["train"].drawn.info()} if splits["train"].drawn else {}),
     }
 
 

@@ -427,3 +427,62 @@ def test_tsv_has_no_quoting(tmp_path):
     split = load_file(p)
     assert [r["text"] for r in split.examples] == ['"Great," she said.', "bad"]
     assert [r["label"] for r in split.examples] == ["pos", "neg"]
+
+
+# ----------------------------------------------------------------------------- k-shot
+
+
+def labelled(n: int) -> Split:
+    rows = [{"text": f"review {i}", "label": ("pos", "neg", "mid")[i % 3]} for i in range(n)]
+    return Split("train", rows, [f"t.jsonl:{i + 1}" for i in range(n)])
+
+
+def test_a_k_shot_draw_is_balanced_disjoint_and_in_file_order():
+    from mezo_ckpt.trainer.data import k_shot
+
+    train, dev, draw = k_shot(labelled(60), 4, 13, "label")
+    for split in (train, dev):
+        labels = [ex["label"] for ex in split.examples]
+        assert sorted(labels) == sorted(["pos", "neg", "mid"] * 4)
+    assert not set(draw.train_rows) & set(draw.dev_rows)
+    assert draw.train_rows == sorted(draw.train_rows) and draw.dev_rows == sorted(draw.dev_rows)
+    assert train.origins == [f"t.jsonl:{i + 1}" for i in draw.train_rows]
+    assert train.drawn is draw and draw.info()["k"] == 4 and draw.info()["seed"] == 13
+
+
+def test_a_k_shot_draw_depends_on_the_seed_and_the_examples_not_their_order():
+    from mezo_ckpt.trainer.data import k_shot
+
+    split = labelled(60)
+    a = k_shot(split, 4, 13, "label")
+    assert k_shot(split, 4, 13, "label")[2] == a[2]  # the same draw, every time
+    assert k_shot(split, 4, 21, "label")[2] != a[2]
+    shuffled = Split("train", split.examples[::-1], split.origins[::-1])
+    b = k_shot(shuffled, 4, 13, "label")
+    key = lambda s: sorted(ex["text"] for ex in s.examples)  # noqa: E731
+    assert key(b[0]) == key(a[0]) and key(b[1]) == key(a[1])
+
+
+def test_the_k_shot_draw_is_pinned_on_the_built_in_data():
+    """The same rows on every machine and Python version (sha256 ordering, no RNG): a
+    change here changes which examples every k-shot run trained on."""
+    from mezo_ckpt.data import load_split
+    from mezo_ckpt.trainer.data import k_shot
+
+    split = Split("train", load_split("train"))
+    train, _, draw = k_shot(split, 16, 13, "label")
+    assert draw.train_rows[:5] == [179, 257, 715, 1114, 1406]
+    assert draw.dev_rows[:3] == [52, 77, 340]
+    assert [ex["id"] for ex in train.examples[:3]] == ["mr04600", "mr07892", "mr06152"]
+    assert k_shot(split, 16, 21, "label")[2].train_rows[:2] == [804, 1151]
+
+
+def test_a_class_too_small_for_the_draw_is_named():
+    from mezo_ckpt.trainer.data import k_shot
+
+    with pytest.raises(DataError, match="class 'mid' has 3 training examples; the draw needs 8"):
+        k_shot(labelled(9), 4, 13, "label")
+    with pytest.raises(DataError, match="the train split has 9"):
+        k_shot(labelled(9), 5, 13, None)
+    train, dev, _ = k_shot(labelled(9), 2, 0, None)  # no classes: K examples each
+    assert len(train) == 2 and len(dev) == 2

@@ -3,6 +3,8 @@ the header records of them, and the truncation note."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from helpers_train import write_jsonl
@@ -63,3 +65,26 @@ def test_truncation_is_counted_and_said_once():
     assert cut == 10
     assert cut_note(cut, 10, "training", 4).startswith("Note: 10 of 10 training prompts")
     assert cut_note(0, 10, "training", 4) == ""
+
+
+def test_k_shot_splits_follow_the_protocol(tmp_path):
+    """Train and dev are drawn from the train split; the given dev split becomes the test
+    split when there is no test split; --data-seed defaults to --seed; the header's data
+    info names the rows drawn."""
+    rows = toy_sentiment(80)
+    f = write_jsonl(tmp_path / "t.jsonl", rows)
+    d = write_jsonl(tmp_path / "d.jsonl", toy_sentiment(12, 5))
+    cfg = TrainConfig(**CUSTOM, train_file=f, dev_file=d, k_shot=3, seed=7, eval_examples=0)
+    splits = load_splits(cfg)
+    assert len(splits["train"]) == 6 and len(splits["dev"]) == 6
+    assert splits["test"].examples == toy_sentiment(12, 5)
+    assert sorted(ex["label"] for ex in splits["train"].examples) == ["neg"] * 3 + ["pos"] * 3
+    same = load_splits(dataclasses.replace(cfg, data_seed=7))
+    assert same["train"].examples == splits["train"].examples
+    other = load_splits(dataclasses.replace(cfg, data_seed=8))
+    assert other["train"].examples != splits["train"].examples
+    data = load_run_data(cfg, None)
+    assert data.info["k_shot"]["seed"] == 7 and len(data.info["k_shot"]["train_rows"]) == 6
+    assert data.info["train_examples"] == 6
+    with pytest.raises(ConfigError, match="drop one of them"):
+        TrainConfig(**CUSTOM, train_file=f, k_shot=3, train_examples=10)

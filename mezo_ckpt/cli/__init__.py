@@ -1,4 +1,4 @@
-"""The `mezo-ckpt` command line: train, replay, info, push, pull (and friends).
+"""The `mezo-ckpt` command line: train, sweep, replay, info, push, pull (and friends).
 
 Each command lives in its own module and imports only :mod:`mezo_ckpt.cli.common`; this
 package puts them into the group. A command that fails to import is a bug and fails
@@ -7,7 +7,7 @@ loudly here, never silently vanishing from ``--help``.
 
 from __future__ import annotations
 
-from mezo_ckpt.cli import delta, hub, info, replay, train
+from mezo_ckpt.cli import delta, hub, info, replay, sweep, train
 from mezo_ckpt.cli.main import main
 
 main.add_command(train.train)
@@ -17,5 +17,6 @@ main.add_command(hub.push)
 main.add_command(hub.pull)
 main.add_command(delta.diff)
 main.add_command(delta.apply_delta)
+main.add_command(sweep.sweep)
 
 __all__ = ["main"]

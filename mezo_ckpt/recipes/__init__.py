@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from importlib.resources import files
 
-NAMES = ("sst2", "rte", "cb", "boolq", "wsc", "wic", "multirc", "copa", "record", "squad", "drop")
+#: MeZO's large-model tasks (causal LMs, Table 15), then its medium-model tasks (masked
+#: LMs such as RoBERTa, Table 18: k-shot, with a `sweep:` grid over the paper's seeds).
+LARGE = ("sst2", "rte", "cb", "boolq", "wsc", "wic", "multirc", "copa", "record", "squad", "drop")
+MEDIUM = ("sst2-mlm", "sst5-mlm", "snli-mlm", "mnli-mlm", "rte-mlm", "trec-mlm")
+NAMES = LARGE + MEDIUM
 
 
 def path(name: str):

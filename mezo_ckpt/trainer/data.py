@@ -32,6 +32,7 @@ class Split:
     examples: list[Example]
     origins: list[str] = field(default_factory=list)  # "file:line" per example
     drawn: KShot | None = None  # the few-shot draw this split came from (train)
+    unlabelled: int = 0  # examples left out for having no gold label (-1)
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -39,10 +40,24 @@ class Split:
     def where(self, i: int) -> str:
         return self.origins[i] if i < len(self.origins) else f"{self.name} example {i + 1}"
 
+    def labelled(self, label_field: str) -> Split:
+        """The split without examples labelled -1, the datasets' mark for "no gold
+        label" (SNLI's unresolved pairs, GLUE's test splits); ``unlabelled`` counts them."""
+        keep = [i for i, ex in enumerate(self.examples) if str(ex.get(label_field)) != "-1"]
+        if len(keep) == len(self.examples):
+            return self
+        return Split(
+            self.name,
+            [self.examples[i] for i in keep],
+            [self.where(i) for i in keep],
+            self.drawn,
+            len(self.examples) - len(keep),
+        )
+
     def head(self, n: int | None) -> Split:
         if not n:
             return self
-        return Split(self.name, self.examples[:n], self.origins[:n])
+        return Split(self.name, self.examples[:n], self.origins[:n], unlabelled=self.unlabelled)
 
     def subset(self, k: int | None) -> Split:
         """A fixed random subset of ``k`` examples (in file order), so that evaluations
@@ -54,7 +69,12 @@ class Split:
                 len(self.examples), size=k, replace=False
             )
         )
-        return Split(self.name, [self.examples[i] for i in idx], [self.where(int(i)) for i in idx])
+        return Split(
+            self.name,
+            [self.examples[i] for i in idx],
+            [self.where(int(i)) for i in idx],
+            unlabelled=self.unlabelled,
+        )
 
 
 def fingerprint(examples: Sequence[Example]) -> str:
@@ -120,7 +140,11 @@ def k_shot(train: Split, k: int, seed: int, label_field: str | None) -> tuple[Sp
 
     draw = KShot(k, seed, chosen, held)
     out = pick("train", chosen)
-    return Split(out.name, out.examples, out.origins, draw), pick("dev", held), draw
+    return (
+        Split(out.name, out.examples, out.origins, draw, train.unlabelled),
+        pick("dev", held),
+        draw,
+    )
 
 
 def _rows_jsonl(p: Path) -> tuple[list[Example], list[str]]:

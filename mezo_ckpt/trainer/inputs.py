@@ -155,6 +155,9 @@ def load_splits(
             "(or pass data= to mezo_ckpt.train)"
         )
     splits = {k: map_columns(v, cfg.columns) for k, v in splits.items()}
+    words = cfg.verbalizer or cfg.builtin().get("verbalizer") or {}
+    if not (cfg.target_field or cfg.options_field) and words and "-1" not in words:
+        splits = {k: v.labelled(cfg.label_field) for k, v in splits.items()}
     if cfg.k_shot:
         splits = few_shot_splits(cfg, splits)
     if "dev" in splits and cfg.eval_examples:
@@ -175,7 +178,7 @@ def few_shot_splits(cfg: TrainConfig, splits: dict[str, Split]) -> dict[str, Spl
     out = {"train": train, "dev": dev}
     test = splits.get("test") or splits.get("dev")
     if test is not None:
-        out["test"] = Split("test", test.examples, test.origins)
+        out["test"] = Split("test", test.examples, test.origins, unlabelled=test.unlabelled)
     return out
 
 
@@ -205,6 +208,11 @@ def data_info(
         **{f"{k}_sha256": fingerprint(v.examples) for k, v in splits.items() if k != "train"},
         "task_kind": task.kind,
         **({"k_shot": splits["train"].drawn.info()} if splits["train"].drawn else {}),
+        **(
+            {"unlabelled_left_out": {k: v.unlabelled for k, v in splits.items() if v.unlabelled}}
+            if any(v.unlabelled for v in splits.values())
+            else {}
+        ),
     }
 
 

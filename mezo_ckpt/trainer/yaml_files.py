@@ -57,8 +57,35 @@ def strict_yaml(text: str, where: str, what: str = "not valid YAML") -> tuple[An
     return data, node
 
 
+#: The recipe key `mezo-ckpt sweep` reads (a grid and seeds); `train` leaves it alone.
+SWEEP_KEY = "sweep"
+
+
+def load_sweep(path: str | Path) -> dict[str, Any]:
+    """A recipe's ``sweep:`` section (``grid``: setting -> values, ``seeds``), or {}.
+
+    Raises:
+        ConfigError: the section is not a mapping of grid and seeds.
+    """
+    section = _load(path)[2]
+    if section is None:
+        return {}
+    if not isinstance(section, dict) or set(section) - {"grid", "seeds"}:
+        raise ConfigError(f"{path}: sweep: must be a mapping with grid: and seeds:")
+    if not isinstance(section.get("grid", {}), dict):
+        raise ConfigError(f"{path}: sweep: grid: must map settings to lists of values")
+    return section
+
+
 def load_yaml(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
-    """A YAML recipe: (settings, line of each key). Keys may use dashes or underscores.
+    """A YAML recipe: (settings, line of each key). Keys may use dashes or underscores;
+    the ``sweep:`` section is `mezo-ckpt sweep`'s (:func:`load_sweep`), not a setting."""
+    settings, lines, _ = _load(path)
+    return settings, lines
+
+
+def _load(path: str | Path) -> tuple[dict[str, Any], dict[str, int], Any]:
+    """(settings, line of each key, the sweep section or None).
 
     A bare packaged recipe name (``sst2``) always means the packaged recipe, whatever the
     current folder holds; a file is named as a path (``./sst2.yaml``). ``sst2.yaml`` that
@@ -91,7 +118,7 @@ def load_yaml(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
         raise ConfigError(f"{p}: not UTF-8 text ({e})") from None
     data, node = strict_yaml(text, str(p))
     if data is None:
-        return {}, {}
+        return {}, {}, None
     if not isinstance(data, dict) or not isinstance(node, yaml.MappingNode):
         raise ConfigError(f"{p}: the top level must be a mapping of setting: value")
     lines = {
@@ -99,4 +126,5 @@ def load_yaml(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
         for k, _ in node.value
         if isinstance(k, yaml.ScalarNode)
     }
-    return {str(k).replace("-", "_"): v for k, v in data.items()}, lines
+    settings = {str(k).replace("-", "_"): v for k, v in data.items()}
+    return settings, lines, settings.pop(SWEEP_KEY, None)

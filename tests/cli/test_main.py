@@ -13,7 +13,7 @@ from mezo_ckpt.cli import main
 from mezo_ckpt.cli.common import Group
 from mezo_ckpt.cli.main import main as group
 
-COMMANDS = {"train", "replay", "info", "push", "pull", "diff", "apply-delta"}
+COMMANDS = {"train", "replay", "info", "push", "pull", "diff", "apply-delta", "sweep"}
 
 
 def test_the_package_exports_the_group_of_main_py_with_the_error_boundary():

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mezo_ckpt.errors import ConfigError
-from mezo_ckpt.recipes import NAMES
+from mezo_ckpt.recipes import MEDIUM, NAMES
 from mezo_ckpt.trainer.config import (
     ALIASES,
     NO_DECAY_DEFAULT,
@@ -20,7 +20,7 @@ from mezo_ckpt.trainer.config import (
     resolve_with_sources,
 )
 from mezo_ckpt.trainer.schedule import SCHEDULES
-from mezo_ckpt.trainer.yaml_files import load_yaml
+from mezo_ckpt.trainer.yaml_files import load_sweep, load_yaml
 
 #: Flags that make a valid custom classification task without touching the disk.
 CUSTOM = {
@@ -685,7 +685,15 @@ def test_every_packaged_recipe_resolves(name):
     assert cfg.task == "custom"
     assert cfg.dataset
     assert cfg.template
-    assert cfg.lr == 1e-6 and cfg.eps == 1e-3 and cfg.steps == 20000
+    if name in MEDIUM:  # Table 18's protocol: k = 16, batch 64, 100k steps, a grid
+        assert cfg.k_shot == 16 and cfg.batch_size == 64 and cfg.steps == 100_000
+        assert "{mask}" in cfg.template and cfg.test_examples == 1000
+        sweep = load_sweep(name)
+        assert sweep["grid"] == {"lr": [1e-7, 1e-6, 1e-5]}
+        assert sweep["seeds"] == [13, 21, 42, 87, 100]
+    else:
+        assert cfg.steps == 20000 and load_sweep(name) == {}
+    assert cfg.lr == 1e-6 and cfg.eps == 1e-3
     assert resolve_config(name + ".yaml") == cfg
     assert src["template"].startswith(name)
 

@@ -18,6 +18,7 @@ Examples:
   mezo-ckpt replay trajectory.zst -o tuned/
   mezo-ckpt train --resume trajectory.zst --steps 200
   mezo-ckpt diff trajectory.zst            # how much each layer moved
+  mezo-ckpt sweep --grid lr=1e-6,1e-5 --seeds 13,21,42 -o grid   # mean (std) over seeds
   mezo-ckpt push trajectory.zst me/my-finetune; mezo-ckpt pull me/my-finetune -o tuned/
 """,
 )

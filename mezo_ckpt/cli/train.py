@@ -153,6 +153,8 @@ Examples:
   mezo-ckpt train --dataset ./my_dataset/ --template "{question}" --target-field answer \\
       --objective f1                               # a generation task, optimising F1
   mezo-ckpt train --trainable 'model.layers.2*.*' --frozen '*norm*'
+  mezo-ckpt train -c sst2-mlm --model ./roberta-large --k-shot 16 --data-seed 13
+                                                   # a masked LM, MeZO's k-shot protocol
   mezo-ckpt train --model HuggingFaceTB/SmolLM2-360M --device cuda --dtype bf16
   mezo-ckpt train --resume trajectory.zst          # continue a killed or stopped run
   mezo-ckpt train --resume trajectory.zst --steps 200   # extend a finished run
@@ -205,7 +207,7 @@ def train(
     old_no_test: bool,
     **flags: Any,
 ) -> None:
-    """Fine-tune a causal LM with MeZO and write a trajectory file.
+    """Fine-tune a causal or masked LM with MeZO and write a trajectory file.
 
     With no arguments: fine-tunes the embedded SmolLM2-135M-Instruct on movie-review
     sentiment, offline on the CPU, and writes trajectory.zst (a few KB). Evaluates on the

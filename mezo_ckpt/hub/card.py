@@ -162,6 +162,26 @@ def task_snippet(repo_id: str, config: dict) -> tuple[str, str]:
         isinstance(k, str) and isinstance(v, str) for k, v in words.items()
     ):
         return none
+    if task.get("masked_lm") is True:
+        example.pop("mask", None)
+        code = (
+            f"{head}\ntemplate = {py_literal(template)}\nlabel_words = "
+            f"{py_literal(dict(words))}\n\n"
+            "def predict(example: dict) -> str:\n"
+            "    ids = tok(template.format(**example, mask=tok.mask_token), return_tensors='pt')\n"
+            "    at = (ids.input_ids[0] == tok.mask_token_id).nonzero()[0, 0]\n"
+            "    with torch.no_grad():\n"
+            "        logits = model(**ids).logits[0, at]\n"
+            "    word = {k: tok(w, add_special_tokens=False).input_ids[0] "
+            "for k, w in label_words.items()}\n"
+            "    return max(label_words, key=lambda label: logits[word[label]].item())\n\n"
+            f"print(predict({py_literal(example)}))"
+        )
+        return (
+            "Classify by the label words' logits at the mask of the prompt template it was "
+            "trained on (the same rule the trainer's accuracy uses):",
+            code,
+        )
     code = (
         f"{head}\ntemplate = {py_literal(template)}\nlabel_words = "
         f"{py_literal(dict(words))}{wrap}\n\n{_SCORE}\n\n"

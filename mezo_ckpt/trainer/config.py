@@ -212,7 +212,10 @@ class TrainConfig:
         metavar="NAME=COLUMN,...",
     )
     template: str | None = _f(
-        None, 'Prompt template over example fields, e.g. "{text} It was".', DATA
+        None,
+        'Prompt template over example fields, e.g. "{text} It was"; for a masked LM with '
+        'a {mask} slot where the label word goes, e.g. "{text} It was{mask}."',
+        DATA,
     )
     verbalizer: dict[str, str] | None = _f(
         None,

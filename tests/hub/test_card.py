@@ -290,6 +290,30 @@ def test_classification_snippet_is_runnable_python():
     assert "A gripping, beautifully acted film" in code  # the built-in task's example
 
 
+def test_the_masked_lm_snippet_runs_and_predicts_as_the_trainer(monkeypatch, capsys):
+    """The card of a masked-LM run reads the label words' logits at the mask; executed on
+    a tiny RoBERTa it prints the label the trainer's own scoring picks."""
+    from tinymodels import masked_tokenizer, tiny_masked
+
+    import mezo_ckpt
+    from mezo_ckpt.trainer.tasks import PromptTask, predictions, score_candidates
+
+    task = {"kind": "classification", "template": "{text} It was{mask}.", "masked_lm": True,
+            "verbalizer": {"pos": "+", "neg": "-"}}  # fmt: skip
+    sentence, code = task_snippet(REPO, {"resolved_task": task})
+    assert sentence.startswith("Classify by the label words' logits at the mask")
+    model, tok = tiny_masked("roberta"), masked_tokenizer()
+    monkeypatch.setattr(mezo_ckpt, "load", lambda repo: (model, tok), raising=False)
+    assert "print(predict({\"text\": \"...\"}))" in code
+    assert 'print(predict({"text": "..."}))' in code
+    exec(compile(code.replace('"..."', '"good film"'), "card", "exec"), {})
+    printed = capsys.readouterr().out.strip()
+    enc = PromptTask(template=task["template"], verbalizer=task["verbalizer"], masked=True).encode(
+        tok, [{"text": "good film", "label": "pos"}]
+    )
+    assert printed == predictions(score_candidates(model, enc), enc)[0]
+
+
 def test_generation_and_multiple_choice_snippets():
     gen = {
         "resolved_task": {"kind": "generation", "template": "Q: {question}\nA:"},

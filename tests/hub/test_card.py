@@ -304,7 +304,7 @@ def test_the_masked_lm_snippet_runs_and_predicts_as_the_trainer(monkeypatch, cap
     assert sentence.startswith("Classify by the label words' logits at the mask")
     model, tok = tiny_masked("roberta"), masked_tokenizer()
     monkeypatch.setattr(mezo_ckpt, "load", lambda repo: (model, tok), raising=False)
-    assert "print(predict({\"text\": \"...\"}))" in code
+    assert 'print(predict({"text": "..."}))' in code
     assert 'print(predict({"text": "..."}))' in code
     exec(compile(code.replace('"..."', '"good film"'), "card", "exec"), {})
     printed = capsys.readouterr().out.strip()

@@ -135,6 +135,14 @@ def tiny_masked(model_type: str = "roberta", *, dtype: torch.dtype = torch.float
     return portable_init(AutoModelForMaskedLM.from_config(config), dtype=dtype, seed=seed)
 
 
+def save_tiny_masked(folder, model_type: str = "roberta", *, dtype=torch.float32):
+    """Write a tiny masked LM + its tokenizer folder (see :func:`save_tiny`)."""
+    model = tiny_masked(model_type, dtype=dtype)
+    model.save_pretrained(folder)
+    masked_tokenizer().save_pretrained(folder)
+    return model
+
+
 def save_tiny(
     folder,
     arch: str = "llama",

@@ -153,14 +153,19 @@ def lm_core(model) -> LmCore | None:
         if any(getattr(c, "is_prompt_learning", False) for c in peft_cfg.values()):
             return None
         model = model.get_base_model()
-    hit = _CACHE.get(model)
+    return _checked_once(_CACHE, model, _candidate, _agrees)
+
+
+def _checked_once(cache, model, find, agrees):
+    """``find(model)`` if ``agrees(model, found)``, else None; decided once per model."""
+    hit = cache.get(model)
     if hit is not None:
         return None if hit is _NONE else hit
-    core = _candidate(model)
-    if core is not None and not _agrees(model, core):
-        core = None
-    _CACHE[model] = _NONE if core is None else core
-    return core
+    found = find(model)
+    if found is not None and not agrees(model, found):
+        found = None
+    cache[model] = _NONE if found is None else found
+    return found
 
 
 @contextlib.contextmanager
@@ -329,11 +334,4 @@ def masked_head(model) -> MaskedHead | None:
     """The masked LM's head as owner + output layer when reading the head at the mask
     positions, and only the label words' rows of its output layer, reproduces the
     model's logits (checked once per model object); else None (all logits are read)."""
-    hit = _MASKED.get(model)
-    if hit is not None:
-        return None if hit is _NONE else hit
-    head = _masked_candidate(model)
-    if head is not None and not _masked_agrees(model, head):
-        head = None
-    _MASKED[model] = _NONE if head is None else head
-    return head
+    return _checked_once(_MASKED, model, _masked_candidate, _masked_agrees)

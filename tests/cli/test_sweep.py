@@ -14,7 +14,7 @@ import time
 import pytest
 from click.testing import CliRunner
 from helpers_train import write_jsonl
-from tinymodels import masked_tokenizer, save_tiny, tiny_masked, toy_sentiment
+from tinymodels import save_tiny, save_tiny_masked, toy_sentiment
 
 from mezo_ckpt.cli import main
 from mezo_ckpt.trainer import sweep as sw
@@ -28,9 +28,7 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 def setup(tmp_path_factory):
     d = tmp_path_factory.mktemp("sweep")
     save_tiny(d / "llama")
-    rob = tiny_masked("roberta")
-    rob.save_pretrained(d / "roberta")
-    masked_tokenizer().save_pretrained(d / "roberta")
+    save_tiny_masked(d / "roberta")
     train = write_jsonl(d / "train.jsonl", toy_sentiment(64, 0))
     dev = write_jsonl(d / "dev.jsonl", toy_sentiment(16, 1))
     common = ["--train-file", train, "--dev-file", dev, "--verbalizer", "pos=+,neg=-",

@@ -16,7 +16,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from helpers_train import assert_same, config, state, write_jsonl
-from tinymodels import EOS, MASK, masked_tokenizer, tiny_masked, toy_sentiment
+from tinymodels import EOS, MASK, masked_tokenizer, save_tiny_masked, tiny_masked, toy_sentiment
 
 import mezo_ckpt
 from mezo_ckpt.cli import main
@@ -48,10 +48,7 @@ def data(tmp_path_factory) -> dict[str, str]:
 
 def folder_of(tmp_path, model_type: str, dtype: torch.dtype = torch.float32):
     folder = tmp_path / f"{model_type}-{dtype}".replace("torch.", "")
-    model = tiny_masked(model_type, dtype=dtype)
-    model.save_pretrained(folder)
-    masked_tokenizer().save_pretrained(folder)
-    return str(folder), model
+    return str(folder), save_tiny_masked(folder, model_type, dtype=dtype)
 
 
 def run(folder, data, out, **kw):

@@ -13,6 +13,7 @@ EXAMPLES = {
     "plain_loop_cnn.py": ["--steps", "6"],
     "trainer_causal_lm.py": ["--steps", "4"],
     "masked_lm_loop.py": ["--pretrain-steps", "5", "--steps", "4"],
+    "masked_lm_sweep.py": ["--pretrain-steps", "5", "--steps", "4", "--seeds", "1,2"],
 }
 
 
@@ -26,7 +27,7 @@ def test_example_runs_and_replays_bit_for_bit(name, tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "bit for bit: True" in r.stdout
-    assert list(tmp_path.glob("*.zst")), "the trajectory is where --out says"
+    assert list(tmp_path.rglob("*.zst")), "the trajectories are where --out says"
 
 
 def test_the_readmes_plain_loop_snippet_runs_as_printed(tmp_path, monkeypatch):

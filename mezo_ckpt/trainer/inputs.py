@@ -34,14 +34,12 @@ def batch_indices(seed: int, step: int, n: int, size: int) -> np.ndarray:
 
 def build_task(cfg: TrainConfig, *, masked: bool | None = None) -> PromptTask:
     """The prompted task of ``cfg``; ``masked``: for a masked LM (a built-in task then
-    uses its prompt with a ``{mask}`` slot). None, before the model is known: a
-    classification template with a ``{mask}`` slot is taken for a masked LM's
-    (:func:`task_for_model` settles it)."""
+    uses its prompt with a ``{mask}`` slot). None, before the model is known: a template
+    with a ``{mask}`` slot is taken for a masked LM's (:func:`task_for_model` settles
+    it)."""
     builtin = cfg.builtin()
     if masked is None:
-        text = cfg.template or builtin.get("template", "")
-        plain = not (cfg.target_field or cfg.options_field)
-        masked = plain and "mask" in template_fields(text)
+        masked = "mask" in template_fields(cfg.template or builtin.get("template", ""))
     default = builtin.get("masked_template" if masked else "template", "")
     return PromptTask(
         template=cfg.template or default,

@@ -200,8 +200,8 @@ class PromptTask:
             missing = sorted(need - set(ex))
             if missing:
                 hint = (
-                    " ({mask} is the label slot of a masked LM; this model is a causal LM, "
-                    "which continues the prompt)"
+                    " ({mask} is the label slot of a masked LM's prompt; a causal LM "
+                    "continues the prompt instead)"
                     if "mask" in missing
                     else ""
                 )

@@ -258,9 +258,16 @@ def test_a_causal_model_with_a_mask_slot_is_told_why(data, tmp_path):
 
     folder = tmp_path / "causal"
     save_tiny(folder)
-    with pytest.raises(DataError, match="this model is a causal LM"):
+    with pytest.raises(DataError, match="a causal LM continues the prompt instead"):
         run(str(folder), data, tmp_path / "c.zst")
     assert not (tmp_path / "c.zst").exists()
+
+
+def test_a_masked_lm_generation_task_is_refused_for_what_it_is(data, tmp_path):
+    folder, _ = folder_of(tmp_path, "roberta")
+    with pytest.raises(ConfigError, match="use a classification task"):
+        run(folder, data, tmp_path / "g.zst", target_field="label", verbalizer=None)
+    assert not (tmp_path / "g.zst").exists()
 
 
 def test_a_masked_lm_without_a_slot_in_a_custom_template_is_refused(data, tmp_path):

@@ -23,9 +23,10 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
@@ -433,21 +434,6 @@ def _last_error(text: str) -> str:
     return (errors or lines or ["(no output)"])[-1][:400]
 
 
-def _wait(cmd: list[str], log) -> tuple[int, bytes]:
-    """Run ``cmd`` (stdout to ``log``) and return (exit code, stderr). On Ctrl-C the run is
-    asked to stop (SIGINT: it finishes its step and leaves a resumable file) and waited
-    for, never killed mid-write."""
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.PIPE)
-    try:
-        _, err = proc.communicate()
-    except KeyboardInterrupt:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate()
-        raise KeyboardInterrupt from None
-    return proc.returncode, err
-
-
 def execute(
     runs: Sequence[Run],
     train_args: Sequence[str],
@@ -458,8 +444,16 @@ def execute(
 ) -> dict[int, str]:
     """Run what is not done, ``jobs`` at a time; each run's output goes to its ``.out``
     file. Returns {run index: error line} for the runs that failed (a run whose lock
-    another process holds is reported ``busy`` and left to it)."""
+    another process holds is reported ``busy`` and left to it).
+
+    Each run is a process of its own session, so Ctrl-C reaches the sweep alone, which
+    then sends every running run one SIGINT (it finishes its step and leaves a resumable
+    file), starts no other run, waits for them, and raises KeyboardInterrupt.
+    """
     failed: dict[int, str] = {}
+    stop = threading.Event()
+    running: set[subprocess.Popen] = set()
+    guard = threading.Lock()
 
     def one(run: Run) -> None:
         state = state_of(run)
@@ -468,36 +462,53 @@ def execute(
             return
         run.path.parent.mkdir(parents=True, exist_ok=True)
         cmd = command(run, train_args, threads)
-        on_event(Event(run, "start", detail="resuming" if state == "partial" else ""))
-        t0 = time.monotonic()
+        if stop.is_set():
+            return
         with open(run.log, "ab") as log:
-            log.write(f"$ {' '.join(cmd)}\n".encode())
-            log.flush()
-            returncode, stderr = _wait(cmd, log)
+            with guard:
+                if stop.is_set():
+                    return
+                on_event(Event(run, "start", detail="resuming" if state == "partial" else ""))
+                log.write(f"$ {' '.join(cmd)}\n".encode())
+                log.flush()
+                proc = subprocess.Popen(
+                    cmd, stdout=log, stderr=subprocess.PIPE, start_new_session=True
+                )
+                running.add(proc)
+            t0 = time.monotonic()
+            try:
+                _, stderr = proc.communicate()
+            finally:
+                with guard:
+                    running.discard(proc)
             log.write(stderr)
         err = stderr.decode("utf-8", "replace")
         took = time.monotonic() - t0
-        if returncode == 0 and state_of(run) != "done":  # Ctrl-C reached the run first
+        if proc.returncode == 0 and state_of(run) != "done":  # it was asked to stop
             on_event(Event(run, "stopped", took, "stopped; it resumes from its journal"))
-            raise KeyboardInterrupt
-        if returncode == 0:
+        elif proc.returncode == 0:
             on_event(Event(run, "done", took))
         elif "RunLockedError" in err:
             on_event(Event(run, "busy", took, "another process is running it"))
         else:
             failed[run.index] = _last_error(err) + f" (see {run.log})"
             on_event(Event(run, "failed", took, failed[run.index]))
-            if returncode == 130:
-                raise KeyboardInterrupt
 
-    if jobs <= 1:
-        for run in runs:
-            one(run)
-        return failed
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        for fut in [pool.submit(one, run) for run in runs]:
-            with contextlib.suppress(KeyboardInterrupt):
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = [pool.submit(one, run) for run in runs]
+        try:
+            for fut in futures:
                 fut.result()
+        except KeyboardInterrupt:
+            with guard:
+                stop.set()
+                for proc in running:
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.send_signal(signal.SIGINT)
+            for fut in futures:
+                fut.cancel()
+            wait(futures)
+            raise
     return failed
 
 

@@ -122,6 +122,28 @@ def test_a_killed_sweep_resumes_without_rerunning_finished_runs(setup, tmp_path)
     assert (want.decay == resumed.records.decay).all()
 
 
+def test_ctrl_c_with_several_jobs_stops_them_all_and_starts_no_other(setup, tmp_path):
+    """--jobs 2 and Ctrl-C: each running run gets one SIGINT (they are sessions of their
+    own, so the terminal's signal reaches the sweep alone), finishes its step, and no
+    queued run starts."""
+    out = tmp_path / "j"
+    args = [a for a in causal(setup) if a not in ("--steps", "2")]
+    cmd = [sys.executable, "-m", "mezo_ckpt", "sweep", "--grid", "lr=1e-2,2e-2", "--seeds", "1,2",
+           "--jobs", "2", "-o", str(out), "--", *args, "--steps", "100000"]  # fmt: skip
+    runs = sw.plan({"lr": ["1e-2", "2e-2"]}, [1, 2], out)
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not all(r.journal.exists() for r in runs[:2]):
+        time.sleep(0.1)
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130, err
+    assert [sw.state_of(r) for r in runs] == ["partial", "partial", "new", "new"]
+    assert not runs[2].log.exists() and not runs[3].log.exists()  # never started
+
+
 def test_a_run_another_process_holds_is_left_to_it(setup, tmp_path):
     out = tmp_path / "b"
     runs = sw.plan({"lr": ["1e-2"]}, [1, 2], out)

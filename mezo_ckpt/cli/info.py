@@ -27,6 +27,26 @@ def _state(s: dict) -> str:
     return "complete" + (", sealed" if s["bound"] else " (format 1.0: records not bound)")
 
 
+def _task_lines(config: dict) -> list[str]:
+    """The task and data lines (a trainer's header records them in ``config``)."""
+    task = config.get("resolved_task")
+    data = config.get("data")
+    out = []
+    if isinstance(task, dict) and isinstance(task.get("template"), str):
+        kind = "masked LM, " if task.get("masked_lm") is True else ""
+        out.append(f"task        {kind}{task.get('kind')}, template {task['template']!r}")
+    if isinstance(data, dict):
+        n = data.get("train_examples")
+        text = f"{n:,} training examples" if isinstance(n, int) else "training examples"
+        k = data.get("k_shot")
+        if isinstance(k, dict) and isinstance(k.get("k"), int):
+            text += (
+                f" (k-shot: {k['k']} per class, data seed {k.get('seed')}; the rows drawn: --json)"
+            )
+        out.append(f"data        {data.get('source')}: {text}")
+    return out
+
+
 @click.command(
     epilog="""\b
 Examples:
@@ -98,6 +118,7 @@ def info(trajectory: Path, as_json: bool, plot: Path | None, overwrite: bool) ->
         f"update      {u['arithmetic']}, rounding={u['rounding']}, "
         f"weight_decay={u['weight_decay']}",
         f"optimizer   {json.dumps(s['optimizer'], sort_keys=True)}",
+        *_task_lines(s.get("config") or {}),
     ]
     c = s["coefficients"]
     if c:

@@ -230,3 +230,27 @@ def test_numbers_are_shown_with_four_significant_digits():
     assert _fmt(None) == "-"
     assert _fmt(0.123456) == "0.1235"
     assert _fmt(-6.2581e-06) == "-6.258e-06"
+
+
+def test_task_and_data_lines():
+    from mezo_ckpt.cli.info import _task_lines
+
+    config = {
+        "resolved_task": {"kind": "classification", "template": "{t} It was{mask}.",
+                          "masked_lm": True},
+        "data": {"source": "files", "train_examples": 32,
+                 "k_shot": {"k": 16, "seed": 13, "train_rows": [], "dev_rows": []}},
+    }  # fmt: skip
+    assert _task_lines(config) == [
+        "task        masked LM, classification, template '{t} It was{mask}.'",
+        "data        files: 32 training examples (k-shot: 16 per class, data seed 13; "
+        "the rows drawn: --json)",
+    ]
+    assert _task_lines({}) == []
+    assert _task_lines({"resolved_task": {"template": 3}, "data": []}) == []  # crafted
+    plain = {"resolved_task": {"kind": "generation", "template": "Q: {q}\nA:"},
+             "data": {"source": "builtin", "train_examples": 9066}}  # fmt: skip
+    assert _task_lines(plain) == [
+        "task        generation, template 'Q: {q}\\nA:'",
+        "data        builtin: 9,066 training examples",
+    ]

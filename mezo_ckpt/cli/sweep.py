@@ -130,12 +130,6 @@ def sweep(
     from mezo_ckpt.trainer.yaml_files import load_sweep
 
     train_args = tuple(a for a in train_args if a != "--")
-    own = _own_option(train_args)
-    if own is not None:
-        raise ConfigError(
-            f"{own}: a sweep sets each run's output and seed itself (use -o for the sweep's "
-            "folder and --seeds for the seeds)"
-        )
     if table_only and list_only:
         raise ConfigError("--table and --list: pick one")
     if not (grid_items or seeds or config_file or train_args) and (root / sw.MANIFEST).exists():
@@ -148,6 +142,12 @@ def sweep(
             seeds if seeds is not None else recipe.get("seeds", sw.PAPER_SEEDS)
         )
         passed = (*(("-c", config_file) if config_file else ()), *train_args)
+    own = _own_option(passed)  # typed now, or read back from the folder's sweep.json
+    if own is not None:
+        raise ConfigError(
+            f"{own}: a sweep sets each run's output and seed itself (use -o for the sweep's "
+            "folder and --seeds for the seeds)"
+        )
     runs = sw.plan(grid, seed_list, root)
     part = sw.parse_shard(shard)
     mine = [r for r in runs if part is None or r.index % part[1] == part[0]]

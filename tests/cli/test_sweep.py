@@ -193,3 +193,19 @@ def test_help_has_examples():
     r = CliRunner().invoke(main, ["sweep", "--help"])
     assert r.exit_code == 0
     assert "Examples:" in r.stdout and "--shard" in r.stdout and "sweep -o g" in r.stdout
+
+
+def test_a_tampered_manifest_is_refused_like_typed_arguments(tmp_path):
+    """`sweep -o DIR` runs what DIR/sweep.json says: the same checks apply to it."""
+    for stored, match in (
+        ({"train_args": ["--overwrite"], "grid": {"lr": ["1e-2"]}, "seeds": [1]}, "--overwrite"),
+        ({"train_args": [], "grid": {"lr": ["../../x"]}, "seeds": [1]}, "must be a number"),
+        ({"train_args": [], "grid": {"seed": ["1"]}, "seeds": [1]}, "use --seeds"),
+        ({"train_args": [], "grid": {}, "seeds": [-1]}, "--seeds"),
+        ({"grid": {}}, "not a sweep manifest"),
+    ):
+        (tmp_path / sw.MANIFEST).write_text(json.dumps(stored))
+        r = sweep("-o", tmp_path)
+        assert r.exit_code == 2, r.output
+        assert match in r.stderr
+        assert not (tmp_path / "runs").exists()

@@ -103,9 +103,10 @@ MASKED = {"roberta": "RobertaForMaskedLM", "bert": "BertForMaskedLM"}
 BOS, EOS, MASK = VOCAB, VOCAB + 1, VOCAB + 2
 
 
-def masked_tokenizer():
+def masked_tokenizer(words: tuple[str, ...] = ()):
     """tiny_tokenizer's characters plus <s>, </s> and <mask>; every prompt is wrapped in
-    <s> ... </s>, as RoBERTa's tokenizer wraps it."""
+    <s> ... </s>, as RoBERTa's tokenizer wraps it. ``words`` are added as whole tokens
+    after those (label words such as " great" are then one token, as in RoBERTa)."""
     from tokenizers import Tokenizer, models, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -116,18 +117,27 @@ def masked_tokenizer():
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A </s>", special_tokens=[("<s>", BOS), ("</s>", EOS)]
     )
-    return PreTrainedTokenizerFast(
+    out = PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", unk_token="<pad>", bos_token="<s>",
         eos_token="</s>", cls_token="<s>", sep_token="</s>", mask_token="<mask>",
     )  # fmt: skip
+    if words:
+        out.add_tokens(list(words))
+    return out
 
 
-def tiny_masked(model_type: str = "roberta", *, dtype: torch.dtype = torch.float32, seed=1234):
+def tiny_masked(
+    model_type: str = "roberta",
+    *,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 1234,
+    vocab_size: int = VOCAB + 3,
+):
     """A tiny masked LM of ``model_type`` (a key of MASKED) with the portable init."""
     from transformers import AutoConfig, AutoModelForMaskedLM
 
     config = AutoConfig.for_model(
-        model_type, vocab_size=VOCAB + 3, hidden_size=32, num_hidden_layers=2,
+        model_type, vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2,
         num_attention_heads=4, intermediate_size=64, max_position_embeddings=72,
         type_vocab_size=1, pad_token_id=0,
     )  # fmt: skip
@@ -135,11 +145,15 @@ def tiny_masked(model_type: str = "roberta", *, dtype: torch.dtype = torch.float
     return portable_init(AutoModelForMaskedLM.from_config(config), dtype=dtype, seed=seed)
 
 
-def save_tiny_masked(folder, model_type: str = "roberta", *, dtype=torch.float32):
-    """Write a tiny masked LM + its tokenizer folder (see :func:`save_tiny`)."""
-    model = tiny_masked(model_type, dtype=dtype)
+def save_tiny_masked(
+    folder, model_type: str = "roberta", *, dtype=torch.float32, words: tuple[str, ...] = ()
+):
+    """Write a tiny masked LM + its tokenizer folder (see :func:`save_tiny`); ``words``:
+    extra whole-word tokens (see :func:`masked_tokenizer`)."""
+    tok = masked_tokenizer(words)
+    model = tiny_masked(model_type, dtype=dtype, vocab_size=len(tok))
     model.save_pretrained(folder)
-    masked_tokenizer().save_pretrained(folder)
+    tok.save_pretrained(folder)
     return model
 
 

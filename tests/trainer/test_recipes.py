@@ -119,10 +119,15 @@ def test_every_recipe_is_packaged_and_valid():
 
 
 def test_paper_hyperparameters_are_the_defaults_of_every_recipe():
-    # MeZO (Malladi et al. 2023), full-parameter: batch 16, eps 1e-3, lr 1e-6, 20k steps.
-    for name in recipes.NAMES:
+    # MeZO (Malladi et al. 2023), full-parameter: batch 16, eps 1e-3, lr 1e-6, 20k steps
+    # for the large models; k = 16, batch 64, 100k steps, constant lr for the medium ones.
+    for name in recipes.LARGE:
         cfg = resolve_config(name)
         assert (cfg.batch_size, cfg.eps, cfg.lr, cfg.steps) == (16, 1e-3, 1e-6, 20000), name
+    for name in recipes.MEDIUM:
+        cfg = resolve_config(name)
+        assert (cfg.batch_size, cfg.eps, cfg.lr, cfg.steps) == (64, 1e-3, 1e-6, 100_000), name
+        assert cfg.k_shot == 16 and cfg.schedule == "constant" and cfg.test_examples == 1000
 
 
 def test_a_packaged_recipe_name_means_the_packaged_recipe(tmp_path, monkeypatch):
@@ -151,7 +156,7 @@ def test_recipes_are_in_the_wheel_manifest():
     assert '"recipes/*.yaml"' in text
 
 
-@pytest.mark.parametrize("name", recipes.NAMES)
+@pytest.mark.parametrize("name", recipes.LARGE)
 def test_recipe_trains_and_replays_on_its_dataset_layout(name, tiny, tmp_path):
     data = tmp_path / "data"
     datasets.DatasetDict(
@@ -181,5 +186,69 @@ def test_recipe_trains_and_replays_on_its_dataset_layout(name, tiny, tmp_path):
     )
     r = CliRunner().invoke(
         main, ["replay", str(out), "--base", str(tiny), "-o", str(tmp_path / "w"), "-q"]
+    )
+    assert r.exit_code == 0, r.output
+
+
+# ----------------------------------------------------------------------------- medium models
+
+
+def _medium_row(recipe: str, i: int) -> dict:
+    w = ["cat", "dog", "sun", "rain"][i % 4]
+    return {
+        "sst2-mlm": {"idx": i, "sentence": f"a {w} film", "label": i % 2},
+        "sst5-mlm": {"text": f"a {w} film", "label": i % 5, "label_text": "x"},
+        # SNLI marks pairs without a gold label -1: they are left out
+        "snli-mlm": {"premise": f"A {w} ran", "hypothesis": f"the {w} moved", "label": i % 4 - 1},
+        "mnli-mlm": {"premise": f"A {w} ran", "hypothesis": f"the {w} moved", "label": i % 3,
+                     "idx": i},
+        "rte-mlm": {"sentence1": f"A {w} ran", "sentence2": f"the {w} moved", "label": i % 2,
+                    "idx": i},
+        "trec-mlm": {"text": f"What is a {w}?", "coarse_label": i % 6, "fine_label": i % 47},
+    }[recipe]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_masked_base(tmp_path_factory):
+    """A tiny RoBERTa whose tokenizer has every medium recipe's label words as one token
+    each (as RoBERTa's BPE has them)."""
+    from tinymodels import save_tiny_masked
+
+    words = set()
+    for name in recipes.MEDIUM:
+        words.update(load_yaml(str(recipes.path(name)))[0]["verbalizer"].values())
+    d = tmp_path_factory.mktemp("medium") / "roberta"
+    save_tiny_masked(d, words=tuple(sorted(words)))
+    return d
+
+
+@pytest.mark.parametrize("name", recipes.MEDIUM)
+def test_medium_recipe_trains_a_masked_lm_on_its_dataset_layout(name, tiny_masked_base, tmp_path):
+    """Each medium recipe on a tiny copy of its dataset (its split names and columns),
+    with a k-shot draw (k = 2 here), a masked LM, and a replay."""
+    settings, _ = load_yaml(str(recipes.path(name)))
+    data = tmp_path / "data"
+    rows = [_medium_row(name, i) for i in range(60)]
+    datasets.DatasetDict(
+        {
+            settings["train_split"]: datasets.Dataset.from_list(rows[:48]),
+            settings["dev_split"]: datasets.Dataset.from_list(rows[48:]),
+        }
+    ).save_to_disk(str(data))
+    out = tmp_path / "t.zst"
+    args = ["train", "-c", name, "--model", tiny_masked_base, "--dataset", data, "--steps", "2"]
+    args += ["--set", "k_shot=2", "--batch-size", "4", "--eval-every", "2", "--max-length", "60"]
+    args += ["--set", "fsync=false", "-q", "-o", out]
+    r = CliRunner().invoke(main, [str(a) for a in args])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    cfg = read_trajectory(out).header.config
+    assert cfg["resolved_task"]["masked_lm"] is True
+    n_classes = len(settings["verbalizer"])
+    assert cfg["data"]["k_shot"]["k"] == 2 and cfg["data"]["train_examples"] == 2 * n_classes
+    if name == "snli-mlm":
+        # a quarter of each split is -1; the given dev split became the test split
+        assert cfg["data"]["unlabelled_left_out"] == {"train": 12, "test": 3}
+    r = CliRunner().invoke(
+        main, ["replay", str(out), "--base", str(tiny_masked_base), "-o", str(tmp_path / "w"), "-q"]
     )
     assert r.exit_code == 0, r.output

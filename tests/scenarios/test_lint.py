@@ -131,3 +131,12 @@ def test_no_import_circles_and_no_module_over_800_lines():
     done: set[str] = set()
     for n in sorted(deps):
         visit(n, [], done)
+
+
+def test_test_module_names_are_unique_across_folders():
+    """pytest imports test modules by their basename (no packages under tests/): two
+    test_x.py in two folders stop the whole suite at collection."""
+    from collections import Counter
+
+    names = Counter(p.name for p in (ROOT / "tests").rglob("test_*.py"))
+    assert [n for n, k in names.items() if k > 1] == []

@@ -7,6 +7,7 @@ point at it.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -46,12 +47,16 @@ class Split:
         keep = [i for i, ex in enumerate(self.examples) if str(ex.get(label_field)) != "-1"]
         if len(keep) == len(self.examples):
             return self
-        return Split(
-            self.name,
-            [self.examples[i] for i in keep],
-            [self.where(i) for i in keep],
-            self.drawn,
-            len(self.examples) - len(keep),
+        return self.take(keep, unlabelled=len(self.examples) - len(keep))
+
+    def take(self, rows: Sequence[int], **changes: Any) -> Split:
+        """The examples at ``rows`` (and their origins), in that order; ``changes`` set
+        other fields of the new split (the rest are kept)."""
+        return dataclasses.replace(
+            self,
+            examples=[self.examples[int(i)] for i in rows],
+            origins=[self.where(int(i)) for i in rows],
+            **changes,
         )
 
     def head(self, n: int | None) -> Split:
@@ -69,12 +74,7 @@ class Split:
                 len(self.examples), size=k, replace=False
             )
         )
-        return Split(
-            self.name,
-            [self.examples[i] for i in idx],
-            [self.where(int(i)) for i in idx],
-            unlabelled=self.unlabelled,
-        )
+        return self.take(idx, drawn=None)
 
 
 def fingerprint(examples: Sequence[Example]) -> str:
@@ -135,14 +135,10 @@ def k_shot(train: Split, k: int, seed: int, label_field: str | None) -> tuple[Sp
     chosen.sort()
     held.sort()
 
-    def pick(name: str, rows: list[int]) -> Split:
-        return Split(name, [train.examples[i] for i in rows], [train.where(i) for i in rows])
-
     draw = KShot(k, seed, chosen, held)
-    out = pick("train", chosen)
     return (
-        Split(out.name, out.examples, out.origins, draw, train.unlabelled),
-        pick("dev", held),
+        train.take(chosen, name="train", drawn=draw),
+        train.take(held, name="dev", drawn=None, unlabelled=0),
         draw,
     )
 

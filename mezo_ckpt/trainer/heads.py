@@ -134,8 +134,12 @@ def _agrees(model, core: LmCore) -> bool:
         return False
     if got.shape != want.shape or not bool(torch.isfinite(want).all()):
         return False
-    tol = 1e-3 if want.dtype == torch.float32 and got.dtype == torch.float32 else 1e-2
-    limit = tol * max(1.0, float(want.abs().max()))
+    return _close(got, want, fp32=want.dtype == torch.float32 and got.dtype == torch.float32)
+
+
+def _close(got: torch.Tensor, want: torch.Tensor, *, fp32: bool) -> bool:
+    """``got`` reproduces ``want`` up to the rounding of the dtype it was computed in."""
+    limit = (1e-3 if fp32 else 1e-2) * max(1.0, float(want.abs().max()))
     return float((got - want).abs().max()) <= limit
 
 
@@ -322,9 +326,8 @@ def _masked_agrees(model, head: MaskedHead) -> bool:
         return False
     if not bool(torch.isfinite(want).all()):
         return False
-    tol = 1e-3 if full.dtype == torch.float32 else 1e-2
-    limit = tol * max(1.0, float(want.abs().max()))
-    return max(float((got - want).abs().max()), float((picked - want).abs().max())) <= limit
+    fp32 = full.dtype == torch.float32
+    return _close(got, want, fp32=fp32) and _close(picked, want, fp32=fp32)
 
 
 _MASKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

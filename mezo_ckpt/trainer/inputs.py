@@ -3,6 +3,7 @@ examples each step sees."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,7 +177,7 @@ def few_shot_splits(cfg: TrainConfig, splits: dict[str, Split]) -> dict[str, Spl
     out = {"train": train, "dev": dev}
     test = splits.get("test") or splits.get("dev")
     if test is not None:
-        out["test"] = Split("test", test.examples, test.origins, unlabelled=test.unlabelled)
+        out["test"] = dataclasses.replace(test, name="test")
     return out
 
 

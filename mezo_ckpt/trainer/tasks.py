@@ -378,7 +378,7 @@ class PromptTask:
                 rows.append(p_ids[-keep_prompt:] + c)
                 cand_len.append(len(c))
                 cand_ids.append(c[-1])
-        ids, mask = _left_pad(rows, pad)
+        ids, mask = _pad(rows, pad)
         enc = Encoded(
             ids,
             mask,
@@ -394,7 +394,7 @@ class PromptTask:
             truncated=truncated,
         )
         if self.kind == "generation":
-            enc.prompt_ids, enc.prompt_mask = _left_pad(prompts, pad)
+            enc.prompt_ids, enc.prompt_mask = _pad(prompts, pad)
         return enc
 
     def encode_masked(self, tokenizer, examples: Sequence[Example]) -> Encoded:
@@ -430,12 +430,7 @@ class PromptTask:
             pos.append(ids.index(mask_id))
             gold.append(labels.index(str(ex[self.label_field])))
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        width = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        attention = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            input_ids[i, : len(r)] = torch.tensor(r)
-            attention[i, : len(r)] = 1
+        input_ids, attention = _pad(rows, pad, left=False)
         n = len(examples)
         return Encoded(
             input_ids,
@@ -467,13 +462,18 @@ def _keep_mask(ids: list[int], at: int, limit: int) -> tuple[list[int], bool]:
     return cut, True
 
 
-def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _pad(
+    rows: list[list[int]], pad: int, *, left: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) of ``rows`` padded to one width, on the left (a causal LM's
+    last position is then every row's last) or on the right (a masked LM's)."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
-        ids[i, width - len(r) :] = torch.tensor(r)
-        mask[i, width - len(r) :] = 1
+        at = slice(width - len(r), width) if left else slice(0, len(r))
+        ids[i, at] = torch.tensor(r)
+        mask[i, at] = 1
     return ids, mask
 
 

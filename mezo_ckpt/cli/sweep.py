@@ -154,8 +154,9 @@ def sweep(
 
     if list_only:
         for r in mine:
-            cmd = " ".join(sw.command(r, passed, sw.threads_per_run(jobs))[3:])
-            click.echo(f"{r.index:4d}  {sw.state_of(r):8s}  {r.label}  seed {r.seed}  {r.path}")
+            state = sw.state_of(r)
+            cmd = " ".join(sw.command(r, passed, sw.threads_per_run(jobs), state)[3:])
+            click.echo(f"{r.index:4d}  {state:8s}  {r.label}  seed {r.seed}  {r.path}")
             click.echo(f"      mezo-ckpt {cmd}")
         return
     want = {"train_args": list(passed), "grid": grid, "seeds": seed_list}

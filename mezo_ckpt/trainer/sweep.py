@@ -406,8 +406,11 @@ def write_results(root: Path, t: Table) -> None:
 # ----------------------------------------------------------------------------- running
 
 
-def command(run: Run, train_args: Sequence[str], threads: int | None) -> list[str]:
-    """The ``mezo-ckpt train`` command line of a run (``--resume`` when it has started)."""
+def command(
+    run: Run, train_args: Sequence[str], threads: int | None, state: str | None = None
+) -> list[str]:
+    """The ``mezo-ckpt train`` command line of a run (``--resume`` when it has started;
+    ``state``: the run's :func:`state_of`, when the caller has it already)."""
     cmd = [sys.executable, "-m", "mezo_ckpt", "train", *train_args]
     for item in run.sets():
         cmd += ["--set", item]
@@ -415,7 +418,7 @@ def command(run: Run, train_args: Sequence[str], threads: int | None) -> list[st
                 for a in train_args)  # fmt: skip
     if threads is not None and not given:
         cmd += ["--threads", str(threads)]
-    if state_of(run) == "partial":
+    if (state or state_of(run)) == "partial":
         return [*cmd, "--resume", str(run.path), "-q"]
     return [*cmd, "-o", str(run.path), "-q"]
 
@@ -461,7 +464,7 @@ def execute(
             on_event(Event(run, "skipped", detail="done"))
             return
         run.path.parent.mkdir(parents=True, exist_ok=True)
-        cmd = command(run, train_args, threads)
+        cmd = command(run, train_args, threads, state)
         if stop.is_set():
             return
         with open(run.log, "ab") as log:
